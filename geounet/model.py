@@ -1,0 +1,143 @@
+"""The classic U-Net (Ronneberger et al., 2015) in four small parts and one assembly.
+
+Encoder: :class:`DoubleConv` then ``depth`` :class:`Down` stages (2x2 max-pool + DoubleConv),
+doubling the channels each time. Decoder: ``depth`` :class:`Up` stages (bilinear upsampling or
+a transposed conv, pad to the skip's size, concatenate, DoubleConv), then a 1x1 conv to
+``classes`` logits. Any input height and width is accepted: odd sizes are padded in ``Up``.
+With ``classes == 1`` the single logit is a binary foreground score (sigmoid); otherwise the
+logits are per class (softmax).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from geounet.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Architecture arguments; stored in every checkpoint.
+
+    Attributes:
+        in_channels: number of input bands.
+        classes: output channels (1 = binary with sigmoid, >= 2 = softmax over classes).
+        width: channels of the first stage (64 is the classic U-Net; 8-32 suit CPUs).
+        depth: number of 2x2 poolings (4 is the classic U-Net).
+        bilinear: bilinear upsampling (True) or transposed convolutions (False).
+    """
+
+    in_channels: int = 3
+    classes: int = 1
+    width: int = 64
+    depth: int = 4
+    bilinear: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("in_channels", "classes", "width", "depth"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"UNet {name} must be a positive integer, got {value!r}")
+
+    def to_dict(self) -> dict[str, int | bool]:
+        return asdict(self)
+
+
+class DoubleConv(nn.Module):
+    """(3x3 conv => BatchNorm => ReLU) twice; spatial size unchanged."""
+
+    def __init__(self, in_channels: int, out_channels: int, mid_channels: int | None = None):
+        super().__init__()
+        mid = mid_channels or out_channels
+        self.block = nn.Sequential(
+            nn.Conv2d(in_channels, mid, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm2d(mid),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(mid, out_channels, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
+class Down(nn.Module):
+    """2x2 max-pool then DoubleConv: halves height and width."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.block = nn.Sequential(nn.MaxPool2d(2), DoubleConv(in_channels, out_channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
+class Up(nn.Module):
+    """Upsample x2, pad to the skip's size, concatenate the skip, DoubleConv."""
+
+    def __init__(self, in_channels: int, out_channels: int, bilinear: bool):
+        super().__init__()
+        if bilinear:
+            self.up: nn.Module = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)
+            self.conv = DoubleConv(in_channels, out_channels, in_channels // 2)
+        else:
+            self.up = nn.ConvTranspose2d(in_channels, in_channels // 2, kernel_size=2, stride=2)
+            self.conv = DoubleConv(in_channels, out_channels)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = self.up(x)
+        dy = skip.shape[-2] - x.shape[-2]
+        dx = skip.shape[-1] - x.shape[-1]
+        if dy or dx:
+            x = F.pad(x, [dx // 2, dx - dx // 2, dy // 2, dy - dy // 2])
+        return self.conv(torch.cat([skip, x], dim=1))
+
+
+class UNet(nn.Module):
+    """U-Net assembled from :class:`UNetConfig`; maps (N, bands, H, W) to (N, classes, H, W)."""
+
+    def __init__(self, config: UNetConfig):
+        super().__init__()
+        self.config = config
+        w, factor = config.width, 2 if config.bilinear else 1
+        channels = [w * 2**i for i in range(config.depth + 1)]
+        self.inc = DoubleConv(config.in_channels, channels[0])
+        self.downs = nn.ModuleList(
+            Down(channels[i], channels[i + 1] // (factor if i == config.depth - 1 else 1))
+            for i in range(config.depth)
+        )
+        self.ups = nn.ModuleList(
+            Up(
+                channels[i + 1],
+                channels[i] // (factor if i > 0 else 1),
+                config.bilinear,
+            )
+            for i in reversed(range(config.depth))
+        )
+        self.outc = nn.Conv2d(channels[0], config.classes, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        smallest = 2**self.config.depth
+        if height < smallest or width < smallest:
+            # Inputs smaller than one cell of the deepest level are edge-padded, then cropped.
+            x = F.pad(x, [0, max(0, smallest - width), 0, max(0, smallest - height)], "replicate")
+        skips = [self.inc(x)]
+        for down in self.downs:
+            skips.append(down(skips[-1]))
+        x = skips.pop()
+        for up in self.ups:
+            x = up(x, skips.pop())
+        return self.outc(x)[..., :height, :width]
+
+
+def logits_to_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Sigmoid for a single binary channel, softmax over channels otherwise (dim 1)."""
+    if logits.shape[1] == 1:
+        return torch.sigmoid(logits)
+    return torch.softmax(logits, dim=1)
