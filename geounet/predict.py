@@ -1,0 +1,382 @@
+"""Streaming tiled inference: GeoTIFF in, class mask and/or probabilities GeoTIFF out.
+
+The raster is covered by the global tile grid of :mod:`geounet.tiling` and processed block by
+block in row-major order. A background thread reads and normalizes the next block while the
+model runs on the current one. Each tile's probabilities are weighted by a blend window
+(:mod:`geounet.blend`) and summed, with the weights, into the block's accumulator. When a block
+is done, its ``output`` region is final: it is divided by the weights, thresholded, and
+written. The parts of the accumulator that later blocks still add to are carried forward: to
+the right within the block row, and down in a strip of the overlap's height across the
+raster's width. Peak memory is therefore set by tile, batch and block size (plus a
+``overlap x width`` strip), not by the raster's size.
+
+Nodata travels: pixels that are nodata or not finite in any input band are written as nodata
+(255 in the mask, NaN in probabilities), and tiles with no valid pixel are never computed.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+from tqdm import tqdm
+
+from geounet.blend import WindowProfile, axis_overlaps, resolve_window, tile_weights
+from geounet.checkpoint import ModelMetadata, load_checkpoint
+from geounet.errors import ConfigError
+from geounet.io import (
+    RasterInfo, atomic_path, check_output, gtiff_profile, normalize, open_raster, read_masked,
+    select_bands,
+)
+from geounet.model import UNet, logits_to_probabilities
+from geounet.tiling import Block, TileGrid
+
+log = logging.getLogger(__name__)
+
+MASK_NODATA = 255
+GDAL_CACHE_MB = 64
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """Inference settings; ``None`` means "as recommended by the checkpoint".
+
+    Attributes:
+        tile_size: tile edge in pixels.
+        overlap: overlap between neighbouring tiles in pixels.
+        batch_size: tiles per forward pass.
+        block_tiles: a block is ``block_tiles x block_tiles`` tiles (memory ~ its square).
+        window: blend window name (``hann``, ``average``) or a profile function.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+        amp: mixed precision (float16 autocast) on CUDA; ignored on CPU.
+        bands: 1-based input bands in model order; ``None`` uses the checkpoint's.
+        threshold: foreground probability cut of a binary model.
+        threads: torch CPU threads; ``None`` keeps torch's default.
+        cog: write Cloud-Optimized GeoTIFFs with overviews.
+        overwrite: replace existing outputs.
+        progress: show a progress bar on stderr.
+    """
+
+    tile_size: int | None = None
+    overlap: int | None = None
+    batch_size: int = 4
+    block_tiles: int = 4
+    window: str | WindowProfile = "hann"
+    device: str = "auto"
+    amp: bool = True
+    bands: tuple[int, ...] | None = None
+    threshold: float | None = None
+    threads: int | None = None
+    cog: bool = False
+    overwrite: bool = False
+    progress: bool = True
+
+
+@dataclass
+class PredictResult:
+    """What a prediction run did (for summaries and reports)."""
+
+    input: Path
+    mask: Path | None
+    probabilities: Path | None
+    width: int
+    height: int
+    tiles: int
+    tiles_skipped: int
+    device: str
+    seconds: float
+    class_pixels: dict[str, int] = field(default_factory=dict)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA if available else CPU; refuse CUDA when there is none."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda asked for but no CUDA GPU is available; use --device cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu or cuda") from exc
+
+
+def predict_raster(
+    input_path: str | Path,
+    model: str | Path | tuple[UNet, ModelMetadata],
+    mask_path: str | Path | None = None,
+    probabilities_path: str | Path | None = None,
+    config: PredictConfig | None = None,
+) -> PredictResult:
+    """Segment ``input_path`` with a U-Net; write a class mask and/or probabilities.
+
+    Args:
+        input_path: GeoTIFF (or any GDAL raster) of any size, band count and numeric dtype.
+        model: checkpoint path, or an already loaded ``(model, metadata)`` pair.
+        mask_path: uint8 class mask output (nodata 255), same grid, CRS and transform.
+        probabilities_path: float32 output (nodata NaN): the foreground probability for a
+            binary model, one band per class otherwise.
+        config: inference settings.
+    """
+    config = config or PredictConfig()
+    if mask_path is None and probabilities_path is None:
+        raise ConfigError("nothing to write: give a mask output and/or a probabilities output")
+    info = open_raster(input_path)
+    outputs = [Path(p) for p in (mask_path, probabilities_path) if p is not None]
+    for out in outputs:
+        check_output(out, [input_path], config.overwrite)
+    if len(set(o.resolve() for o in outputs)) < len(outputs):
+        raise ConfigError("mask and probabilities outputs must be different files")
+
+    device = resolve_device(config.device)
+    if isinstance(model, tuple):
+        net, meta = model
+        net = net.to(device).eval()
+    else:
+        net, meta = load_checkpoint(model, device)
+    bands = select_bands(info, meta.bands, config.bands)
+    tile = config.tile_size or meta.tile_size
+    overlap = meta.overlap if config.overlap is None else config.overlap
+    grid = TileGrid(info.height, info.width, tile, overlap)
+    if config.batch_size < 1:
+        raise ConfigError(f"batch size must be >= 1, got {config.batch_size}")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    threshold = meta.threshold if config.threshold is None else config.threshold
+    log.info(
+        "%s: %dx%d px, %d tiles of %dx%d (overlap %d, %.2fx compute), bands %s, device %s",
+        info.path, info.width, info.height, grid.tile_count, grid.tile_height,
+        grid.tile_width, overlap, grid.compute_overhead, bands, device,
+    )
+
+    start = time.perf_counter()
+    engine = _Engine(net, meta, info, bands, grid, config, device, threshold)
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+        engine.run(
+            Path(mask_path) if mask_path is not None else None,
+            Path(probabilities_path) if probabilities_path is not None else None,
+        )
+    return PredictResult(
+        input=info.path, mask=Path(mask_path) if mask_path else None,
+        probabilities=Path(probabilities_path) if probabilities_path else None,
+        width=info.width, height=info.height, tiles=grid.tile_count,
+        tiles_skipped=engine.tiles_skipped, device=str(device),
+        seconds=time.perf_counter() - start,
+        class_pixels=dict(zip(engine.class_names, engine.class_pixels.tolist())),
+    )
+
+
+class _Engine:
+    """State of one streaming run: model, grid, carried accumulators, open outputs."""
+
+    def __init__(self, net: UNet, meta: ModelMetadata, info: RasterInfo,
+                 bands: Sequence[int], grid: TileGrid, config: PredictConfig,
+                 device: torch.device, threshold: float):
+        self.net, self.meta, self.info, self.bands = net, meta, info, tuple(bands)
+        self.grid, self.config, self.device, self.threshold = grid, config, device, threshold
+        self.channels = meta.arch.classes
+        self.profile = resolve_window(config.window)
+        self.row_overlaps = axis_overlaps(grid.row_starts, grid.tile_height)
+        self.col_overlaps = axis_overlaps(grid.col_starts, grid.tile_width)
+        self.class_names = list(meta.class_names)
+        self.class_pixels = np.zeros(len(self.class_names), dtype=np.int64)
+        self.tiles_skipped = 0
+        self.amp = config.amp and device.type == "cuda"
+
+    # -- the block loop ---------------------------------------------------------------
+    def run(self, mask_path: Path | None, prob_path: Path | None) -> None:
+        from contextlib import ExitStack
+
+        with ExitStack() as stack:
+            mask_tmp = stack.enter_context(atomic_path(mask_path)) if mask_path else None
+            prob_tmp = stack.enter_context(atomic_path(prob_path)) if prob_path else None
+            mask_dst = self._open_output(stack, mask_tmp, 1, "uint8", MASK_NODATA)
+            prob_bands = 1 if self.channels == 1 else self.channels
+            prob_dst = self._open_output(stack, prob_tmp, prob_bands, "float32", float("nan"))
+            self._describe(mask_dst, prob_dst)
+            bar = stack.enter_context(tqdm(
+                total=self.grid.tile_count, unit="tile", disable=not self.config.progress,
+                file=sys.stderr, desc=self.info.path.name, dynamic_ncols=True, leave=False,
+            ))
+            self._stream(mask_dst, prob_dst, bar)
+            for dst in (mask_dst, prob_dst):
+                if dst is not None:
+                    dst.close()
+            if self.config.cog:
+                for tmp, kind in ((mask_tmp, "mask"), (prob_tmp, "prob")):
+                    if tmp is not None:
+                        _convert_to_cog(tmp, kind)
+
+    def _stream(self, mask_dst, prob_dst, bar: tqdm) -> None:
+        width = self.info.width
+        incoming: tuple[int, np.ndarray] | None = None   # (first row, (C+1, rows, width))
+        outgoing: tuple[int, np.ndarray] | None = None
+        left: np.ndarray | None = None                   # (C+1, block rows, carried cols)
+        current_row = -1
+        for block, data, valid in _prefetch(self._read_blocks()):
+            if block.row != current_row:
+                current_row, incoming, outgoing, left = block.row, outgoing, None, None
+            win = block.window
+            acc = np.zeros((self.channels + 1, win.height, win.width), dtype=np.float32)
+            if left is not None:
+                acc[:, :, : left.shape[2]] += left
+            if incoming is not None:
+                first, strip = incoming
+                rows = slice(0, first + strip.shape[1] - win.row_off)
+                cols = slice(win.col_off, win.col_off + win.width)
+                acc[:, rows] += strip[:, :, cols]
+                strip[:, :, cols] = 0.0
+            self._accumulate(block, data, valid, acc, bar)
+            out = block.output
+            oy, ox = out.row_off - win.row_off, out.col_off - win.col_off
+            done_rows, done_cols = oy + out.height, ox + out.width
+            left = acc[:, :, done_cols:].copy() if done_cols < win.width else None
+            if done_rows < win.height:
+                if outgoing is None:
+                    rows_left = win.height - done_rows
+                    outgoing = (out.row_off + out.height,
+                                np.zeros((self.channels + 1, rows_left, width), np.float32))
+                cols = slice(win.col_off, win.col_off + done_cols)
+                outgoing[1][:, :, cols] += acc[:, done_rows:, :done_cols]
+            region = acc[:, oy:done_rows, ox:done_cols]
+            self._write(out, region, valid[oy:done_rows, ox:done_cols], mask_dst, prob_dst)
+
+    def _read_blocks(self) -> Iterator[tuple[Block, np.ndarray, np.ndarray]]:
+        with rasterio.open(self.info.path) as src:
+            for block in self.grid.blocks(self.config.block_tiles):
+                data, valid = read_masked(src, self.bands, block.window)
+                yield block, normalize(data, valid, self.meta.mean, self.meta.std), valid
+
+    # -- model and blending -----------------------------------------------------------
+    def _accumulate(self, block: Block, data: np.ndarray, valid: np.ndarray,
+                    acc: np.ndarray, bar: tqdm) -> None:
+        wy, wx = block.window.row_off, block.window.col_off
+        todo = []
+        for tile in block.tiles:
+            w = tile.window
+            r0, c0 = w.row_off - wy, w.col_off - wx
+            if valid[r0 : r0 + w.height, c0 : c0 + w.width].any():
+                todo.append((tile, r0, c0))
+            else:
+                self.tiles_skipped += 1
+                bar.update(1)
+        size = self.config.batch_size
+        for i in range(0, len(todo), size):
+            batch = todo[i : i + size]
+            arrays = [data[:, r0 : r0 + t.window.height, c0 : c0 + t.window.width]
+                      for t, r0, c0 in batch]
+            probs = self._infer(np.stack(arrays))
+            for (tile, r0, c0), prob in zip(batch, probs):
+                weights = tile_weights(
+                    self.profile, tile.window.height, tile.window.width,
+                    self.row_overlaps[tile.row], self.col_overlaps[tile.col],
+                )
+                view = acc[:, r0 : r0 + tile.window.height, c0 : c0 + tile.window.width]
+                view[:-1] += prob * weights
+                view[-1] += weights
+            bar.update(len(batch))
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(batch).to(self.device, non_blocking=True)
+        with torch.inference_mode(), torch.autocast(
+            device_type=self.device.type, dtype=torch.float16, enabled=self.amp
+        ):
+            probs = logits_to_probabilities(self.net(x).float())
+        return probs.cpu().numpy()
+
+    # -- output -----------------------------------------------------------------------
+    def _open_output(self, stack, path: Path | None, count: int, dtype: str, nodata: float):
+        if path is None:
+            return None
+        profile = gtiff_profile(self.info, count, dtype, nodata)
+        return stack.enter_context(rasterio.open(path, "w", **profile))
+
+    def _describe(self, mask_dst, prob_dst) -> None:
+        tags = {"GEOUNET_CLASSES": ",".join(self.class_names),
+                "GEOUNET_MODEL_SOURCE": str(self.meta.source.get("name", ""))}
+        if mask_dst is not None:
+            mask_dst.update_tags(**tags)
+            mask_dst.set_band_description(1, "class")
+        if prob_dst is not None:
+            prob_dst.update_tags(**tags)
+            names = self.class_names[1:] if self.channels == 1 else self.class_names
+            for i, name in enumerate(names, start=1):
+                prob_dst.set_band_description(i, f"probability {name}")
+
+    def _write(self, window, region: np.ndarray, valid: np.ndarray, mask_dst, prob_dst) -> None:
+        weight = region[-1]
+        valid = valid & (weight > 0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            probs = region[:-1] / weight
+        if self.channels == 1:
+            classes = (probs[0] >= self.threshold).astype(np.uint8)
+        else:
+            classes = probs.argmax(axis=0).astype(np.uint8)
+        classes[~valid] = MASK_NODATA
+        self.class_pixels += np.bincount(classes[valid], minlength=len(self.class_names))[
+            : len(self.class_names)
+        ]
+        if mask_dst is not None:
+            mask_dst.write(classes, 1, window=window)
+        if prob_dst is not None:
+            probs[:, ~valid] = np.nan
+            prob_dst.write(probs, window=window)
+
+
+def _prefetch(items: Iterator, depth: int = 1) -> Iterator:
+    """Run ``items`` in a background thread, ``depth`` items ahead of the consumer."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as exc:  # handed to the consumer, re-raised there
+            q.put(exc)
+
+    thread = threading.Thread(target=produce, name="geounet-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def _convert_to_cog(path: Path, kind: str) -> None:
+    """Rewrite ``path`` in place (still a temporary name) as a COG with overviews."""
+    from rasterio.shutil import copy as rio_copy
+
+    cog = path.with_name(path.name + ".cog")
+    try:
+        rio_copy(
+            path, cog, driver="COG", compress="DEFLATE", blocksize=512, bigtiff="IF_SAFER",
+            predictor="YES", overview_resampling="nearest" if kind == "mask" else "average",
+        )
+        cog.replace(path)
+    finally:
+        cog.unlink(missing_ok=True)
