@@ -1,0 +1,45 @@
+"""Options shared by several subcommands."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import click
+
+
+def verbosity(func: Callable) -> Callable:
+    """Add ``-q/--quiet`` and ``-v/--verbose`` and configure logging from them."""
+
+    def configure(ctx: click.Context, param: click.Parameter, value: object) -> object:
+        ctx.ensure_object(dict)
+        ctx.obj[param.name] = value
+        quiet, verbose = ctx.obj.get("quiet", False), ctx.obj.get("verbose", 0)
+        level = logging.WARNING if quiet or not verbose else (
+            logging.INFO if verbose == 1 else logging.DEBUG)
+        logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s",
+                            force=True)
+        return value
+
+    func = click.option("-q", "--quiet", is_flag=True, callback=configure, expose_value=True,
+                        help="No progress bar or summary.")(func)
+    func = click.option("-v", "--verbose", count=True, callback=configure, expose_value=True,
+                        help="More detail (-vv for debug and tracebacks).")(func)
+    return func
+
+
+def parse_bands(ctx: click.Context, param: click.Parameter, value: str | None,
+                ) -> tuple[int, ...] | None:
+    """Parse ``--bands 1,2,3`` into 1-based band indexes."""
+    if value is None:
+        return None
+    try:
+        bands = tuple(int(b) for b in value.split(",") if b.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give 1-based band numbers like 1,2,3") from None
+    if not bands or any(b < 1 for b in bands):
+        raise click.BadParameter(f"{value!r}: give 1-based band numbers like 1,2,3")
+    return bands
+
+
+overwrite = click.option("--overwrite", is_flag=True, help="Replace existing outputs.")

@@ -1,0 +1,68 @@
+"""``geounet predict``: segment one raster with a checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from geounet.cli.options import overwrite, parse_bands, verbosity
+from geounet.errors import ConfigError
+from geounet.predict import PredictConfig, predict_raster
+
+
+@click.command("predict")
+@click.argument("input_path", metavar="IN.tif", type=click.Path(path_type=Path))
+@click.option("-m", "--model", required=True, type=click.Path(path_type=Path),
+              help="Checkpoint (.safetensors) from `geounet train`.")
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="Class mask GeoTIFF (uint8, nodata 255).")
+@click.option("--probabilities", type=click.Path(path_type=Path),
+              help="Probabilities GeoTIFF (float32, nodata NaN).")
+@click.option("--bands", callback=parse_bands, help="Input bands in model order, e.g. 1,2,3.")
+@click.option("--tile", "tile_size", type=click.IntRange(16), help="Tile edge in pixels.")
+@click.option("--overlap", type=click.IntRange(0), help="Tile overlap in pixels.")
+@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(1))
+@click.option("--block-tiles", default=4, show_default=True, type=click.IntRange(1),
+              help="Blocks of NxN tiles: the unit of memory.")
+@click.option("--window", default="hann", show_default=True,
+              type=click.Choice(["hann", "average"]), help="Blend window across overlaps.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--no-amp", is_flag=True, help="Full float32 precision on CUDA.")
+@click.option("--threshold", type=click.FloatRange(0, 1), help="Binary foreground cut.")
+@click.option("--threads", type=click.IntRange(1), help="CPU threads for the model.")
+@click.option("--cog", is_flag=True, help="Write Cloud-Optimized GeoTIFFs with overviews.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
+@overwrite
+@verbosity
+def command(input_path: Path, model: Path, output: Path | None, probabilities: Path | None,
+            bands, tile_size, overlap, batch_size, block_tiles, window, device, no_amp,
+            threshold, threads, cog, as_json, overwrite, quiet, verbose) -> None:
+    """Segment IN.tif tile by tile and write a georeferenced mask and/or probabilities."""
+    if output is None and probabilities is None:
+        raise ConfigError("give -o MASK.tif and/or --probabilities PROB.tif")
+    config = PredictConfig(
+        tile_size=tile_size, overlap=overlap, batch_size=batch_size, block_tiles=block_tiles,
+        window=window, device=device, amp=not no_amp, bands=bands, threshold=threshold,
+        threads=threads, cog=cog, overwrite=overwrite, progress=not quiet,
+    )
+    result = predict_raster(input_path, model, output, probabilities, config)
+    summary = {
+        "input": str(result.input), "mask": str(result.mask) if result.mask else None,
+        "probabilities": str(result.probabilities) if result.probabilities else None,
+        "size": [result.width, result.height], "tiles": result.tiles,
+        "tiles_skipped": result.tiles_skipped, "device": result.device,
+        "seconds": round(result.seconds, 3), "class_pixels": result.class_pixels,
+    }
+    if as_json:
+        click.echo(json.dumps(summary))
+    elif not quiet:
+        counts = ", ".join(f"{k} {v}" for k, v in result.class_pixels.items())
+        rate = result.tiles / result.seconds if result.seconds else float("nan")
+        click.echo(f"{result.input.name}: {result.width}x{result.height} px, {result.tiles} "
+                   f"tiles ({result.tiles_skipped} empty) in {result.seconds:.1f} s "
+                   f"({rate:.2f} tiles/s, {result.device}); pixels: {counts}", err=True)
+        for path in (result.mask, result.probabilities):
+            if path:
+                click.echo(f"wrote {path}", err=True)
