@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from geounet.errors import ModelError
+from geounet.io import temporary_sibling
 from geounet.model import UNet, UNetConfig
 
 FORMAT = "geounet-checkpoint"
@@ -100,13 +100,12 @@ def save_checkpoint(path: str | Path, model: UNet, metadata: ModelMetadata) -> P
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     header = {"format": FORMAT, "version": str(VERSION), "geounet": metadata.to_json()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = temporary_sibling(path, ".tmp")
     try:
         save_file(tensors, tmp, metadata=header)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 
@@ -148,7 +147,8 @@ def _open(
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()} if with_tensors else {}
+            names = f.keys()  # safe_open is not a mapping
+            tensors = {k: f.get_tensor(k) for k in names} if with_tensors else {}
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelError(
             f"{path}: not a readable geounet checkpoint (safetensors): {exc}. "

@@ -144,12 +144,20 @@ def check_output(path: str | Path, inputs: Sequence[str | Path], overwrite: bool
     return path
 
 
+def temporary_sibling(path: Path, suffix: str) -> Path:
+    """Create an empty, uniquely named hidden file beside ``path`` with umask permissions."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent or ".")
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    return Path(tmp)
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only on success."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent or ".")
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = temporary_sibling(path, ".part")
     try:
         yield tmp_path
         os.replace(tmp_path, path)

@@ -83,7 +83,10 @@ class Up(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, bilinear: bool):
         super().__init__()
         if bilinear:
-            self.up: nn.Module = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)
+            # align_corners=False keeps the network shift-equivariant, so a tile and the whole
+            # raster give the same prediction for the same pixel (True, as in many U-Net
+            # ports, samples on a grid that depends on the input size: seams everywhere).
+            self.up: nn.Module = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
             self.conv = DoubleConv(in_channels, out_channels, in_channels // 2)
         else:
             self.up = nn.ConvTranspose2d(in_channels, in_channels // 2, kernel_size=2, stride=2)

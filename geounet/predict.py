@@ -34,7 +34,13 @@ from geounet.blend import WindowProfile, axis_overlaps, resolve_window, tile_wei
 from geounet.checkpoint import ModelMetadata, load_checkpoint
 from geounet.errors import ConfigError
 from geounet.io import (
-    RasterInfo, atomic_path, check_output, gtiff_profile, normalize, open_raster, read_masked,
+    RasterInfo,
+    atomic_path,
+    check_output,
+    gtiff_profile,
+    normalize,
+    open_raster,
+    read_masked,
     select_bands,
 )
 from geounet.model import UNet, logits_to_probabilities
