@@ -275,7 +275,7 @@ def generate_crack_scene(out_dir: Path, seed: int = 0, size: int = 2048,
 
     polygons = [shape(g) for g, v in features.shapes(mask.astype(np.uint8), mask=mask,
                                                      transform=transform)]
-    lines = [LineString([transform * tuple(p) for p in pts]) for pts, _ in paths]
+    lines = [affinity.affine_transform(LineString(pts), transform.to_shapely()) for pts, _ in paths]
     layers = {
         "cracks": gpd.GeoDataFrame({"class_id": [1] * len(polygons),
                                     "class_name": ["crack"] * len(polygons)},
