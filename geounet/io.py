@@ -105,7 +105,10 @@ def read_masked(src: rasterio.DatasetReader, bands: Sequence[int], window: Windo
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Read ``window`` of ``bands`` as float32 ``(bands, rows, cols)`` and its valid mask."""
     data = src.read(list(bands), window=window, out_dtype="float32")
-    valid = np.isfinite(data).all(axis=0)
+    if np.issubdtype(np.dtype(src.dtypes[bands[0] - 1]), np.floating):
+        valid = np.isfinite(data).all(axis=0)
+    else:  # integers are always finite: skip a pass over the block
+        valid = np.ones(data.shape[1:], dtype=bool)
     flags = [src.mask_flag_enums[b - 1] for b in bands]
     if any(MaskFlags.all_valid not in f for f in flags):
         valid &= (src.read_masks(list(bands), window=window) > 0).all(axis=0)
@@ -115,10 +118,9 @@ def read_masked(src: rasterio.DatasetReader, bands: Sequence[int], window: Windo
 def normalize(data: np.ndarray, valid: np.ndarray, mean: Sequence[float],
               std: Sequence[float]) -> np.ndarray:
     """(x - mean) / std per band, in place; invalid pixels become 0 (the band mean)."""
-    mean_ = np.asarray(mean, dtype=np.float32)[:, None, None]
-    std_ = np.asarray(std, dtype=np.float32)[:, None, None]
-    data -= mean_
-    data /= std_
+    for band, (m, s) in enumerate(zip(mean, std)):
+        np.subtract(data[band], np.float32(m), out=data[band])
+        np.multiply(data[band], np.float32(1.0 / s), out=data[band])
     if not valid.all():
         data[:, ~valid] = 0.0
     return data
@@ -174,7 +176,8 @@ def gtiff_profile(info: RasterInfo, count: int, dtype: str, nodata: float) -> di
         "driver": "GTiff", "width": info.width, "height": info.height, "count": count,
         "dtype": dtype, "nodata": nodata, "crs": info.crs, "transform": info.transform,
         "tiled": True, "blockxsize": block, "blockysize": block, "compress": "deflate",
-        "predictor": 3 if dtype.startswith("float") else 2, "zlevel": 6,
+        # Floating-point predictor for probabilities; none for categorical class ids.
+        "predictor": 3 if dtype.startswith("float") else 1, "zlevel": 6,
         "bigtiff": "if_safer", "num_threads": "all_cpus",
     }
 
