@@ -16,6 +16,7 @@ Nodata travels: pixels that are nodata or not finite in any input band are writt
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import sys
@@ -49,7 +50,7 @@ from geounet.tiling import Block, TileGrid
 log = logging.getLogger(__name__)
 
 MASK_NODATA = 255
-GDAL_CACHE_MB = 64
+GDAL_CACHE_MB = 32
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ class PredictConfig:
     tile_size: int | None = None
     overlap: int | None = None
     batch_size: int = 4
-    block_tiles: int = 4
+    block_tiles: int = 2
     window: str | WindowProfile = "hann"
     device: str = "auto"
     amp: bool = True
@@ -199,9 +200,7 @@ class _Engine:
 
     # -- the block loop ---------------------------------------------------------------
     def run(self, mask_path: Path | None, prob_path: Path | None) -> None:
-        from contextlib import ExitStack
-
-        with ExitStack() as stack:
+        with contextlib.ExitStack() as stack:
             mask_tmp = stack.enter_context(atomic_path(mask_path)) if mask_path else None
             prob_tmp = stack.enter_context(atomic_path(prob_path)) if prob_path else None
             mask_dst = self._open_output(stack, mask_tmp, 1, "uint8", MASK_NODATA)
@@ -222,12 +221,17 @@ class _Engine:
                         _convert_to_cog(tmp, kind)
 
     def _stream(self, mask_dst, prob_dst, bar: tqdm) -> None:
+        with contextlib.closing(_prefetch(self._read_blocks())) as prefetched:
+            self._consume(prefetched, mask_dst, prob_dst, bar)
+
+    def _consume(self, prefetched: Iterator, mask_dst, prob_dst, bar: tqdm) -> None:
+        """Accumulate each block, carry what later blocks add to, write what is final."""
         width = self.info.width
         incoming: tuple[int, np.ndarray] | None = None   # (first row, (C+1, rows, width))
         outgoing: tuple[int, np.ndarray] | None = None
         left: np.ndarray | None = None                   # (C+1, block rows, carried cols)
         current_row = -1
-        for block, data, valid in _prefetch(self._read_blocks()):
+        for block, data, valid in prefetched:
             if block.row != current_row:
                 current_row, incoming, outgoing, left = block.row, outgoing, None, None
             win = block.window
@@ -338,25 +342,35 @@ class _Engine:
 
 
 def _prefetch(items: Iterator, depth: int = 1) -> Iterator:
-    """Run ``items`` in a background thread, ``depth`` items ahead of the consumer."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
+    """Run ``items`` in a background thread, at most ``depth`` items ahead of the consumer.
+
+    An item counts as held until the consumer asks for the next one, so at most
+    ``depth + 1`` items (the current one and those read ahead) exist at any time.
+    """
+    q: queue.Queue = queue.Queue()
+    slots = threading.Semaphore(depth + 1)  # the current item plus those read ahead
     stop = threading.Event()
     done = object()
 
     def produce() -> None:
+        iterator = iter(items)
         try:
-            for item in items:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
+            while True:
+                while not slots.acquire(timeout=0.1):
+                    if stop.is_set():
+                        return
                 if stop.is_set():
                     return
-            q.put(done)
+                item = next(iterator, done)
+                q.put(item)
+                if item is done:
+                    return
         except BaseException as exc:  # handed to the consumer, re-raised there
             q.put(exc)
+        finally:  # close the source here, in its own thread (it may hold open datasets)
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
 
     thread = threading.Thread(target=produce, name="geounet-reader", daemon=True)
     thread.start()
@@ -368,6 +382,8 @@ def _prefetch(items: Iterator, depth: int = 1) -> Iterator:
             if isinstance(item, BaseException):
                 raise item
             yield item
+            del item  # drop the finished item before the next is read
+            slots.release()
     finally:
         stop.set()
         thread.join(timeout=5)

@@ -24,7 +24,7 @@ from geounet.predict import PredictConfig, predict_raster
 @click.option("--tile", "tile_size", type=click.IntRange(16), help="Tile edge in pixels.")
 @click.option("--overlap", type=click.IntRange(0), help="Tile overlap in pixels.")
 @click.option("--batch-size", default=4, show_default=True, type=click.IntRange(1))
-@click.option("--block-tiles", default=4, show_default=True, type=click.IntRange(1),
+@click.option("--block-tiles", default=2, show_default=True, type=click.IntRange(1),
               help="Blocks of NxN tiles: the unit of memory.")
 @click.option("--window", default="hann", show_default=True,
               type=click.Choice(["hann", "average"]), help="Blend window across overlaps.")

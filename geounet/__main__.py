@@ -1,0 +1,3 @@
+from geounet.cli import main
+
+main()
