@@ -85,10 +85,11 @@ def select_bands(info: RasterInfo, model_bands: Sequence[int], bands: Sequence[i
     trained = ",".join(map(str, model_bands))
     if bands is None:
         if info.count != needed or max(model_bands) > info.count:
+            example = [min(b, info.count) for b in range(1, needed + 1)]
             raise InputError(
                 f"{info.path}: raster has {info.count} band(s) but the model expects {needed} "
                 f"(trained on bands {trained}); choose {needed} with --bands, "
-                f"e.g. --bands {','.join(str(b) for b in range(1, needed + 1))}"
+                f"e.g. --bands {','.join(map(str, example))}"
             )
         return tuple(model_bands)
     chosen = tuple(bands)
