@@ -60,7 +60,7 @@ def open_raster(path: str | Path) -> RasterInfo:
                 has_mask=any(MaskFlags.all_valid not in f for f in src.mask_flag_enums),
             )
     except RasterioIOError as exc:
-        raise InputError(f"{path}: not a readable raster ({_first_line(exc)})") from exc
+        raise InputError(f"{path}: not a readable raster ({first_line(exc)})") from exc
     if len(dtypes) > 1:
         raise InputError(f"{path}: bands have different data types {sorted(dtypes)}")
     if info.dtype not in SUPPORTED_DTYPES:
@@ -183,5 +183,9 @@ def gtiff_profile(info: RasterInfo, count: int, dtype: str, nodata: float) -> di
     }
 
 
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+def first_line(exc: BaseException) -> str:
+    """The first line of the innermost cause of ``exc`` (GDAL's own words, when it has them)."""
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

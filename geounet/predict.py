@@ -29,15 +29,17 @@ from pathlib import Path
 import numpy as np
 import rasterio
 import torch
+from rasterio.errors import RasterioError
 from tqdm import tqdm
 
 from geounet.blend import WindowProfile, axis_overlaps, resolve_window, tile_weights
 from geounet.checkpoint import ModelMetadata, load_checkpoint
-from geounet.errors import ConfigError
+from geounet.errors import ConfigError, InputError
 from geounet.io import (
     RasterInfo,
     atomic_path,
     check_output,
+    first_line,
     gtiff_profile,
     normalize,
     open_raster,
@@ -262,7 +264,15 @@ class _Engine:
     def _read_blocks(self) -> Iterator[tuple[Block, np.ndarray, np.ndarray]]:
         with rasterio.open(self.info.path) as src:
             for block in self.grid.blocks(self.config.block_tiles):
-                data, valid = read_masked(src, self.bands, block.window)
+                try:
+                    data, valid = read_masked(src, self.bands, block.window)
+                except RasterioError as exc:
+                    w = block.window
+                    raise InputError(
+                        f"{self.info.path}: reading pixels ({w.col_off}, {w.row_off}) to "
+                        f"({w.col_off + w.width}, {w.row_off + w.height}) failed; the file is "
+                        f"probably truncated or corrupt ({first_line(exc)})"
+                    ) from exc
                 yield block, normalize(data, valid, self.meta.mean, self.meta.std), valid
 
     # -- model and blending -----------------------------------------------------------
