@@ -151,6 +151,9 @@ def predict_raster(
         net = net.to(device).eval()
     else:
         net, meta = load_checkpoint(model, device)
+    if meta.arch.classes >= MASK_NODATA:
+        raise ConfigError(f"the uint8 mask holds at most {MASK_NODATA - 1} classes (255 is "
+                          f"nodata); this model has {meta.arch.classes}")
     bands = select_bands(info, meta.bands, config.bands)
     tile = config.tile_size or meta.tile_size
     overlap = meta.overlap if config.overlap is None else config.overlap
