@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
 import click
 
 from geounet.cli.options import overwrite, parse_bands, verbosity
+from geounet.cli.vectorize import vector_config, with_vector_options
 from geounet.errors import ConfigError
+from geounet.io import check_output, temporary_sibling
 from geounet.predict import PredictConfig, predict_raster
+from geounet.vectorize import vectorize_raster
 
 
 @click.command("predict")
@@ -33,15 +37,44 @@ from geounet.predict import PredictConfig, predict_raster
 @click.option("--threshold", type=click.FloatRange(0, 1), help="Binary foreground cut.")
 @click.option("--threads", type=click.IntRange(1), help="CPU threads for the model.")
 @click.option("--cog", is_flag=True, help="Write Cloud-Optimized GeoTIFFs with overviews.")
+@click.option("--vector", type=click.Path(path_type=Path),
+              help="Also polygonize the mask into this vector file (.gpkg, .geojson, ...).")
+@with_vector_options
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
 @overwrite
 @verbosity
 def command(input_path: Path, model: Path, output: Path | None, probabilities: Path | None,
             bands, tile_size, overlap, batch_size, block_tiles, window, device, no_amp,
-            threshold, threads, cog, as_json, overwrite, quiet, verbose) -> None:
-    """Segment IN.tif tile by tile and write a georeferenced mask and/or probabilities."""
-    if output is None and probabilities is None:
-        raise ConfigError("give -o MASK.tif and/or --probabilities PROB.tif")
+            threshold, threads, cog, vector, driver, connectivity, min_area, simplify, crs,
+            pixel_coordinates, as_json, overwrite, quiet, verbose) -> None:
+    """Segment IN.tif tile by tile and write a georeferenced mask and/or probabilities.
+
+    With --vector, the mask is also turned into polygons (a temporary mask is used when no
+    -o is given).
+    """
+    if output is None and probabilities is None and vector is None:
+        raise ConfigError("give -o MASK.tif, --probabilities PROB.tif and/or --vector OUT.gpkg")
+    with contextlib.ExitStack() as stack:
+        if vector is not None:
+            check_output(vector, [input_path], overwrite)
+            if output is None:  # a mask only for the polygons: removed in any case
+                output = temporary_sibling(vector, ".mask.tif")
+                output.unlink()
+                stack.callback(output.unlink, missing_ok=True)
+        _predict(input_path, model, output, probabilities, bands, tile_size, overlap,
+                 batch_size, block_tiles, window, device, no_amp, threshold, threads, cog,
+                 as_json, overwrite, quiet)
+        if vector is not None:
+            result = vectorize_raster(output, vector,
+                                      vector_config(connectivity, min_area, simplify),
+                                      driver, crs, pixel_coordinates, overwrite)
+            if not quiet and not as_json:
+                click.echo(f"wrote {result.features} features to {result.output}", err=True)
+
+
+def _predict(input_path, model, output, probabilities, bands, tile_size, overlap, batch_size,
+             block_tiles, window, device, no_amp, threshold, threads, cog, as_json, overwrite,
+             quiet) -> None:
     config = PredictConfig(
         tile_size=tile_size, overlap=overlap, batch_size=batch_size, block_tiles=block_tiles,
         window=window, device=device, amp=not no_amp, bands=bands, threshold=threshold,

@@ -1,0 +1,128 @@
+"""Block-wise polygonization equals whole-mask polygonization; exports open in GIS formats."""
+
+from __future__ import annotations
+
+import geopandas as gpd
+import numpy as np
+import pyogrio
+import pytest
+import shapely
+from rasterio import features
+from rasterio.transform import Affine, from_origin
+from scipy import ndimage
+from shapely.geometry import shape
+
+from geounet.errors import InputError, OutputError
+from geounet.vectorize import VectorizeConfig, polygonize_blocks, vectorize_raster
+
+TRANSFORM = from_origin(500000.0, 5000000.0, 0.5, 0.5)
+
+
+@pytest.fixture(scope="module")
+def random_mask():
+    rng = np.random.default_rng(0)
+    n = 300
+    mask = (ndimage.gaussian_filter(rng.standard_normal((n, n)), 3) > 0.05).astype(np.uint8)
+    mask[rng.random((n, n)) < 0.05] = 2            # many corner-only contacts
+    mask[ndimage.gaussian_filter(rng.standard_normal((n, n)), 2) > 0.3] = 0   # holes
+    return mask
+
+
+@pytest.mark.parametrize("connectivity", [4, 8])
+@pytest.mark.parametrize("block_size", [37, 64, 1000])
+def test_blocks_equal_whole_mask(make_raster, random_mask, connectivity, block_size):
+    path = make_raster(random_mask[None], transform=TRANSFORM)
+    whole = [(shape(g), int(v)) for g, v in features.shapes(
+        random_mask, mask=random_mask > 0, transform=TRANSFORM, connectivity=connectivity)]
+    got = list(polygonize_blocks(path, VectorizeConfig(connectivity, block_size)))
+    for class_id in (1, 2):
+        a = [g for g, v in whole if v == class_id]
+        b = [f.geometry for f in got if f.class_id == class_id]
+        assert len(a) == len(b)
+        total = sum(g.area for g in a)
+        assert abs(total - sum(g.area for g in b)) <= 1e-9 * total
+        assert shapely.union_all(a).symmetric_difference(shapely.union_all(b)).area == 0
+        assert all(g.is_valid for g in b)
+
+
+@pytest.mark.parametrize("ext,epsg", [("gpkg", 32633), ("geojson", 4326), ("shp", 32633),
+                                      ("parquet", 32633)])
+def test_formats_open_with_crs_count_and_measurements(make_raster, tmp_path, ext, epsg):
+    mask = np.zeros((1, 60, 80), np.uint8)
+    mask[0, 10:20, 10:30] = 1                       # 200 px = 50 m^2, perimeter 30 m
+    mask[0, 40:50, 50:52] = 1                       # 20 px = 5 m^2, perimeter 12 m
+    path = make_raster(mask, transform=TRANSFORM)
+    out = tmp_path / f"out.{ext}"
+    result = vectorize_raster(path, out, VectorizeConfig(block_size=16))
+    frame = gpd.read_parquet(out) if ext == "parquet" else gpd.read_file(out)
+    assert result.features == len(frame) == 2
+    assert frame.crs.to_epsg() == epsg
+    assert sorted(frame.area_m2.round(6)) == [5.0, 50.0]
+    assert sorted(frame.perim_m.round(6)) == [12.0, 30.0]
+    if ext == "geojson":
+        x0, y0, x1, y1 = frame.total_bounds
+        assert 14.9 < x0 < x1 < 15.1 and 45.1 < y0 < y1 < 45.2
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_min_area_and_empty_mask_gives_empty_layer_with_schema(make_raster, tmp_path):
+    mask = np.zeros((1, 30, 30), np.uint8)
+    mask[0, 2:4, 2:4] = 1                           # 1 m^2
+    path = make_raster(mask, transform=TRANSFORM)
+    out = tmp_path / "empty.gpkg"
+    result = vectorize_raster(path, out, VectorizeConfig(min_area=2.0))
+    assert result.features == 0
+    info = pyogrio.read_info(out)
+    assert info["features"] == 0
+    assert list(info["fields"]) == ["class_id", "class_name", "area_m2", "perim_m"]
+    assert info["crs"] == "EPSG:32633"
+
+
+def test_geographic_crs_gets_geodesic_areas(make_raster, tmp_path):
+    mask = np.ones((1, 10, 10), np.uint8)
+    transform = Affine(1e-4, 0, 15.0, 0, -1e-4, 45.001)    # ~7.9 m x 11.1 m pixels
+    path = make_raster(mask, crs="EPSG:4326", transform=transform)
+    out = tmp_path / "geo.gpkg"
+    vectorize_raster(path, out)
+    area = gpd.read_file(out).area_m2.iloc[0]
+    assert area == pytest.approx(0.001 * 0.001 * 111_132 * 78_850, rel=0.01)
+
+
+def test_no_crs_is_refused_unless_declared(make_raster, tmp_path):
+    mask = np.ones((1, 8, 8), np.uint8)
+    path = make_raster(mask, crs=None, transform=Affine.identity())
+    with pytest.raises(InputError, match="--crs"):
+        vectorize_raster(path, tmp_path / "a.gpkg")
+    assert not (tmp_path / "a.gpkg").exists()
+    vectorize_raster(path, tmp_path / "b.gpkg", pixel_coordinates=True)
+    assert pyogrio.read_info(tmp_path / "b.gpkg")["features"] == 1
+    vectorize_raster(path, tmp_path / "c.gpkg", crs="EPSG:32633")
+    assert pyogrio.read_info(tmp_path / "c.gpkg")["crs"] == "EPSG:32633"
+
+
+def test_existing_output_is_kept(make_raster, tmp_path):
+    path = make_raster(np.ones((1, 8, 8), np.uint8), transform=TRANSFORM)
+    out = tmp_path / "x.gpkg"
+    out.write_bytes(b"keep")
+    with pytest.raises(OutputError, match="--overwrite"):
+        vectorize_raster(path, out)
+    assert out.read_bytes() == b"keep"
+
+
+def test_cli_predict_to_polygons_in_one_command(rgb, tiny_model, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "polys.geojson"
+    done = subprocess.run([sys.executable, "-m", "geounet", "predict", str(rgb), "-m",
+                           str(tiny_model()), "--vector", str(out), "-q"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert pyogrio.read_info(out)["crs"] == "EPSG:4326"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix != ".safetensors") == [
+        "in.tif", "polys.geojson"]
+    done = subprocess.run([sys.executable, "-m", "geounet", "vectorize", str(rgb), "-o",
+                           str(tmp_path / "v.gpkg"), "--json"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and json.loads(done.stdout)["format"] == "GPKG"
