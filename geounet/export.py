@@ -11,13 +11,13 @@ result is a valid, empty layer with the full schema.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
 from pathlib import Path
 
 import geopandas as gpd
+import numpy as np
 import pyogrio
+import shapely
 from pyproj import CRS
-from shapely.geometry.base import BaseGeometry
 
 from geounet.errors import ConfigError, InputError
 from geounet.io import temporary_sibling
@@ -44,31 +44,24 @@ def vector_format(path: Path, name: str | None = None) -> str:
                           f"{', '.join(FORMATS)} or --format") from None
 
 
-def measure(geometry: BaseGeometry, crs: CRS | None) -> tuple[float, float]:
-    """(area in m^2, perimeter in m) of a polygon in ``crs``; pixel units when ``crs`` is None."""
-    if crs is None:
-        return geometry.area, geometry.length
-    if crs.is_geographic:
-        area, perimeter = crs.get_geod().geometry_area_perimeter(geometry)
-        return abs(area), perimeter
-    unit = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
-    return geometry.area * unit**2, geometry.length * unit
+def measure(geometries: np.ndarray, crs: CRS | None) -> tuple[np.ndarray, np.ndarray]:
+    """(areas in m^2, perimeters in m) of polygons in ``crs``; pixel units when it is None."""
+    if crs is not None and crs.is_geographic:
+        geod = crs.get_geod()
+        pairs = np.array([geod.geometry_area_perimeter(g) for g in geometries]).reshape(-1, 2)
+        return np.abs(pairs[:, 0]), pairs[:, 1]
+    unit = crs.axis_info[0].unit_conversion_factor if crs is not None and crs.axis_info else 1.0
+    return shapely.area(geometries) * unit**2, shapely.length(geometries) * unit
 
 
-def to_frame(features: Iterable[tuple[int, BaseGeometry]], crs: CRS | None,
+def to_frame(class_ids: np.ndarray, geometries: np.ndarray, crs: CRS | None,
              class_names: dict[int, str]) -> gpd.GeoDataFrame:
     """A GeoDataFrame with the standard columns, measured in ``crs``."""
-    rows: dict[str, list] = {c: [] for c in COLUMNS}
-    geometries = []
-    for class_id, geometry in features:
-        area, perimeter = measure(geometry, crs)
-        rows["class_id"].append(class_id)
-        rows["class_name"].append(class_names.get(class_id, str(class_id)))
-        rows["area_m2"].append(area)
-        rows["perim_m"].append(perimeter)
-        geometries.append(geometry)
-    frame = gpd.GeoDataFrame(rows, geometry=geometries, crs=crs)
-    return frame.astype({"class_id": "int32", "area_m2": "float64", "perim_m": "float64"})
+    areas, perimeters = measure(geometries, crs)
+    names = np.array([class_names.get(int(c), str(c)) for c in class_ids], dtype=object)
+    columns = dict(zip(COLUMNS, (class_ids.astype(np.int32), names,
+                                 areas.astype(np.float64), perimeters.astype(np.float64))))
+    return gpd.GeoDataFrame(columns, geometry=geometries, crs=crs)
 
 
 def write_frame(frame: gpd.GeoDataFrame, path: Path, driver: str) -> None:

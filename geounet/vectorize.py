@@ -23,8 +23,6 @@ import rasterio
 import shapely
 from rasterio import features
 from rasterio.windows import Window
-from shapely import affinity
-from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
 from geounet.errors import ConfigError, InputError
@@ -56,36 +54,29 @@ class VectorizeConfig:
             raise ConfigError(f"block size must be >= 2 pixels, got {self.block_size}")
 
 
-@dataclass(frozen=True)
-class Feature:
-    """One polygon (or multipolygon, for 8-connected corner joins) of one class, map CRS."""
-
-    class_id: int
-    geometry: BaseGeometry
-
-
 def polygonize_blocks(mask_path: str | Path, config: VectorizeConfig | None = None,
-                      ) -> Iterator[Feature]:
-    """Yield the polygons of a class mask raster (band 1), in the raster's CRS.
+                      ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield ``(class ids, polygons)`` arrays, block by block, in the raster's CRS.
 
-    Nodata pixels and class 0 are not vectorized. See the module docstring for how blocks
-    are merged.
+    Nodata pixels and class 0 are not vectorized. Pieces that reach an inner block edge are
+    held back and yielded, merged, at the end (see the module docstring).
     """
     config = config or VectorizeConfig()
     info = open_raster(mask_path)
-    to_map = info.transform.to_shapely()
-    pending: dict[int, list[BaseGeometry]] = {}
-    for class_id, polygon in _block_pieces(mask_path, info.width, info.height, config,
-                                           pending):
-        yield _finish(class_id, polygon, to_map, config)
+    pending: dict[int, list[np.ndarray]] = {}
+    for ids, polygons in _block_pieces(mask_path, info.width, info.height, config, pending):
+        yield ids, _finish(polygons, info.transform, config)
     for class_id, pieces in pending.items():
-        for merged in _merge_touching(pieces, config.connectivity):
-            yield _finish(class_id, merged, to_map, config)
+        merged = np.array(list(_merge_touching(np.concatenate(pieces), config.connectivity)),
+                          dtype=object)
+        yield np.full(len(merged), class_id, np.int32), _finish(merged, info.transform, config)
 
 
 def _block_pieces(mask_path, width: int, height: int, config: VectorizeConfig,
-                  pending: dict[int, list[BaseGeometry]]) -> Iterator[tuple[int, BaseGeometry]]:
-    """Complete polygons of each block; pieces touching inner block edges go to ``pending``."""
+                  pending: dict[int, list[np.ndarray]],
+                  ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Complete polygons of each block (pixel coordinates); pieces touching inner block
+    edges are appended to ``pending`` by class."""
     size = config.block_size
     with rasterio.open(mask_path) as src:
         for row in range(0, height, size):
@@ -99,22 +90,32 @@ def _block_pieces(mask_path, width: int, height: int, config: VectorizeConfig,
                 if not keep.any():
                     continue
                 offset = rasterio.Affine.translation(col, row)
-                inner = (col > 0, row > 0, col + window.width < width,
-                         row + window.height < height)
-                for geom, value in features.shapes(values, mask=keep, transform=offset,
-                                                   connectivity=config.connectivity):
-                    polygon = shape(geom)
-                    x0, y0, x1, y1 = polygon.bounds
-                    on_edge = ((inner[0] and x0 == col) or (inner[1] and y0 == row)
-                               or (inner[2] and x1 == col + window.width)
-                               or (inner[3] and y1 == row + window.height))
-                    if on_edge:
-                        pending.setdefault(int(value), []).append(polygon)
-                    else:
-                        yield int(value), polygon
+                found = list(features.shapes(values, mask=keep, transform=offset,
+                                             connectivity=config.connectivity))
+                polygons = _polygons([geom for geom, _ in found])
+                ids = np.array([value for _, value in found], dtype=np.int32)
+                x0, y0, x1, y1 = shapely.bounds(polygons).T
+                on_edge = ((col > 0) & (x0 == col)) | ((row > 0) & (y0 == row))
+                on_edge |= (col + window.width < width) & (x1 == col + window.width)
+                on_edge |= (row + window.height < height) & (y1 == row + window.height)
+                for class_id in np.unique(ids[on_edge]):
+                    pending.setdefault(int(class_id), []).append(
+                        polygons[on_edge & (ids == class_id)])
+                yield ids[~on_edge], polygons[~on_edge]
 
 
-def _merge_touching(pieces: list[BaseGeometry], connectivity: int) -> Iterator[BaseGeometry]:
+def _polygons(geojson: list[dict]) -> np.ndarray:
+    """GeoJSON polygon dicts to an array of shapely Polygons, built in one vectorized call."""
+    rings = [np.asarray(ring, dtype=np.float64) for g in geojson for ring in g["coordinates"]]
+    ring_ends = np.cumsum([len(r) for r in rings])
+    polygon_ends = np.cumsum([len(g["coordinates"]) for g in geojson])
+    return shapely.from_ragged_array(
+        shapely.GeometryType.POLYGON, np.concatenate(rings),
+        (np.concatenate([[0], ring_ends]), np.concatenate([[0], polygon_ends])),
+    )
+
+
+def _merge_touching(pieces: np.ndarray, connectivity: int) -> Iterator[BaseGeometry]:
     """Union pieces into connected groups: sharing an edge (4) or any point (8)."""
     tree = shapely.STRtree(pieces)
     left, right = tree.query(pieces, predicate="touches")
@@ -139,15 +140,19 @@ def _merge_touching(pieces: list[BaseGeometry], connectivity: int) -> Iterator[B
         yield members[0] if len(members) == 1 else shapely.union_all(members)
 
 
-def _finish(class_id: int, polygon: BaseGeometry, to_map: list[float],
-            config: VectorizeConfig) -> Feature:
-    geometry = affinity.affine_transform(polygon, to_map)
-    if not geometry.is_valid:
+def _finish(polygons: np.ndarray, transform: rasterio.Affine, config: VectorizeConfig,
+            ) -> np.ndarray:
+    """Pixel coordinates to map coordinates; valid geometry; optional simplification."""
+    a, b, d, e, xoff, yoff = transform.to_shapely()
+    matrix = np.array([[a, d], [b, e]])
+    geometries = shapely.transform(polygons, lambda xy: xy @ matrix + (xoff, yoff))
+    invalid = ~shapely.is_valid(geometries)
+    if invalid.any():
         # 8-connected outlines touch themselves at pixel corners; split them there.
-        geometry = shapely.make_valid(geometry, method="structure")
+        geometries[invalid] = shapely.make_valid(geometries[invalid], method="structure")
     if config.simplify > 0:
-        geometry = shapely.simplify(geometry, config.simplify, preserve_topology=True)
-    return Feature(class_id, geometry)
+        geometries = shapely.simplify(geometries, config.simplify, preserve_topology=True)
+    return geometries
 
 
 @dataclass
@@ -193,10 +198,13 @@ def vectorize_raster(mask_path: str | Path, output: str | Path,
     with rasterio.open(mask_path) as src:
         names = src.tags().get("GEOUNET_CLASSES", "")
     class_names = dict(enumerate(n for n in names.split(",") if n)) if names else {}
-    features_ = ((f.class_id, f.geometry) for f in polygonize_blocks(mask_path, config)
-                 if f.geometry.area >= config.min_area)
+    ids, geometries = [np.zeros(0, np.int32)], [np.zeros(0, dtype=object)]
+    for block_ids, block_geometries in polygonize_blocks(mask_path, config):
+        keep = shapely.area(block_geometries) >= config.min_area
+        ids.append(block_ids[keep])
+        geometries.append(block_geometries[keep])
     pyproj_crs = pyproj.CRS.from_user_input(source_crs.to_wkt()) if source_crs else None
-    frame = to_frame(features_, pyproj_crs, class_names)
+    frame = to_frame(np.concatenate(ids), np.concatenate(geometries), pyproj_crs, class_names)
     if crs is not None:
         frame = frame.to_crs(crs)
     write_frame(frame, output, fmt)

@@ -7,8 +7,6 @@ from pathlib import Path
 import click
 
 from geounet.cli.options import verbosity
-from geounet.evaluate import evaluate_masks
-from geounet.predict import PredictConfig, predict_raster
 
 # Scene kind -> the score that matters for it (roads: area overlap; cracks: tolerant F1).
 SCENES = {"roads": ("pixel", "iou"), "cracks": ("tolerant", "f1")}
@@ -24,6 +22,9 @@ SCENES = {"roads": ("pixel", "iou"), "cracks": ("tolerant", "f1")}
 @verbosity
 def command(data: Path, out_dir: Path, device: str, quiet, verbose) -> None:
     """Segment every sample scene with its bundled model; write masks and print scores."""
+    from geounet.evaluate import evaluate_masks
+    from geounet.predict import PredictConfig, predict_raster  # torch: loaded on use
+
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for kind, (family, metric) in SCENES.items():

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import click
 
-from geounet.checkpoint import read_metadata
-
 
 @click.command("info")
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 def command(checkpoint: Path) -> None:
     """Print a checkpoint's metadata (architecture, bands, normalization, classes) as JSON."""
+    from geounet.checkpoint import read_metadata  # torch: loaded on use
+
     click.echo(read_metadata(checkpoint).to_json())

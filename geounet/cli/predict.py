@@ -12,7 +12,6 @@ from geounet.cli.options import overwrite, parse_bands, verbosity
 from geounet.cli.vectorize import vector_config, with_vector_options
 from geounet.errors import ConfigError
 from geounet.io import check_output, temporary_sibling
-from geounet.predict import PredictConfig, predict_raster
 from geounet.vectorize import vectorize_raster
 
 
@@ -75,6 +74,8 @@ def command(input_path: Path, model: Path, output: Path | None, probabilities: P
 def _predict(input_path, model, output, probabilities, bands, tile_size, overlap, batch_size,
              block_tiles, window, device, no_amp, threshold, threads, cog, as_json, overwrite,
              quiet) -> None:
+    from geounet.predict import PredictConfig, predict_raster  # torch: loaded on use
+
     config = PredictConfig(
         tile_size=tile_size, overlap=overlap, batch_size=batch_size, block_tiles=block_tiles,
         window=window, device=device, amp=not no_amp, bands=bands, threshold=threshold,

@@ -10,7 +10,6 @@ import click
 from geounet.cli.options import overwrite, verbosity
 from geounet.errors import ConfigError
 from geounet.io import check_output
-from geounet.train import TrainConfig, train_model
 
 
 @click.command("train")
@@ -38,6 +37,8 @@ from geounet.train import TrainConfig, train_model
 def command(images, masks, output, classes, width, depth, patch, batch_size, steps, lr, seed,
             threads, name, overwrite, quiet, verbose) -> None:
     """Train a U-Net and write the checkpoint with the best validation IoU."""
+    from geounet.train import TrainConfig, train_model  # torch: loaded on use
+
     names = tuple(c.strip() for c in classes.split(","))
     if len(names) != 2:
         raise ConfigError(f"--classes needs two names (background,foreground), got {classes!r}")
