@@ -20,7 +20,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from geounet.errors import ModelError
+from geounet.errors import ConfigError, ModelError
 from geounet.io import temporary_sibling
 from geounet.model import UNet, UNetConfig
 
@@ -84,10 +84,14 @@ class ModelMetadata:
     @classmethod
     def from_json(cls, text: str) -> ModelMetadata:
         raw = json.loads(text)
+        if not isinstance(raw, dict) or not isinstance(raw.get("arch"), dict):
+            raise ModelError("checkpoint metadata is not a JSON object with an 'arch' object")
         try:
             arch = UNetConfig(**raw.pop("arch"))
             tuples = ("bands", "mean", "std", "class_names")
             return cls(arch=arch, **{k: tuple(v) if k in tuples else v for k, v in raw.items()})
+        except ConfigError as exc:
+            raise ModelError(f"checkpoint declares an invalid architecture: {exc}") from exc
         except (TypeError, KeyError) as exc:
             raise ModelError(f"checkpoint metadata has unexpected keys: {exc}") from exc
 
@@ -165,4 +169,6 @@ def _open(
         metadata = ModelMetadata.from_json(header["geounet"])
     except (KeyError, json.JSONDecodeError) as exc:
         raise ModelError(f"{path}: checkpoint metadata is missing or corrupt: {exc}") from exc
+    except ModelError as exc:
+        raise ModelError(f"{path}: {exc}") from exc
     return tensors, metadata

@@ -320,7 +320,10 @@ class _Engine:
         if path is None:
             return None
         profile = gtiff_profile(self.info, count, dtype, nodata)
-        return stack.enter_context(rasterio.open(path, "w", **profile))
+        dst = stack.enter_context(rasterio.open(path, "w", **profile))
+        if self.info.gcps[0]:  # georeferenced by ground control points: carry them over
+            dst.gcps = (list(self.info.gcps[0]), self.info.gcps[1])
+        return dst
 
     def _describe(self, mask_dst, prob_dst) -> None:
         tags = {"GEOUNET_CLASSES": ",".join(self.class_names),

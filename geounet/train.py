@@ -104,6 +104,9 @@ def train_model(images: list[Path], masks: list[Path], output: Path,
         torch.set_num_threads(config.threads)
 
     scenes = [_open_scene(i, m, config) for i, m in zip(images, masks)]
+    if not any(len(s.positives) for s in scenes):
+        raise InputError(f"the masks {', '.join(map(str, masks))} have no foreground pixel "
+                         "(value > 0): there is nothing to learn; check the label files")
     count = scenes[0].src.count
     if any(s.src.count != count for s in scenes):
         raise InputError("training images have different band counts")

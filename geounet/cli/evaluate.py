@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import click
@@ -22,8 +23,10 @@ def command(prediction: Path, truth: Path, tolerance: float, as_json: bool, quie
             ) -> None:
     """Precision, recall, F1 and IoU of PREDICTION against TRUTH (mask > 0 is foreground)."""
     report = evaluate_masks(prediction, truth, tolerance)
-    if as_json:
-        click.echo(json.dumps(report))
+    if as_json:  # undefined scores (NaN) become null: strict JSON
+        clean = {k: {m: None if math.isnan(v) else v for m, v in scores.items()}
+                 for k, scores in report.items()}
+        click.echo(json.dumps(clean, allow_nan=False))
         return
     click.echo(f"{'scores':<22}{'precision':>10}{'recall':>10}{'F1':>10}{'IoU':>10}")
     for key in ("pixel", "tolerant"):
