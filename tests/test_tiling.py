@@ -172,3 +172,10 @@ def test_one_block_when_block_tiles_exceeds_the_grid():
     assert (block.window.width, block.window.height) == (223, 150)
     assert (block.output.width, block.output.height) == (223, 150)
     assert len(block.tiles) == grid.tile_count
+
+
+def test_compute_overhead_of_the_default_grid():
+    """Tile 576 / overlap 64 on 2048^2: 4 x 4 tiles, (4 * 576 / 2048)^2 = 1.27x compute."""
+    grid = TileGrid(2048, 2048, 576, 64)
+    assert grid.tile_count == 16
+    assert grid.compute_overhead == pytest.approx(1.265625)
