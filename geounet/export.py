@@ -19,7 +19,7 @@ import pyogrio
 import shapely
 from pyproj import CRS
 
-from geounet.errors import ConfigError, InputError
+from geounet.errors import ConfigError
 from geounet.io import temporary_sibling
 
 FORMATS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON",
@@ -73,8 +73,6 @@ def write_frame(frame: gpd.GeoDataFrame, path: Path, driver: str) -> None:
         try:
             frame.to_parquet(tmp)
             os.replace(tmp, path)
-        except ImportError as exc:
-            raise InputError("GeoParquet output needs pyarrow: pip install pyarrow") from exc
         finally:
             tmp.unlink(missing_ok=True)
         return

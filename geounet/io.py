@@ -41,7 +41,6 @@ class RasterInfo:
     crs: rasterio.crs.CRS | None
     transform: rasterio.Affine
     nodata: float | None
-    has_mask: bool
     gcps: tuple = ((), None)   # (ground control points, their CRS) when georeferenced so
 
 
@@ -58,7 +57,6 @@ def open_raster(path: str | Path) -> RasterInfo:
             info = RasterInfo(
                 path=path, width=src.width, height=src.height, count=src.count,
                 dtype=src.dtypes[0], crs=src.crs, transform=src.transform, nodata=src.nodata,
-                has_mask=any(MaskFlags.all_valid not in f for f in src.mask_flag_enums),
                 gcps=(tuple(src.gcps[0]), src.gcps[1]),
             )
     except RasterioIOError as exc:

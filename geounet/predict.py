@@ -138,8 +138,10 @@ def predict_raster(
     config = config or PredictConfig()
     if mask_path is None and probabilities_path is None:
         raise ConfigError("nothing to write: give a mask output and/or a probabilities output")
+    mask_path = Path(mask_path) if mask_path is not None else None
+    probabilities_path = Path(probabilities_path) if probabilities_path is not None else None
     info = open_raster(input_path)
-    outputs = [Path(p) for p in (mask_path, probabilities_path) if p is not None]
+    outputs = [p for p in (mask_path, probabilities_path) if p is not None]
     for out in outputs:
         check_output(out, [input_path], config.overwrite)
     if len(set(o.resolve() for o in outputs)) < len(outputs):
@@ -172,13 +174,9 @@ def predict_raster(
     start = time.perf_counter()
     engine = _Engine(net, meta, info, bands, grid, config, device, threshold)
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
-        engine.run(
-            Path(mask_path) if mask_path is not None else None,
-            Path(probabilities_path) if probabilities_path is not None else None,
-        )
+        engine.run(mask_path, probabilities_path)
     return PredictResult(
-        input=info.path, mask=Path(mask_path) if mask_path else None,
-        probabilities=Path(probabilities_path) if probabilities_path else None,
+        input=info.path, mask=mask_path, probabilities=probabilities_path,
         width=info.width, height=info.height, tiles=grid.tile_count,
         tiles_skipped=engine.tiles_skipped, device=str(device),
         seconds=time.perf_counter() - start,

@@ -26,7 +26,8 @@ from rasterio.windows import Window
 from shapely.geometry.base import BaseGeometry
 
 from geounet.errors import ConfigError, InputError
-from geounet.io import open_raster
+from geounet.export import to_frame, vector_format, write_frame
+from geounet.io import check_output, open_raster
 
 
 @dataclass(frozen=True)
@@ -180,9 +181,6 @@ def vectorize_raster(mask_path: str | Path, output: str | Path,
         pixel_coordinates: accept a raster without a CRS and write pixel coordinates.
         overwrite: replace an existing output.
     """
-    from geounet.export import to_frame, vector_format, write_frame
-    from geounet.io import check_output
-
     config = config or VectorizeConfig()
     output = Path(output)
     info = open_raster(mask_path)
