@@ -46,9 +46,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from geounet.cli import demo, evaluate, info, predict, sample, train, vectorize
+    from geounet.cli import demo, evaluate, info, predict, preview, sample, train, vectorize
 
-    for module in (predict, vectorize, train, evaluate, sample, demo, info):
+    for module in (predict, vectorize, train, evaluate, sample, demo, info, preview):
         main.add_command(module.command)
 
 

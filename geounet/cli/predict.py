@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 
 import click
 
 from geounet.cli.options import overwrite, parse_bands, verbosity
+from geounet.cli.summary import Column, emit, fixed
 from geounet.cli.vectorize import vector_config, with_vector_options
 from geounet.errors import ConfigError
 from geounet.io import check_output, temporary_sibling
@@ -54,26 +54,26 @@ def command(input_path: Path, model: Path, output: Path | None, probabilities: P
     if output is None and probabilities is None and vector is None:
         raise ConfigError("give -o MASK.tif, --probabilities PROB.tif and/or --vector OUT.gpkg")
     with contextlib.ExitStack() as stack:
+        temporary_mask = vector is not None and output is None
         if vector is not None:
             check_output(vector, [input_path], overwrite)
             if output is None:  # a mask only for the polygons: removed in any case
                 output = temporary_sibling(vector, ".mask.tif")
                 output.unlink()
                 stack.callback(output.unlink, missing_ok=True)
-        _predict(input_path, model, output, probabilities, bands, tile_size, overlap,
-                 batch_size, block_tiles, window, device, no_amp, threshold, threads, cog,
-                 as_json, overwrite, quiet)
+        result = _predict(input_path, model, output, probabilities, bands, tile_size, overlap,
+                          batch_size, block_tiles, window, device, no_amp, threshold, threads,
+                          cog, overwrite, quiet)
+        vectors = None
         if vector is not None:
-            result = vectorize_raster(output, vector,
-                                      vector_config(connectivity, min_area, simplify),
-                                      driver, crs, pixel_coordinates, overwrite)
-            if not quiet and not as_json:
-                click.echo(f"wrote {result.features} features to {result.output}", err=True)
+            vectors = vectorize_raster(output, vector,
+                                       vector_config(connectivity, min_area, simplify),
+                                       driver, crs, pixel_coordinates, overwrite)
+        _summarize(result, vectors, temporary_mask, as_json, quiet)
 
 
 def _predict(input_path, model, output, probabilities, bands, tile_size, overlap, batch_size,
-             block_tiles, window, device, no_amp, threshold, threads, cog, as_json, overwrite,
-             quiet) -> None:
+             block_tiles, window, device, no_amp, threshold, threads, cog, overwrite, quiet):
     from geounet.predict import PredictConfig, predict_raster  # torch: loaded on use
 
     config = PredictConfig(
@@ -81,22 +81,35 @@ def _predict(input_path, model, output, probabilities, bands, tile_size, overlap
         window=window, device=device, amp=not no_amp, bands=bands, threshold=threshold,
         threads=threads, cog=cog, overwrite=overwrite, progress=not quiet,
     )
-    result = predict_raster(input_path, model, output, probabilities, config)
+    return predict_raster(input_path, model, output, probabilities, config)
+
+
+def _summarize(result, vectors, temporary_mask: bool, as_json: bool, quiet: bool) -> None:
+    """The end-of-run table on stderr, or the JSON summary on stdout."""
+    mask = None if temporary_mask or not result.mask else result.mask
     summary = {
-        "input": str(result.input), "mask": str(result.mask) if result.mask else None,
+        "input": str(result.input), "mask": str(mask) if mask else None,
         "probabilities": str(result.probabilities) if result.probabilities else None,
         "size": [result.width, result.height], "tiles": result.tiles,
         "tiles_skipped": result.tiles_skipped, "device": result.device,
         "seconds": round(result.seconds, 3), "class_pixels": result.class_pixels,
     }
-    if as_json:
-        click.echo(json.dumps(summary))
-    elif not quiet:
-        counts = ", ".join(f"{k} {v}" for k, v in result.class_pixels.items())
-        rate = result.tiles / result.seconds if result.seconds else float("nan")
-        click.echo(f"{result.input.name}: {result.width}x{result.height} px, {result.tiles} "
-                   f"tiles ({result.tiles_skipped} empty) in {result.seconds:.1f} s "
-                   f"({rate:.2f} tiles/s, {result.device}); pixels: {counts}", err=True)
-        for path in (result.mask, result.probabilities):
-            if path:
-                click.echo(f"wrote {path}", err=True)
+    row = {"input": result.input.name, "size": f"{result.width}x{result.height}",
+           "tiles": result.tiles, "empty": result.tiles_skipped, "device": result.device,
+           "seconds": result.seconds,
+           "rate": result.tiles / result.seconds if result.seconds else None,
+           **{f"px:{name}": n for name, n in result.class_pixels.items()}}
+    columns = [Column("input", "input", align="<"), Column("size", "size"),
+               Column("tiles", "tiles"), Column("empty", "empty tiles"),
+               Column("device", "device"), Column("seconds", "seconds", fixed(1)),
+               Column("rate", "tiles/s", fixed(2))]
+    columns += [Column(f"px:{name}", f"{name} px", fixed(0)) for name in result.class_pixels]
+    written = [p for p in (mask, result.probabilities) if p]
+    if vectors is not None:
+        summary["vector"] = {"output": str(vectors.output), "features": vectors.features,
+                             "area_m2": round(vectors.area_m2, 3), "format": vectors.driver}
+        row |= {"features": vectors.features, "area": vectors.area_m2}
+        columns += [Column("features", "features"), Column("area", "area m2", fixed(1))]
+        written.append(vectors.output)
+    emit(summary, [row], columns, as_json=as_json, quiet=quiet,
+         footer=[f"wrote {path}" for path in written])

@@ -1,0 +1,395 @@
+"""Quicklook PNGs of rasters of any size, with a mask overlay, vector outlines and a scale bar.
+
+The image is read at reduced resolution in one GDAL call (``out_shape``): GDAL uses the
+raster's overviews when it has them and otherwise decimates with nearest neighbour while
+reading, so a 16384 x 16384 raster costs a 1024 x 1024 buffer, not the full raster.
+
+The preview grid: the longer side becomes ``max_size`` pixels (never upsampled), and preview
+pixel ``(i, j)`` is the *cell* of source rows ``[floor(i*H/h), floor((i+1)*H/h))`` and columns
+``[floor(j*W/w), floor((j+1)*W/w))``. GDAL's nearest neighbour picks a pixel inside that cell
+for the image; the mask is reduced over the whole cell with *any*: a cell shows a class when
+any of its pixels has it (the highest class id wins; nodata counts as background), so a crack
+one pixel wide stays visible after decimation. The mask is read in strips of full-resolution
+rows, so its memory is bounded too.
+
+Contrast: each band is stretched linearly between its 2nd and 98th percentiles over the valid
+pixels of the preview, which suits 8-bit, 11/12-bit in uint16, and float imagery alike. Nodata
+(the dataset mask, NaN and infinity) is transparent (or neutral grey), never black.
+
+Below the image a caption strip gives the file, the size, the CRS, a legend and a scale bar in
+metres (planar in a projected CRS; geodesic along the centre row in a geographic one).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from affine import Affine
+from PIL import Image, ImageDraw, ImageFont
+from rasterio.enums import Resampling
+from rasterio.transform import from_gcps
+from rasterio.windows import Window
+
+from geounet.errors import InputError
+from geounet.io import atomic_path, check_output, open_raster
+
+log = logging.getLogger(__name__)
+
+#: Overlay colours of class ids 1, 2, ... (class 0 is background and not drawn).
+CLASS_COLOURS: tuple[tuple[int, int, int], ...] = (
+    (255, 0, 200), (0, 200, 255), (255, 200, 0), (0, 255, 80), (255, 60, 0), (160, 80, 255),
+)
+NODATA_GREY = (128, 128, 128)
+MASK_STRIP_BYTES = 32 * 2**20  # full-resolution mask rows read at once
+GDAL_CACHE_BYTES = 64 * 2**20  # GDAL block cache while reading: bounds memory on big rasters
+
+
+@dataclass(frozen=True)
+class PreviewInfo:
+    """What :func:`render_preview` drew.
+
+    ``size`` is the preview image's ``(width, height)`` in pixels (the caption strip below it
+    not included); ``factor`` is source pixels per preview pixel ``(x, y)``;
+    ``metres_per_pixel`` is the ground size of one preview pixel (None without a CRS);
+    ``mask_pixels`` counts preview pixels per class name; ``features`` counts vector
+    geometries drawn.
+    """
+
+    output: Path
+    source_size: tuple[int, int]
+    size: tuple[int, int]
+    factor: tuple[float, float]
+    crs: str | None
+    metres_per_pixel: float | None
+    scale_bar_m: float | None
+    mask_pixels: dict[str, int] = field(default_factory=dict)
+    features: int = 0
+    seconds: float = 0.0
+
+
+def preview_shape(width: int, height: int, max_size: int) -> tuple[int, int]:
+    """``(rows, cols)`` of the preview grid: the longer side at most ``max_size`` pixels."""
+    scale = min(1.0, max_size / max(width, height))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def cell_starts(source: int, out: int) -> np.ndarray:
+    """First source index of each of ``out`` preview cells along an axis of ``source``."""
+    return (np.arange(out, dtype=np.int64) * source) // out
+
+
+def decimate_mask(path: str | Path, shape: tuple[int, int]) -> tuple[np.ndarray, list[str]]:
+    """Reduce a class mask to ``shape`` with *any* (see the module docstring).
+
+    Returns the decimated class ids (uint8, 0 = background or nodata) and the class names
+    from the mask's ``GEOUNET_CLASSES`` tag (empty when absent).
+    """
+    rows, cols = shape
+    with rasterio.open(path) as src:
+        names = [n for n in src.tags().get("GEOUNET_CLASSES", "").split(",") if n]
+        row_starts, col_starts = cell_starts(src.height, rows), cell_starts(src.width, cols)
+        out = np.zeros(shape, dtype=np.uint8)
+        strip = max(1, MASK_STRIP_BYTES // max(1, src.width))
+        i = 0
+        while i < rows:  # whole cells per strip: at least one, as many as fit the budget
+            j = i + 1
+            while j < rows and row_starts[j] - row_starts[i] < strip:
+                j += 1
+            top = int(row_starts[i])
+            bottom = int(row_starts[j]) if j < rows else src.height
+            data = src.read(1, window=Window(0, top, src.width, bottom - top))
+            if src.nodata is not None:
+                data[data == src.nodata] = 0
+            if not np.issubdtype(data.dtype, np.integer):
+                data = np.nan_to_num(data, nan=0, posinf=0, neginf=0)
+            data = np.clip(data, 0, 255).astype(np.uint8)
+            reduced = np.maximum.reduceat(data, row_starts[i:j] - top, axis=0)
+            out[i:j] = np.maximum.reduceat(reduced, col_starts, axis=1)
+            i = j
+    return out, names
+
+
+def stretch(data: np.ndarray, valid: np.ndarray, percentiles: tuple[float, float] = (2, 98),
+            ) -> np.ndarray:
+    """Per-band linear stretch of ``(bands, rows, cols)`` to uint8 between percentiles."""
+    out = np.zeros(data.shape, dtype=np.uint8)
+    for b, band in enumerate(data):
+        values = band[valid]
+        if values.size == 0:
+            continue
+        lo, hi = (float(v) for v in np.percentile(values, percentiles))
+        if hi <= lo:  # a constant band: mid grey rather than black
+            out[b] = 128
+            continue
+        out[b] = np.round(np.clip((band - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
+    return out
+
+
+def render_preview(image: str | Path, output_png: str | Path, mask: str | Path | None = None,
+                   vector: str | Path | Sequence[str | Path] | None = None,
+                   max_size: int = 1024, bands: Sequence[int] | None = None,
+                   nodata: str = "transparent", opacity: float = 0.5,
+                   percentiles: tuple[float, float] = (2, 98), overwrite: bool = False,
+                   ) -> PreviewInfo:
+    """Write a quicklook PNG of ``image`` (any size) with optional mask and vector overlays.
+
+    Args:
+        image: a raster GDAL reads. Bands 1, 2, 3 are shown as RGB (one band as grey).
+        output_png: the PNG to write (atomically; kept unless ``overwrite``).
+        mask: a class mask on the image's grid (0 = background; e.g. from ``predict``).
+        vector: vector file(s) drawn as outlines (every layer: polygons, centerlines).
+        max_size: longest side of the preview in pixels (never upsampled).
+        bands: 1-based bands to show (one or three); default 1,2,3 or 1.
+        nodata: ``"transparent"`` (RGBA PNG) or ``"grey"`` for nodata pixels.
+        opacity: mask overlay opacity in [0, 1].
+        percentiles: the contrast stretch's low and high percentiles over valid pixels.
+    """
+    start = time.perf_counter()
+    if nodata not in ("transparent", "grey"):
+        raise InputError(f"nodata={nodata!r}: choose 'transparent' or 'grey'")
+    if max_size < 16:
+        raise InputError(f"max_size={max_size}: give at least 16 pixels")
+    vectors = [] if vector is None else (
+        [Path(vector)] if isinstance(vector, (str, Path)) else [Path(v) for v in vector])
+    inputs = [Path(image), *([Path(mask)] if mask else []), *vectors]
+    output_png = check_output(output_png, inputs, overwrite)
+    info = open_raster(image)
+    shape = preview_shape(info.width, info.height, max_size)
+    chosen = _bands(info.count, bands, image)
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), rasterio.open(image) as src:
+        data = src.read(chosen, out_shape=(len(chosen), *shape),
+                        resampling=Resampling.nearest).astype(np.float32)
+        valid = src.dataset_mask(out_shape=shape, resampling=Resampling.nearest) > 0
+        transform, crs = src.transform, src.crs
+        if crs is None and src.gcps[1] is not None and src.gcps[0]:
+            transform, crs = from_gcps(src.gcps[0]), src.gcps[1]
+    valid &= np.isfinite(data).all(axis=0)
+    rgb = stretch(np.where(np.isfinite(data), data, 0), valid, percentiles)
+    if rgb.shape[0] == 1:
+        rgb = np.repeat(rgb, 3, axis=0)
+    pixels = np.moveaxis(rgb, 0, -1)
+    alpha = np.where(valid, 255, 0).astype(np.uint8)
+    if nodata == "grey":
+        pixels[~valid] = NODATA_GREY
+        alpha[:] = 255
+
+    legend: list[tuple[str, tuple[int, int, int]]] = []
+    mask_pixels: dict[str, int] = {}
+    if mask is not None:
+        classes, names = _mask_on_grid(mask, info, shape)
+        for class_id in (int(c) for c in np.unique(classes) if c):
+            name = names[class_id] if class_id < len(names) else f"class {class_id}"
+            colour = class_colour(class_id)
+            hit = classes == class_id
+            blended = (1 - opacity) * pixels[hit] + opacity * np.array(colour, np.float32)
+            pixels[hit] = np.round(blended).astype(np.uint8)
+            alpha[hit] = 255
+            legend.append((name, colour))
+            mask_pixels[name] = int(hit.sum())
+
+    canvas = Image.fromarray(np.dstack([pixels, alpha]), "RGBA")
+    to_preview = ~(transform @ Affine.scale(info.width / shape[1], info.height / shape[0]))
+    features = sum(_draw_vector(canvas, path, crs, to_preview) for path in vectors)
+    metres = metres_per_pixel(crs, transform, info.width, info.height, shape)
+    bar = _render_caption(canvas, info, crs, shape, metres, legend)
+    with atomic_path(output_png) as tmp:
+        bar.image.save(tmp, format="PNG")
+    return PreviewInfo(
+        output=output_png, source_size=(info.width, info.height), size=(shape[1], shape[0]),
+        factor=(info.width / shape[1], info.height / shape[0]),
+        crs=crs.to_string() if crs else None, metres_per_pixel=metres,
+        scale_bar_m=bar.metres, mask_pixels=mask_pixels, features=features,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def class_colour(class_id: int) -> tuple[int, int, int]:
+    """Overlay colour of a class id (1-based; the palette repeats)."""
+    return CLASS_COLOURS[(class_id - 1) % len(CLASS_COLOURS)]
+
+
+def metres_per_pixel(crs, transform: Affine, width: int, height: int,
+                     shape: tuple[int, int]) -> float | None:
+    """Ground size in metres of one preview pixel along x; None without a CRS.
+
+    Planar in a projected CRS (its linear unit converted to metres); in a geographic CRS the
+    geodesic length of the raster's centre row on the CRS's ellipsoid, per preview pixel.
+    """
+    if crs is None:
+        return None
+    if crs.is_geographic:
+        geod = _pyproj_crs(crs).get_geod()
+        x0, y0 = transform @ (0, height / 2)
+        x1, y1 = transform @ (width, height / 2)
+        _, _, distance = geod.inv(x0, y0, x1, y1)
+        return distance / shape[1]
+    unit = _pyproj_crs(crs).axis_info[0].unit_conversion_factor or 1.0
+    return math.hypot(transform.a, transform.d) * unit * width / shape[1]
+
+
+def _pyproj_crs(crs):
+    from pyproj import CRS
+
+    return CRS.from_user_input(crs.to_wkt())
+
+
+def _bands(count: int, bands: Sequence[int] | None, image) -> list[int]:
+    chosen = list(bands) if bands else ([1, 2, 3] if count >= 3 else [1])
+    if len(chosen) not in (1, 3) or any(not 1 <= b <= count for b in chosen):
+        raise InputError(f"{image}: bands {chosen} cannot be shown; give one or three of "
+                         f"1..{count}")
+    return chosen
+
+
+def _mask_on_grid(mask, info, shape: tuple[int, int]) -> tuple[np.ndarray, list[str]]:
+    minfo = open_raster(mask)
+    if (minfo.width, minfo.height) != (info.width, info.height) or (
+            minfo.crs and info.crs and not minfo.transform.almost_equals(info.transform)):
+        raise InputError(f"{mask}: not on the image's grid ({minfo.width}x{minfo.height} vs "
+                         f"{info.width}x{info.height}); give the mask predicted from this image")
+    return decimate_mask(mask, shape)
+
+
+def _draw_vector(canvas: Image.Image, path: Path, crs, to_preview: Affine) -> int:
+    """Draw every layer of ``path`` as outlines in the preview's pixel coordinates."""
+    import geopandas as gpd
+    import pyogrio
+    import shapely
+
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    draw = ImageDraw.Draw(canvas)
+    width = max(1, round(max(canvas.size) / 700))
+    drawn = 0
+    matrix = np.array(to_preview[:6], dtype=np.float64).reshape(2, 3)
+
+    def to_pixels(xy: np.ndarray) -> np.ndarray:
+        return xy @ matrix[:, :2].T + matrix[:, 2]
+
+    for layer in pyogrio.list_layers(path)[:, 0]:
+        frame = gpd.read_file(path, layer=layer)
+        if frame.empty:
+            continue
+        if crs is not None and frame.crs is not None and not frame.crs.equals(crs.to_wkt()):
+            frame = frame.to_crs(crs.to_wkt())
+        ids = (frame["class_id"].to_numpy() if "class_id" in frame
+               else np.ones(len(frame), dtype=int))
+        geoms = shapely.transform(frame.geometry.to_numpy(), to_pixels)
+        for class_id, geom in zip(ids, geoms):
+            if geom is None or geom.is_empty:
+                continue
+            colour = _darker(class_colour(int(class_id) if class_id else 1))
+            for part in shapely.get_parts(geom):
+                rings = ([part.exterior, *part.interiors] if part.geom_type == "Polygon"
+                         else [part])
+                for ring in rings:
+                    xy = [tuple(p) for p in np.asarray(ring.coords)[:, :2]]
+                    if len(xy) == 1:
+                        x, y = xy[0]
+                        draw.ellipse((x - 2, y - 2, x + 2, y + 2), outline=colour, width=width)
+                    else:
+                        draw.line(xy, fill=colour, width=width, joint="curve")
+            drawn += 1
+    return drawn
+
+
+def _darker(colour: tuple[int, int, int]) -> tuple[int, int, int, int]:
+    return (*(round(v * 0.6) for v in colour), 255)
+
+
+@dataclass(frozen=True)
+class _Captioned:
+    image: Image.Image
+    metres: float | None
+
+
+def _render_caption(canvas: Image.Image, info, crs, shape, metres, legend,
+                    ) -> _Captioned:
+    """Add the caption strip below the image: file, size, CRS, legend and scale bar.
+
+    The strip is as wide as the preview; text wraps onto more lines when it does not fit.
+    """
+    width = canvas.width
+    font = ImageFont.load_default(size=13 if width >= 300 else 10)
+    line = round(font.size * 1.4)
+    measure = ImageDraw.Draw(Image.new("RGBA", (1, 1)))
+    texts = _wrap([f"{info.path.name}  {info.width} x {info.height} px  "
+                   f"(preview 1:{info.width / shape[1]:.3g})", f"CRS: {_crs_label(crs)}"],
+                  width - 8, font, measure)
+    # Legend entries: a colour box and the class name, wrapping like words.
+    entries, x, row = [], 4, len(texts)
+    for name, colour in legend:
+        size = 16 + int(measure.textlength(name, font=font)) + 12
+        if x > 4 and x + size > width:
+            x, row = 4, row + 1
+        entries.append((x, row, name, colour))
+        x += size
+    bar_row = (row + 1) if legend else row
+    strip = Image.new("RGBA", (width, line * (bar_row + 1) + 6), (255, 255, 255, 255))
+    draw = ImageDraw.Draw(strip)
+    black = (0, 0, 0, 255)
+    for k, text in enumerate(texts):
+        draw.text((4, 3 + k * line), text, fill=black, font=font)
+    box = font.size - 2
+    for x, k, name, colour in entries:
+        y = 3 + k * line
+        draw.rectangle((x, y + 2, x + box, y + 2 + box), fill=(*colour, 255), outline=black)
+        draw.text((x + box + 4, y), name, fill=black, font=font)
+    bar_m = None
+    if metres:
+        bar_m = nice_length(metres * width / 5)
+        pixels = max(1, round(bar_m / metres))
+        y = 3 + bar_row * line + line // 2
+        draw.rectangle((4, y - 3, 4 + pixels, y + 3), fill=black)
+        draw.rectangle((4, y - 3, 4 + pixels // 2, y + 3), fill=(255, 255, 255, 255),
+                       outline=black)
+        draw.text((10 + pixels, y - line // 2), format_length(bar_m), fill=black, font=font)
+    out = Image.new("RGBA", (width, canvas.height + strip.height))
+    out.paste(canvas, (0, 0))
+    out.paste(strip, (0, canvas.height))
+    return _Captioned(out, bar_m)
+
+
+def _wrap(texts: list[str], width: int, font, draw: ImageDraw.ImageDraw) -> list[str]:
+    """Greedy word wrap of each text to ``width`` pixels."""
+    lines = []
+    for text in texts:
+        current = ""
+        for word in text.split(" "):
+            candidate = f"{current} {word}" if current else word
+            if current and draw.textlength(candidate, font=font) > width:
+                lines.append(current)
+                current = word
+            else:
+                current = candidate
+        lines.append(current)
+    return lines
+
+
+def _crs_label(crs) -> str:
+    if crs is None:
+        return "none (pixel coordinates, no scale bar)"
+    pcrs = _pyproj_crs(crs)
+    code = pcrs.to_authority()
+    return f"{':'.join(code)} {pcrs.name}" if code else pcrs.name
+
+
+def nice_length(metres: float) -> float:
+    """The largest 1, 2 or 5 times a power of ten not above ``metres``."""
+    power = 10 ** math.floor(math.log10(metres))
+    return max(m * power for m in (1, 2, 5) if m * power <= metres)
+
+
+def format_length(metres: float) -> str:
+    """``metres`` in km, m, cm or mm, whichever reads best."""
+    for unit, size in (("km", 1000.0), ("m", 1.0), ("cm", 0.01), ("mm", 0.001)):
+        if metres >= size:
+            return f"{metres / size:g} {unit}"
+    return f"{metres * 1000:g} mm"
