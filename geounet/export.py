@@ -3,29 +3,50 @@
 Areas are in square metres and perimeters in metres: planar in a projected CRS (scaled by
 the CRS's unit), geodesic on the CRS's ellipsoid in a geographic CRS. Formats come from the
 output's extension: ``.gpkg`` GeoPackage, ``.geojson``/``.json`` GeoJSON (RFC 7946: WGS 84
-lon/lat, right-hand winding), ``.shp`` Shapefile, ``.parquet`` GeoParquet. Every file is
-written under a temporary name beside the destination and renamed when complete; an empty
-result is a valid, empty layer with the full schema.
+lon/lat, right-hand winding), ``.shp`` Shapefile (names of at most 10 characters:
+``mean_wid_m``, ``max_wid_m``), ``.parquet`` GeoParquet. Features are streamed: batches
+(one per block of the mask) go through Arrow into GDAL (pyogrio.write_arrow) or into a
+Parquet writer, so memory does not grow with the number of features. Every file is written
+under a temporary name beside the destination and renamed when complete; an empty result is
+a valid, empty layer with the full schema.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pyogrio
 import shapely
 from pyproj import CRS
 
 from geounet.errors import ConfigError
-from geounet.io import temporary_sibling
+from geounet.io import temporary_sibling, write_failed
 
 FORMATS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON",
            ".shp": "ESRI Shapefile", ".parquet": "Parquet"}
 SHAPEFILE_PARTS = (".shp", ".shx", ".dbf", ".prj", ".cpg")
-COLUMNS = ("class_id", "class_name", "area_m2", "perim_m")  # <= 10 chars for Shapefile
+# Attribute columns and their Arrow types.
+POLYGON_FIELDS = {"feature_id": pa.int64(), "class_id": pa.int32(), "class_name": pa.string(),
+                  "area_m2": pa.float64(), "perim_m": pa.float64()}
+SCORE_FIELDS = {"score": pa.float64()}
+LINEAR_FIELDS = {"length_m": pa.float64(), "mean_width_m": pa.float64(),
+                 "max_width_m": pa.float64()}
+SHAPEFILE_NAMES = {"mean_width_m": "mean_wid_m", "max_width_m": "max_wid_m"}  # <= 10 chars
+CENTERLINE_FIELDS = {"feature_id": pa.int64(), "class_id": pa.int32(),
+                     "class_name": pa.string(), **LINEAR_FIELDS}
+
+
+def polygon_fields(score: bool, linear: bool) -> dict[str, pa.DataType]:
+    """The polygon layer's columns: with mean probability and/or centerline measures."""
+    return POLYGON_FIELDS | (SCORE_FIELDS if score else {}) | (LINEAR_FIELDS if linear else {})
 
 
 def vector_format(path: Path, name: str | None = None) -> str:
@@ -50,47 +71,106 @@ def measure(geometries: np.ndarray, crs: CRS | None) -> tuple[np.ndarray, np.nda
         geod = crs.get_geod()
         pairs = np.array([geod.geometry_area_perimeter(g) for g in geometries]).reshape(-1, 2)
         return np.abs(pairs[:, 0]), pairs[:, 1]
-    unit = crs.axis_info[0].unit_conversion_factor if crs is not None and crs.axis_info else 1.0
+    unit = _unit(crs)
     return shapely.area(geometries) * unit**2, shapely.length(geometries) * unit
 
 
-def to_frame(class_ids: np.ndarray, geometries: np.ndarray, crs: CRS | None,
-             class_names: dict[int, str]) -> gpd.GeoDataFrame:
-    """A GeoDataFrame with the standard columns, measured in ``crs``."""
-    areas, perimeters = measure(geometries, crs)
-    names = np.array([class_names.get(int(c), str(c)) for c in class_ids], dtype=object)
-    columns = dict(zip(COLUMNS, (class_ids.astype(np.int32), names,
-                                 areas.astype(np.float64), perimeters.astype(np.float64))))
-    return gpd.GeoDataFrame(columns, geometry=geometries, crs=crs)
+def measure_lines(lines: np.ndarray, crs: CRS | None) -> np.ndarray:
+    """Lengths in metres of lines in ``crs`` (geodesic in a geographic CRS)."""
+    if crs is not None and crs.is_geographic:
+        geod = crs.get_geod()
+        return np.array([geod.geometry_length(g) for g in lines], dtype=np.float64)
+    return shapely.length(lines) * _unit(crs)
 
 
-def write_frame(frame: gpd.GeoDataFrame, path: Path, driver: str) -> None:
-    """Write ``frame`` atomically as ``driver`` (see module docstring for GeoJSON's CRS)."""
-    if driver == "GeoJSON" and frame.crs is not None:
-        frame = frame.to_crs("EPSG:4326")
-    if driver == "Parquet":
-        tmp = temporary_sibling(path, ".parquet")
-        try:
-            frame.to_parquet(tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return
-    options = {"RFC7946": "YES"} if driver == "GeoJSON" else {}
+def _unit(crs: CRS | None) -> float:
+    """Metres per map unit of a projected CRS (1 for pixel coordinates)."""
+    return crs.axis_info[0].unit_conversion_factor if crs is not None and crs.axis_info else 1.0
+
+
+def write_layer(frames: Iterable[gpd.GeoDataFrame], path: Path, driver: str, crs: CRS | None,
+                geometry_type: str, fields: dict[str, pa.DataType]) -> None:
+    """Stream ``frames`` (GeoDataFrames in ``crs`` with ``fields``) into one layer at ``path``,
+    atomically (see the module docstring for GeoJSON's CRS)."""
+    schema = pa.schema([*(pa.field(k, t) for k, t in fields.items()),
+                        pa.field("geometry", pa.binary())])
+    source = _Source(frames, schema)
+    batches = iter(source)
     suffix = ".shp" if driver == "ESRI Shapefile" else path.suffix
     tmp = temporary_sibling(path, suffix)
     tmp.unlink()
     parts = [tmp.with_suffix(ext) for ext in SHAPEFILE_PARTS] if suffix == ".shp" else [tmp]
     try:
-        pyogrio.write_dataframe(frame, tmp, driver=driver, layer=path.stem,
-                                promote_to_multi=True, geometry_type="MultiPolygon",
-                                layer_options=options)
+        if driver == "Parquet":
+            _write_geoparquet(batches, tmp, schema, crs, geometry_type)
+        else:
+            _write_ogr(batches, tmp, schema, driver, crs, geometry_type, path.stem)
         if suffix == ".shp":   # sidecars first, the .shp last: it is what readers open
             for part in parts[1:] + parts[:1]:
                 if part.exists():
                     os.replace(part, path.with_suffix(part.suffix))
         else:
             os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # pyogrio's errors are RuntimeErrors
+        if source.error is not None:      # the features failed, not the writer
+            raise source.error from None
+        raise write_failed(path, exc) from exc
     finally:
         for part in parts:
             part.unlink(missing_ok=True)
+
+
+class _Source:
+    """Record batches from frames; keeps an exception raised while producing them, which
+    GDAL's stream reader would otherwise report only as a failed batch."""
+
+    def __init__(self, frames: Iterable[gpd.GeoDataFrame], schema: pa.Schema) -> None:
+        self.frames, self.schema = frames, schema
+        self.error: BaseException | None = None
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        try:
+            for frame in self.frames:
+                yield _record_batch(frame, self.schema)
+        except BaseException as exc:
+            self.error = exc
+            raise
+
+
+def _record_batch(frame: gpd.GeoDataFrame, schema: pa.Schema) -> pa.RecordBatch:
+    columns = [pa.array(np.asarray(frame[f.name]), f.type) for f in schema if
+               f.name != "geometry"]
+    wkb = shapely.to_wkb(np.asarray(frame.geometry.values, dtype=object))
+    return pa.record_batch([*columns, pa.array(wkb, pa.binary())], schema=schema)
+
+
+def _write_ogr(batches: Iterator[pa.RecordBatch], path: Path, schema: pa.Schema, driver: str,
+               crs: CRS | None, geometry_type: str, layer: str) -> None:
+    options = {"RFC7946": "YES"} if driver == "GeoJSON" else None   # GDAL reprojects to 4326
+    if driver == "GeoJSON" and crs is None:
+        options = None   # pixel coordinates: plain GeoJSON, no CRS
+    # GeoPackage 1.2: what GIS tools on GDAL < 3.7 open without a warning.
+    dataset_options = {"VERSION": "1.2"} if driver == "GPKG" else None
+    if driver == "ESRI Shapefile":
+        short = pa.schema([f.with_name(SHAPEFILE_NAMES.get(f.name, f.name)) for f in schema])
+        batches = (pa.record_batch(b.columns, schema=short) for b in batches)
+        schema = short
+    reader = pa.RecordBatchReader.from_batches(schema, batches)
+    with warnings.catch_warnings():   # no CRS is the user's explicit choice (pixel coordinates)
+        warnings.filterwarnings("ignore", "'crs' was not provided")
+        pyogrio.write_arrow(reader, path, driver=driver, layer=layer, geometry_name="geometry",
+                            geometry_type=geometry_type, crs=crs.to_wkt() if crs else None,
+                            dataset_options=dataset_options, layer_options=options)
+
+
+def _write_geoparquet(batches: Iterator[pa.RecordBatch], path: Path, schema: pa.Schema,
+                      crs: CRS | None, geometry_type: str) -> None:
+    """GeoParquet 1.1 (WKB geometry column), one row group per batch."""
+    geo = {"version": "1.1.0", "primary_column": "geometry",
+           "columns": {"geometry": {"encoding": "WKB", "geometry_types": [geometry_type],
+                                    "crs": crs.to_json_dict() if crs else None}}}
+    schema = schema.with_metadata({b"geo": json.dumps(geo).encode()})
+    with pq.ParquetWriter(path, schema) as writer:
+        writer.write_table(pa.Table.from_batches([], schema))
+        for batch in batches:
+            writer.write_batch(batch)

@@ -33,9 +33,10 @@ def random_mask():
 def test_blocks_equal_whole_mask(make_raster, random_mask, connectivity, block_size):
     path = make_raster(random_mask[None], transform=TRANSFORM)
     whole = [(shape(g), int(v)) for g, v in features.shapes(
-        random_mask, mask=random_mask > 0, transform=TRANSFORM, connectivity=connectivity)]
-    got = [(g, int(c)) for ids, geoms in polygonize_blocks(
-        path, VectorizeConfig(connectivity, block_size)) for c, g in zip(ids, geoms)]
+        random_mask, mask=random_mask > 0, connectivity=connectivity)]
+    got = [(g, int(c)) for pieces in polygonize_blocks(
+        path, VectorizeConfig(connectivity, block_size))
+        for c, g in zip(pieces.ids, pieces.polygons)]
     for class_id in (1, 2):
         a = [g for g, v in whole if v == class_id]
         b = [g for g, v in got if v == class_id]
@@ -43,7 +44,21 @@ def test_blocks_equal_whole_mask(make_raster, random_mask, connectivity, block_s
         total = sum(g.area for g in a)
         assert abs(total - sum(g.area for g in b)) <= 1e-9 * total
         assert shapely.union_all(a).symmetric_difference(shapely.union_all(b)).area == 0
-        assert all(g.is_valid for g in b)
+
+
+@pytest.mark.parametrize("connectivity", [4, 8])
+def test_written_features_are_valid_and_complete(make_raster, random_mask, tmp_path,
+                                                 connectivity):
+    path = make_raster(random_mask[None], transform=TRANSFORM)
+    whole = [shape(g) for g, _ in features.shapes(
+        random_mask, mask=random_mask > 0, transform=TRANSFORM, connectivity=connectivity)]
+    out = tmp_path / "v.gpkg"
+    result = vectorize_raster(path, out, VectorizeConfig(connectivity, block_size=50))
+    frame = gpd.read_file(out)
+    assert result.features == len(frame) == len(whole)
+    assert frame.geometry.is_valid.all()
+    assert frame.feature_id.tolist() == list(range(len(frame)))
+    assert frame.area_m2.sum() == pytest.approx(sum(g.area for g in whole), rel=1e-12)
 
 
 @pytest.mark.parametrize("ext,epsg", [("gpkg", 32633), ("geojson", 4326), ("shp", 32633),
@@ -75,7 +90,8 @@ def test_min_area_and_empty_mask_gives_empty_layer_with_schema(make_raster, tmp_
     assert result.features == 0
     info = pyogrio.read_info(out)
     assert info["features"] == 0
-    assert list(info["fields"]) == ["class_id", "class_name", "area_m2", "perim_m"]
+    assert list(info["fields"]) == ["feature_id", "class_id", "class_name", "area_m2",
+                                    "perim_m"]
     assert info["crs"] == "EPSG:32633"
 
 

@@ -1,26 +1,50 @@
-"""``geounet vectorize``: class mask raster to polygons in a GIS vector format."""
+"""``geounet vectorize``: class mask raster to polygons (and centerlines) in a GIS format."""
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
 from geounet.cli.options import overwrite, verbosity
-from geounet.vectorize import VectorizeConfig, vectorize_raster
+from geounet.cli.summary import Column, emit, fixed
+from geounet.vectorize import VectorizeConfig, VectorizeResult, vectorize_raster
+
+_VECTOR_KEY = "vector_options"
+
+
+def _collect(ctx: click.Context, param: click.Parameter, value: object) -> object:
+    ctx.meta.setdefault(_VECTOR_KEY, {})[param.name] = value
+    return value
+
+
+def _option(*names: str, **kwargs):
+    return click.option(*names, callback=_collect, expose_value=False, **kwargs)
+
 
 vector_options = [
-    click.option("--format", "driver", help="gpkg, geojson, shapefile or parquet "
-                 "(default: from the extension)."),
-    click.option("--connectivity", default=4, show_default=True, type=click.Choice(["4", "8"])),
-    click.option("--min-area", default=0.0, show_default=True, type=click.FloatRange(0),
-                 help="Drop polygons smaller than this (square map units)."),
-    click.option("--simplify", default=0.0, show_default=True, type=click.FloatRange(0),
-                 help="Topology-preserving simplification tolerance (map units)."),
-    click.option("--crs", help="Reproject to this CRS (declares it for a raster without one)."),
-    click.option("--pixel-coordinates", is_flag=True,
-                 help="Accept a raster without a CRS and write pixel coordinates."),
+    _option("--format", "driver", help="gpkg, geojson, shapefile or parquet "
+            "(default: from the extension)."),
+    _option("--connectivity", default="4", show_default=True, type=click.Choice(["4", "8"])),
+    _option("--min-area", default=0.0, show_default=True, type=click.FloatRange(0),
+            help="Drop polygons smaller than this (square map units)."),
+    _option("--min-pixels", default=0, show_default=True, type=click.IntRange(0),
+            help="Drop polygons of fewer pixels than this."),
+    _option("--fill-holes", default=0.0, show_default=True, type=click.FloatRange(0),
+            help="Fill holes smaller than this (square map units)."),
+    _option("--simplify", default=0.0, show_default=True, type=click.FloatRange(0),
+            help="Topology-preserving simplification tolerance (map units)."),
+    _option("--centerlines", type=click.Path(path_type=Path),
+            help="Also write skeleton centerlines here; adds length and widths (m)."),
+    _option("--spur-length", type=click.FloatRange(0),
+            help="Prune centerline branches shorter than this (map units; default: twice "
+                 "the local half-width)."),
+    _option("--block-size", default=2048, show_default=True, type=click.IntRange(2),
+            help="Mask block edge in pixels: the unit of memory."),
+    _option("--crs", help="Reproject to this CRS (declares it for a raster without one)."),
+    _option("--pixel-coordinates", is_flag=True,
+            help="Accept a raster without a CRS and write pixel coordinates."),
 ]
 
 
@@ -30,27 +54,71 @@ def with_vector_options(func):
     return func
 
 
-def vector_config(connectivity: str, min_area: float, simplify: float) -> VectorizeConfig:
-    return VectorizeConfig(connectivity=int(connectivity), min_area=min_area, simplify=simplify)
+@dataclass(frozen=True)
+class VectorRequest:
+    """The vector options of a command line, ready for :func:`vectorize_raster`."""
+
+    config: VectorizeConfig
+    driver: str | None
+    crs: str | None
+    pixel_coordinates: bool
+    centerlines: Path | None
+
+    def run(self, mask: Path, output: Path, overwrite: bool, quiet: bool,
+            probabilities: Path | None = None) -> VectorizeResult:
+        return vectorize_raster(mask, output, self.config, self.driver, self.crs,
+                                self.pixel_coordinates, overwrite, probabilities,
+                                self.centerlines, progress=not quiet)
+
+
+def vector_request(ctx: click.Context) -> VectorRequest:
+    """Build the request from the options gathered by :func:`with_vector_options`."""
+    o = ctx.meta[_VECTOR_KEY]
+    config = VectorizeConfig(
+        connectivity=int(o["connectivity"]), block_size=o["block_size"],
+        min_area=o["min_area"], min_pixels=o["min_pixels"], fill_holes=o["fill_holes"],
+        simplify=o["simplify"], centerlines=o["centerlines"] is not None,
+        spur_length=o["spur_length"],
+    )
+    return VectorRequest(config, o["driver"], o["crs"], o["pixel_coordinates"],
+                         o["centerlines"])
+
+
+def summary(result: VectorizeResult) -> tuple[dict, dict, list[Column]]:
+    """(JSON summary, table row, columns) of a vectorization."""
+    data = {"output": str(result.output), "features": result.features,
+            "area_m2": round(result.area_m2, 3), "format": result.driver,
+            "seconds": round(result.seconds, 3)}
+    row = {"output": result.output.name, "features": result.features,
+           "area": result.area_m2, "seconds": result.seconds}
+    columns = [Column("output", "output", align="<"), Column("features", "features"),
+               Column("area", "area m2", fixed(1))]
+    if result.centerlines is not None:
+        data |= {"centerlines": str(result.centerlines),
+                 "centerline_features": result.centerline_features,
+                 "centerline_length_m": round(result.centerline_length_m, 3)}
+        row |= {"lines": result.centerline_features, "length": result.centerline_length_m}
+        columns += [Column("lines", "centerlines"), Column("length", "length m", fixed(1))]
+    return data, row, columns + [Column("seconds", "seconds", fixed(1))]
 
 
 @click.command("vectorize")
 @click.argument("mask", type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
               help="Vector file (.gpkg, .geojson, .shp, .parquet).")
+@click.option("--probabilities", type=click.Path(path_type=Path),
+              help="Probability raster of the mask: adds each feature's mean (score).")
 @with_vector_options
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @overwrite
 @verbosity
-def command(mask, output, driver, connectivity, min_area, simplify, crs, pixel_coordinates,
-            as_json, overwrite, quiet, verbose) -> None:
-    """Polygonize MASK block by block (merged exactly across blocks) with area and perimeter."""
-    result = vectorize_raster(mask, output, vector_config(connectivity, min_area, simplify),
-                              driver, crs, pixel_coordinates, overwrite)
-    summary = {"output": str(result.output), "features": result.features,
-               "area_m2": round(result.area_m2, 3), "format": result.driver}
-    if as_json:
-        click.echo(json.dumps(summary))
-    elif not quiet:
-        click.echo(f"wrote {result.features} features ({result.area_m2:.1f} m2) to "
-                   f"{result.output} ({result.driver})", err=True)
+@click.pass_context
+def command(ctx: click.Context, mask: Path, output: Path, probabilities: Path | None,
+            as_json: bool, overwrite: bool, quiet: bool, verbose: int) -> None:
+    """Polygonize MASK block by block (merged exactly across blocks) with area, perimeter
+    and, with --centerlines, skeleton length and width."""
+    result = vector_request(ctx).run(mask, output, overwrite, quiet or as_json, probabilities)
+    data, row, columns = summary(result)
+    written = [p for p in (result.output, result.centerlines) if p]
+    emit(data, [row], columns, as_json=as_json, quiet=quiet,
+         footer=[f"wrote {path}" for path in written])
