@@ -10,6 +10,12 @@ the right within the block row, and down in a strip of the overlap's height acro
 raster's width. Peak memory is therefore set by tile, batch and block size (plus a
 ``overlap x width`` strip), not by the raster's size.
 
+A run can be limited to a ``region`` of block rows of the global grid: it computes the tiles
+of those block rows plus the halo tiles of earlier block rows that reach into them (in the
+same blocks and batches as a whole-raster run, so every pixel sums the same contributions in
+the same order) and writes a raster of just the pixel rows the region completes. Regions that
+partition the block rows, computed anywhere and stacked, equal the whole-raster run bit for bit.
+
 Nodata travels: pixels that are nodata or not finite in any input band are written as nodata
 (255 in the mask, NaN in probabilities), and tiles with no valid pixel are never computed.
 """
@@ -23,13 +29,15 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import rasterio
 import torch
+from rasterio import Affine
 from rasterio.errors import RasterioError
+from rasterio.windows import Window
 from tqdm import tqdm
 
 from geounet.blend import WindowProfile, axis_overlaps, resolve_window, tile_weights
@@ -73,6 +81,9 @@ class PredictConfig:
         cog: write Cloud-Optimized GeoTIFFs with overviews.
         overwrite: replace existing outputs.
         progress: show a progress bar on stderr.
+        region: ``(first, stop)`` block rows of the global grid to compute; the outputs then
+            hold only the pixel rows these block rows complete (see the module docstring and
+            :func:`block_row_extents`).
     """
 
     tile_size: int | None = None
@@ -88,6 +99,21 @@ class PredictConfig:
     cog: bool = False
     overwrite: bool = False
     progress: bool = True
+    region: tuple[int, int] | None = None
+
+
+def block_row_extents(grid: TileGrid, block_tiles: int) -> list[tuple[int, int, int]]:
+    """Per block row of ``grid``: (first output row, end output row, end of its tiles' rows).
+
+    Output extents partition the raster's rows; the third value tells how far down the
+    block row's tiles reach, i.e. which later rows they add to (their halo).
+    """
+    extents = []
+    for block in grid.blocks(block_tiles):
+        if block.col == 0:
+            out, win = block.output, block.window
+            extents.append((out.row_off, out.row_off + out.height, win.row_off + win.height))
+    return extents
 
 
 @dataclass
@@ -177,7 +203,8 @@ def predict_raster(
         engine.run(mask_path, probabilities_path)
     return PredictResult(
         input=info.path, mask=mask_path, probabilities=probabilities_path,
-        width=info.width, height=info.height, tiles=grid.tile_count,
+        width=info.width, height=engine.out_info.height,
+        tiles=engine.tile_total,
         tiles_skipped=engine.tiles_skipped, device=str(device),
         seconds=time.perf_counter() - start,
         class_pixels=dict(zip(engine.class_names, engine.class_pixels.tolist())),
@@ -200,6 +227,25 @@ class _Engine:
         self.class_pixels = np.zeros(len(self.class_names), dtype=np.int64)
         self.tiles_skipped = 0
         self.amp = config.amp and device.type == "cuda"
+        self.out_info = info
+        self.block_rows, self.first_row, self.out_rows = range(10**9), 0, (0, info.height)
+        if config.region is not None:
+            self._limit_to_region(config.region)
+        self.tile_total = sum(len(b.tiles) for b in self._blocks())
+
+    def _limit_to_region(self, region: tuple[int, int]) -> None:
+        """Compute block rows ``region`` and the earlier ones whose tiles reach into them."""
+        extents = block_row_extents(self.grid, self.config.block_tiles)
+        first, stop = region
+        if not 0 <= first < stop <= len(extents):
+            raise ConfigError(f"region {region} is outside the {len(extents)} block rows")
+        top, bottom = extents[first][0], extents[stop - 1][1]
+        start = first
+        while start > 0 and extents[start - 1][2] > top:
+            start -= 1
+        self.block_rows, self.first_row, self.out_rows = range(start, stop), first, (top, bottom)
+        self.out_info = replace(self.info, height=bottom - top, gcps=((), None),
+                                transform=self.info.transform * Affine.translation(0, top))
 
     # -- the block loop ---------------------------------------------------------------
     def run(self, mask_path: Path | None, prob_path: Path | None) -> None:
@@ -211,7 +257,7 @@ class _Engine:
             prob_dst = self._open_output(stack, prob_tmp, prob_bands, "float32", float("nan"))
             self._describe(mask_dst, prob_dst)
             bar = stack.enter_context(tqdm(
-                total=self.grid.tile_count, unit="tile", disable=not self.config.progress,
+                total=self.tile_total, unit="tile", disable=not self.config.progress,
                 file=sys.stderr, desc=self.info.path.name, dynamic_ncols=True, leave=False,
             ))
             self._stream(mask_dst, prob_dst, bar)
@@ -264,7 +310,7 @@ class _Engine:
 
     def _read_blocks(self) -> Iterator[tuple[Block, np.ndarray, np.ndarray]]:
         with rasterio.open(self.info.path) as src:
-            for block in self.grid.blocks(self.config.block_tiles):
+            for block in self._blocks():
                 try:
                     data, valid = read_masked(src, self.bands, block.window)
                 except RasterioError as exc:
@@ -275,6 +321,9 @@ class _Engine:
                         f"probably truncated or corrupt ({first_line(exc)})"
                     ) from exc
                 yield block, normalize(data, valid, self.meta.mean, self.meta.std), valid
+
+    def _blocks(self) -> Iterator[Block]:
+        return (b for b in self.grid.blocks(self.config.block_tiles) if b.row in self.block_rows)
 
     # -- model and blending -----------------------------------------------------------
     def _accumulate(self, block: Block, data: np.ndarray, valid: np.ndarray,
@@ -290,8 +339,13 @@ class _Engine:
                 self.tiles_skipped += 1
                 bar.update(1)
         size = self.config.batch_size
+        top = self.out_rows[0]
         for i in range(0, len(todo), size):
             batch = todo[i : i + size]
+            if block.row < self.first_row and all(
+                    t.window.row_off + t.window.height <= top for t, _, _ in batch):
+                bar.update(len(batch))  # a halo batch adding nothing to the region's rows
+                continue
             arrays = [data[:, r0 : r0 + t.window.height, c0 : c0 + t.window.width]
                       for t, r0, c0 in batch]
             probs = self._infer(np.stack(arrays))
@@ -317,10 +371,10 @@ class _Engine:
     def _open_output(self, stack, path: Path | None, count: int, dtype: str, nodata: float):
         if path is None:
             return None
-        profile = gtiff_profile(self.info, count, dtype, nodata)
+        profile = gtiff_profile(self.out_info, count, dtype, nodata)
         dst = stack.enter_context(rasterio.open(path, "w", **profile))
-        if self.info.gcps[0]:  # georeferenced by ground control points: carry them over
-            dst.gcps = (list(self.info.gcps[0]), self.info.gcps[1])
+        if self.out_info.gcps[0]:  # georeferenced by ground control points: carry them over
+            dst.gcps = (list(self.out_info.gcps[0]), self.out_info.gcps[1])
         return dst
 
     def _describe(self, mask_dst, prob_dst) -> None:
@@ -336,6 +390,15 @@ class _Engine:
                 prob_dst.set_band_description(i, f"probability {name}")
 
     def _write(self, window, region: np.ndarray, valid: np.ndarray, mask_dst, prob_dst) -> None:
+        top, bottom = self.out_rows
+        if (top, bottom) != (0, self.info.height):  # a region: keep its rows, shifted
+            r0 = max(window.row_off, top)
+            r1 = min(window.row_off + window.height, bottom)
+            if r1 <= r0:
+                return
+            rows = slice(r0 - window.row_off, r1 - window.row_off)
+            region, valid = region[:, rows], valid[rows]
+            window = Window(window.col_off, r0 - top, window.width, r1 - r0)
         weight = region[-1]
         valid = valid & (weight > 0)
         with np.errstate(invalid="ignore", divide="ignore"):

@@ -1,0 +1,210 @@
+"""Running workflow items on a Dask cluster (``executor: dask``).
+
+Each input file is one task (:func:`geounet.runner.attempt_item`), so a batch spreads over the
+workers. A raster of at least ``executor.split_min_pixels`` pixels is instead split into row
+regions of the global tile grid (``executor.region_block_rows`` block rows each): every region
+is a task that computes its tiles plus the halo tiles it shares with the region above (see
+:mod:`geounet.predict`) and writes its rows to a hidden temporary GeoTIFF; one final task
+stacks the regions into the output, atomically, and vectorizes it. No two tasks ever write the
+same file, so there are no races, and the result equals a whole-raster run bit for bit.
+
+Workers run one task at a time with ``workflow.threads`` torch threads (1 by default), so
+``workers x threads`` never oversubscribes the cores, and results are reproducible: torch's CPU
+kernels give bit-identical results only at equal thread counts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+
+import rasterio
+from rasterio.windows import Window
+
+from geounet.errors import ConfigError
+from geounet.io import atomic_path, gtiff_profile, open_raster, temporary_sibling
+from geounet.runner import (
+    PERMANENT,
+    Item,
+    ItemResult,
+    attempt_item,
+    cached_model,
+    failure_reason,
+    predict_config,
+    remove_stale_temporaries,
+    write_vectors,
+)
+from geounet.workflow import Workflow
+
+log = logging.getLogger(__name__)
+COPY_ROWS = 512   # rows copied at a time when stacking regions
+
+
+def limit_threads(threads: int) -> None:
+    """Set torch's CPU threads in this (worker) process."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def dask_executor(workflow: Workflow) -> Iterator:
+    """Start (or connect to) a cluster; yield ``(items, workflow, model_sha256) -> results``."""
+    from dask.distributed import Client, LocalCluster
+
+    config = workflow.executor
+    cluster = None
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):  # Dask's INFO chatter only with -vv
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+    try:
+        if config.scheduler:
+            client = Client(config.scheduler, timeout="20s")
+        else:
+            cluster = LocalCluster(n_workers=config.workers, threads_per_worker=1,
+                                   processes=config.processes, dashboard_address=None,
+                                   silence_logs=logging.WARNING)
+            client = Client(cluster)
+    except (OSError, TimeoutError) as exc:
+        if cluster is not None:
+            cluster.close()
+        raise ConfigError(f"executor.scheduler: cannot reach the Dask scheduler "
+                          f"{config.scheduler or 'LocalCluster'} ({exc})") from None
+    try:
+        client.run(limit_threads, workflow.threads)
+        yield partial(_execute, client)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _execute(client, items: list[Item], workflow: Workflow,
+             model_sha256: str) -> Iterator[ItemResult]:
+    """Submit every item (split ones as region tasks + an assembly task); yield results."""
+    from dask.distributed import as_completed
+
+    owners, futures, start = {}, [], time.perf_counter()
+    for item in items:
+        regions = split_regions(item, workflow)
+        if len(regions) > 1:
+            parts = [client.submit(predict_region, item, workflow, model_sha256, region,
+                                   pure=False) for region in regions]
+            future = client.submit(assemble_regions, item, workflow, parts, pure=False)
+        else:
+            future = client.submit(attempt_item, item, workflow, model_sha256, pure=False)
+        owners[future.key] = item
+        futures.append(future)
+    for future in as_completed(futures):
+        item = owners[future.key]
+        try:
+            yield future.result()
+        except Exception as exc:  # a region that failed all its attempts
+            remove_stale_temporaries([item])
+            yield ItemResult(item.input, "failed", failure_reason(exc), 1 + workflow.retries,
+                             time.perf_counter() - start, item.outputs, None)
+
+
+def split_regions(item: Item, workflow: Workflow) -> list[tuple[int, int]]:
+    """Block-row ranges of ``item`` to compute as separate tasks (one range: no split)."""
+    from geounet.checkpoint import read_metadata
+    from geounet.predict import block_row_extents
+    from geounet.tiling import TileGrid
+
+    threshold = workflow.executor.split_min_pixels
+    info = open_raster(item.input)
+    if threshold is None or info.width * info.height < threshold:
+        return [(0, 1)]
+    meta = read_metadata(workflow.model)
+    tile = workflow.tiling.tile_size or meta.tile_size
+    overlap = meta.overlap if workflow.tiling.overlap is None else workflow.tiling.overlap
+    rows = len(block_row_extents(TileGrid(info.height, info.width, tile, overlap),
+                                 workflow.tiling.block_tiles))
+    step = workflow.executor.region_block_rows
+    return [(k, min(k + step, rows)) for k in range(0, rows, step)]
+
+
+def predict_region(item: Item, workflow: Workflow, model_sha256: str,
+                   region: tuple[int, int]) -> tuple[Path | None, Path | None]:
+    """Compute one row region into hidden temporary GeoTIFFs beside the outputs (retried)."""
+    from geounet.predict import predict_raster
+
+    anchor = item.outputs["mask"] or item.outputs["vector"] or item.outputs["probabilities"]
+    tag = f".rows{region[0]}-{region[1]}.tif"
+    for attempt in range(workflow.retries + 1):
+        mask = temporary_sibling(anchor, tag)
+        prob = (temporary_sibling(item.outputs["probabilities"], tag)
+                if item.outputs["probabilities"] else None)
+        try:
+            model = cached_model(workflow.model, model_sha256)
+            predict_raster(item.input, model, mask, prob,
+                           predict_config(workflow, region=region, cog=False))
+            return mask, prob
+        except Exception as exc:
+            for path in (mask, prob):
+                if path is not None:
+                    path.unlink(missing_ok=True)
+            if isinstance(exc, PERMANENT) or attempt == workflow.retries:
+                raise
+            log.info("%s rows %s: attempt %d failed: %s", item.input, region, attempt + 1,
+                     failure_reason(exc))
+    raise AssertionError("unreachable")
+
+
+def assemble_regions(item: Item, workflow: Workflow,
+                     parts: list[tuple[Path | None, Path | None]]) -> ItemResult:
+    """Stack region rasters into the item's outputs (atomically), then vectorize."""
+    start = time.perf_counter()
+    try:
+        info = open_raster(item.input)
+        masks = [m for m, _ in parts]
+        mask = item.outputs["mask"]
+        with contextlib.ExitStack() as stack:
+            if mask is None:   # only the vectors want it
+                mask = temporary_sibling(item.outputs["vector"], ".mask.tif")
+                stack.callback(mask.unlink, missing_ok=True)
+            stack_rows(masks, info, mask, "mask", workflow.outputs.cog)
+            if item.outputs["probabilities"] is not None:
+                stack_rows([p for _, p in parts], info, item.outputs["probabilities"], "prob",
+                           workflow.outputs.cog)
+            summary = write_vectors(item, workflow, mask)
+        return ItemResult(item.input, "done", None, 1, time.perf_counter() - start,
+                          item.outputs, summary)
+    finally:
+        for pair in parts:
+            for path in pair:
+                if path is not None:
+                    path.unlink(missing_ok=True)
+
+
+def stack_rows(parts: list[Path], info, output: Path, kind: str, cog: bool) -> None:
+    """Write the row regions ``parts`` (top to bottom) as one GeoTIFF on ``info``'s grid."""
+    from geounet.predict import _convert_to_cog
+
+    with rasterio.open(parts[0]) as first:
+        count, dtype, nodata = first.count, first.dtypes[0], first.nodata
+        tags, descriptions = first.tags(), first.descriptions
+    profile = gtiff_profile(info, count, dtype, nodata)
+    with atomic_path(output) as tmp:
+        with rasterio.open(tmp, "w", **profile) as dst:
+            if info.gcps[0]:
+                dst.gcps = (list(info.gcps[0]), info.gcps[1])
+            dst.update_tags(**tags)
+            for band, text in enumerate(descriptions, start=1):
+                if text:
+                    dst.set_band_description(band, text)
+            row = 0
+            for part in parts:
+                with rasterio.open(part) as src:
+                    for r in range(0, src.height, COPY_ROWS):
+                        h = min(COPY_ROWS, src.height - r)
+                        data = src.read(window=Window(0, r, src.width, h))
+                        dst.write(data, window=Window(0, row + r, src.width, h))
+                    row += src.height
+        if row != info.height:
+            raise RuntimeError(f"regions cover {row} rows of {info.height}")
+        if cog:
+            _convert_to_cog(tmp, kind)

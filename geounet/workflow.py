@@ -1,0 +1,341 @@
+"""Workflow files: one YAML document describing a whole batch job, validated before any work.
+
+A workflow names its inputs (a folder and a glob, a list of files, or a text file of paths),
+the model, the inference and vectorization settings, where and under which names outputs go,
+how often to retry, when to run (a cron expression) and on what (the local process or a Dask
+cluster). Relative paths are relative to the workflow file's folder.
+
+Loading is safe: the document is composed with :class:`yaml.SafeLoader`, so tags that would
+construct Python objects (``!!python/object``...) are refused. Every key is checked by pydantic
+models that forbid unknown keys, then paths are checked (input folder, list file and model
+exist; name templates stay inside the output folder). Any problem raises one
+:class:`~geounet.errors.ConfigError` naming the file, the line, the key path and the cause,
+before anything is read or written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from geounet.errors import ConfigError
+
+TEMPLATE_FIELDS = ("stem", "name")   # {stem}: file name without extension; {name}: with it
+PositiveInt = Annotated[int, Field(ge=1)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputsConfig(_Strict):
+    """Where the input rasters are: exactly one of ``folder`` (+ ``glob``), ``list``, ``file``."""
+
+    folder: Path | None = None
+    glob: str = "*.tif"
+    recursive: bool = False
+    list: tuple[Path, ...] | None = None
+    file: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> InputsConfig:
+        given = [k for k in ("folder", "list", "file") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of folder (with glob), list or file; got "
+                             f"{', '.join(given) or 'none'}")
+        return self
+
+
+class TilingConfig(_Strict):
+    """Inference settings (see :class:`geounet.predict.PredictConfig`); null = checkpoint's."""
+
+    tile_size: Annotated[int, Field(ge=16)] | None = None
+    overlap: Annotated[int, Field(ge=0)] | None = None
+    batch_size: PositiveInt = 4
+    block_tiles: PositiveInt = 2
+    window: Literal["hann", "average"] = "hann"
+    threshold: Annotated[float, Field(ge=0, le=1)] | None = None
+
+
+class OutputsConfig(_Strict):
+    """Output folder and name templates (``{stem}``, ``{name}``); null skips that output.
+
+    ``overwrite``: ``changed`` replaces outputs this workflow made when their input, model or
+    settings changed and refuses other existing files; ``always`` reprocesses every item;
+    ``never`` refuses to replace any existing file.
+    """
+
+    folder: Path
+    mask: str | None = "{stem}_mask.tif"
+    probabilities: str | None = None
+    vector: str | None = "{stem}.gpkg"
+    centerlines: str | None = None
+    vector_format: Literal["gpkg", "geojson", "shapefile", "parquet"] | None = None
+    cog: bool = False
+    overwrite: Literal["changed", "always", "never"] = "changed"
+
+    @field_validator("mask", "probabilities", "vector", "centerlines")
+    @classmethod
+    def _template_inside_folder(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_template(value)
+        return value
+
+    @model_validator(mode="after")
+    def _something_to_write(self) -> OutputsConfig:
+        if self.mask is None and self.probabilities is None and self.vector is None:
+            raise ValueError("nothing to write: give a mask, probabilities and/or vector name")
+        return self
+
+
+class VectorizeOptions(_Strict):
+    """Polygonization settings (see :class:`geounet.vectorize.VectorizeConfig`)."""
+
+    connectivity: Literal[4, 8] = 4
+    block_size: Annotated[int, Field(ge=2)] = 2048
+    classes: tuple[int, ...] | None = None
+    min_area: Annotated[float, Field(ge=0)] = 0.0
+    simplify: Annotated[float, Field(ge=0)] = 0.0
+    crs: str | None = None
+    centerlines: bool = False
+
+
+class ScheduleConfig(_Strict):
+    """When ``geounet schedule`` runs the workflow: a 5-field cron expression and time zone."""
+
+    cron: str
+    timezone: str = "UTC"
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(value, timezone="UTC")
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not a 5-field cron expression ({exc})") from None
+        return value
+
+
+class ExecutorConfig(_Strict):
+    """What runs the items: ``local`` (this process, one item at a time) or ``dask``.
+
+    For Dask, ``scheduler`` (``tcp://host:port``) connects to an existing cluster; without it a
+    LocalCluster of ``workers`` single-threaded workers is started (``processes``: one process
+    per worker). A raster of at least ``split_min_pixels`` pixels is split into row regions of
+    ``region_block_rows`` block rows of the global tile grid, computed on different workers
+    and assembled into one output.
+    """
+
+    kind: Literal["local", "dask"] = "local"
+    scheduler: str | None = Field(default=None, pattern=r"^(tcp|tls|inproc)://\S+$")
+    workers: PositiveInt = 2
+    processes: bool = True
+    split_min_pixels: PositiveInt | None = None
+    region_block_rows: PositiveInt = 2
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"kind": value} if isinstance(value, str) else value
+
+
+class Workflow(_Strict):
+    """A validated workflow; paths are absolute (resolved against the workflow's folder)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    inputs: InputsConfig
+    model: Path
+    bands: tuple[PositiveInt, ...] | None = None
+    tiling: TilingConfig = TilingConfig()
+    device: str = "cpu"
+    threads: PositiveInt = 1
+    outputs: OutputsConfig
+    vectorize: VectorizeOptions = VectorizeOptions()
+    retries: Annotated[int, Field(ge=0, le=10)] = 1
+    schedule: ScheduleConfig | None = None
+    executor: ExecutorConfig = ExecutorConfig()
+    source: Path | None = Field(default=None, exclude=True)
+
+    def output_settings(self) -> dict[str, Any]:
+        """The settings that change output bytes (hashed into the manifest, in the report).
+
+        Excludes what only changes how the work is run (executor, retries, schedule,
+        overwrite policy, input discovery) so that, for example, moving a workflow onto a
+        Dask cluster does not redo finished items.
+        """
+        return {
+            "bands": self.bands, "tiling": self.tiling.model_dump(), "device": self.device,
+            "threads": self.threads,
+            "outputs": self.outputs.model_dump(exclude={"folder", "overwrite"}),
+            "vectorize": self.vectorize.model_dump(),
+        }
+
+    def settings_sha256(self) -> str:
+        text = json.dumps(self.output_settings(), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def check_template(template: str) -> None:
+    """Refuse a name template that could name a file outside the output folder."""
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"{template!r} is not a valid name template ({exc})") from None
+    for _, field, spec, conversion in parts:
+        if field is None:
+            continue
+        if field not in TEMPLATE_FIELDS or spec or conversion:
+            raise ValueError(f"{template!r}: only {{stem}} and {{name}} may appear in a name "
+                             f"template, found {{{field}}}")
+    sample = template.format(stem="x", name="x.tif")
+    if "\\" in sample or posixpath.isabs(sample):
+        raise ValueError(f"{template!r} escapes the output folder; give a relative name")
+    normal = posixpath.normpath(sample)
+    if normal == ".." or normal.startswith("../") or normal in (".", ""):
+        raise ValueError(f"{template!r} escapes the output folder; give a name inside it")
+    if not any(field for _, field, _, _ in parts):
+        raise ValueError(f"{template!r} has no {{stem}} or {{name}}: every input would write "
+                         "the same file")
+
+
+@dataclass(frozen=True)
+class _Located:
+    """Line numbers (1-based) of each key path in a YAML document."""
+
+    lines: dict[tuple, int]
+
+    def line_of(self, path: tuple) -> int:
+        while path and path not in self.lines:
+            path = path[:-1]
+        return self.lines.get(path, 1)
+
+    def key_at(self, line: int) -> str:
+        """``"key.path: "`` of the deepest key on ``line`` (empty when none)."""
+        paths = [p for p, n in self.lines.items() if n == line and p and isinstance(p[-1], str)]
+        return f"{_dotted(max(paths, key=len))}: " if paths else ""
+
+
+def _key_lines(node: yaml.Node, path: tuple = (), lines: dict | None = None) -> dict:
+    lines = {} if lines is None else lines
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            sub = path + (key.value,)
+            lines[sub] = key.start_mark.line + 1
+            _key_lines(value, sub, lines)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, value in enumerate(node.value):
+            _key_lines(value, path + (i,), lines)
+    return lines
+
+
+def _dotted(path: tuple) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def load_workflow(path: str | Path) -> Workflow:
+    """Read, validate and resolve a workflow file; raise one ``ConfigError`` on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such workflow file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the workflow ({exc})") from exc
+    loader = yaml.SafeLoader(text)
+    located = _Located({})
+    try:
+        node = loader.get_single_node()  # composing builds no objects
+        located = _Located(_key_lines(node) if node is not None else {})
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.MarkedYAMLError as exc:
+        line = (exc.problem_mark or exc.context_mark).line + 1
+        hint = ("; only plain YAML is accepted (no object tags)"
+                if isinstance(exc, yaml.constructor.ConstructorError) else "")
+        raise ConfigError(f"{path}:{line}: {located.key_at(line)}{exc.problem}{hint}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    finally:
+        loader.dispose()
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}:1: a workflow is a mapping of keys (name, inputs, model, "
+                          "outputs, ...)")
+    try:
+        workflow = Workflow.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        loc = tuple(error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key; check the spelling against the documented keys"
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ConfigError(f"{path}:{located.line_of(loc)}: {_dotted(loc)}: {message}"
+                          f"{more}") from None
+    return _resolve(workflow, path, located)
+
+
+def _resolve(workflow: Workflow, path: Path, located: _Located) -> Workflow:
+    """Absolute paths against the workflow's folder; check the ones that must exist."""
+    base = path.resolve().parent
+
+    def absolute(p: Path) -> Path:
+        return (base / p.expanduser()).resolve()
+
+    def fail(key: tuple, message: str) -> ConfigError:
+        return ConfigError(f"{path}:{located.line_of(key)}: {_dotted(key)}: {message}")
+
+    inputs = workflow.inputs
+    update: dict[str, Any] = {}
+    if inputs.folder is not None:
+        folder = absolute(inputs.folder)
+        if not folder.is_dir():
+            raise fail(("inputs", "folder"), f"{folder} is not an existing folder")
+        update["folder"] = folder
+    if inputs.file is not None:
+        listing = absolute(inputs.file)
+        if not listing.is_file():
+            raise fail(("inputs", "file"), f"{listing}: no such file of input paths")
+        update["file"] = listing
+    if inputs.list is not None:
+        update["list"] = tuple(absolute(p) for p in inputs.list)
+        for i, item in enumerate(update["list"]):
+            if not item.is_file():
+                raise fail(("inputs", "list", i), f"{item}: no such input file")
+    model = absolute(workflow.model)
+    if not model.is_file():
+        raise fail(("model",), f"{model}: no such checkpoint")
+    out_folder = absolute(workflow.outputs.folder)
+    if out_folder.exists() and not out_folder.is_dir():
+        raise fail(("outputs", "folder"), f"{out_folder} exists and is not a folder")
+    if workflow.vectorize.centerlines and workflow.outputs.centerlines is None:
+        raise fail(("vectorize", "centerlines"), "centerlines asked for but "
+                   "outputs.centerlines gives no file name; add e.g. '{stem}_centerlines.gpkg'")
+    return workflow.model_copy(update={
+        "inputs": inputs.model_copy(update=update), "model": model,
+        "outputs": workflow.outputs.model_copy(update={"folder": out_folder}),
+        "source": path.resolve(),
+    })
+
+
+def read_input_list(listing: Path) -> list[Path]:
+    """Paths in a text file, one a line (blank lines and ``#`` comments skipped), relative
+    to the file's folder."""
+    paths = []
+    for line in listing.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            paths.append((listing.parent / Path(line).expanduser()).resolve())
+    return paths
