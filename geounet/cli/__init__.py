@@ -46,9 +46,21 @@ def main() -> None:
 
 
 def _register() -> None:
-    from geounet.cli import demo, evaluate, info, predict, preview, sample, train, vectorize
+    from geounet.cli import (
+        demo,
+        evaluate,
+        info,
+        predict,
+        preview,
+        run,
+        sample,
+        schedule,
+        train,
+        vectorize,
+    )
 
-    for module in (predict, vectorize, train, evaluate, sample, demo, info, preview):
+    for module in (predict, vectorize, train, evaluate, sample, demo, info, preview, run,
+                   schedule):
         main.add_command(module.command)
 
 
