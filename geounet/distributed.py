@@ -25,7 +25,7 @@ from pathlib import Path
 import rasterio
 from rasterio.windows import Window
 
-from geounet.errors import ConfigError
+from geounet.errors import ConfigError, GeoUNetError
 from geounet.io import atomic_path, gtiff_profile, open_raster, temporary_sibling
 from geounet.runner import (
     PERMANENT,
@@ -115,8 +115,13 @@ def split_regions(item: Item, workflow: Workflow) -> list[tuple[int, int]]:
     from geounet.tiling import TileGrid
 
     threshold = workflow.executor.split_min_pixels
-    info = open_raster(item.input)
-    if threshold is None or info.width * info.height < threshold:
+    if threshold is None:
+        return [(0, 1)]
+    try:
+        info = open_raster(item.input)
+    except GeoUNetError:  # not split: the item's own task reports the error
+        return [(0, 1)]
+    if info.width * info.height < threshold:
         return [(0, 1)]
     meta = read_metadata(workflow.model)
     tile = workflow.tiling.tile_size or meta.tile_size

@@ -245,7 +245,7 @@ class _Engine:
             start -= 1
         self.block_rows, self.first_row, self.out_rows = range(start, stop), first, (top, bottom)
         self.out_info = replace(self.info, height=bottom - top, gcps=((), None),
-                                transform=self.info.transform * Affine.translation(0, top))
+                                transform=self.info.transform @ Affine.translation(0, top))
 
     # -- the block loop ---------------------------------------------------------------
     def run(self, mask_path: Path | None, prob_path: Path | None) -> None:

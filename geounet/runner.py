@@ -290,11 +290,12 @@ def predict_config(workflow: Workflow, **changes):
     from geounet.predict import PredictConfig
 
     t = workflow.tiling
-    return PredictConfig(
+    settings = dict(
         tile_size=t.tile_size, overlap=t.overlap, batch_size=t.batch_size,
         block_tiles=t.block_tiles, window=t.window, device=workflow.device, amp=True,
         bands=workflow.bands, threshold=t.threshold, threads=workflow.threads,
-        cog=workflow.outputs.cog, overwrite=True, progress=False, **changes)
+        cog=workflow.outputs.cog, overwrite=True, progress=False)
+    return PredictConfig(**(settings | changes))
 
 
 def process_item(item: Item, workflow: Workflow, model_sha256: str) -> dict[str, Any]:

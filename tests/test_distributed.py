@@ -1,0 +1,104 @@
+"""Row regions of the global grid and the Dask executor: identical to a local run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyogrio
+import pytest
+import rasterio
+
+from geounet.predict import block_row_extents, predict_raster
+from geounet.runner import run_workflow
+from geounet.tiling import TileGrid
+from geounet.workflow import load_workflow
+
+
+def read(path: Path) -> np.ndarray:
+    with rasterio.open(path) as src:
+        return src.read()
+
+
+@pytest.mark.parametrize("tile,overlap,block_tiles,batch", [(64, 16, 1, 3), (48, 20, 2, 4)])
+def test_stacked_regions_equal_the_whole_raster_bit_for_bit(
+        tmp_path, odd_rgb, checkpoint, quiet, tile, overlap, block_tiles, batch):
+    settings = dict(tile_size=tile, overlap=overlap, block_tiles=block_tiles, batch_size=batch)
+    predict_raster(odd_rgb, checkpoint, tmp_path / "m.tif", tmp_path / "p.tif",
+                   quiet(**settings))
+    rows = len(block_row_extents(TileGrid(137, 229, tile, overlap), block_tiles))
+    assert rows >= 3
+    masks, probs = [], []
+    for k in range(rows):
+        result = predict_raster(odd_rgb, checkpoint, tmp_path / f"m{k}.tif",
+                                tmp_path / f"p{k}.tif", quiet(region=(k, k + 1), **settings))
+        masks.append(read(tmp_path / f"m{k}.tif"))
+        probs.append(read(tmp_path / f"p{k}.tif"))
+        with rasterio.open(tmp_path / f"m{k}.tif") as part, rasterio.open(odd_rgb) as src:
+            top = block_row_extents(TileGrid(137, 229, tile, overlap), block_tiles)[k][0]
+            assert part.transform == src.transform @ rasterio.Affine.translation(0, top)
+            assert result.height == part.height
+    assert np.array_equal(np.concatenate(masks, axis=1), read(tmp_path / "m.tif"))
+    assert np.array_equal(np.concatenate(probs, axis=1), read(tmp_path / "p.tif"),
+                          equal_nan=True)
+
+
+@pytest.fixture
+def scenes(tmp_path, make_raster, checkpoint):
+    """Four rasters and a workflow writer: ``write(folder, executor_yaml)``."""
+    rng = np.random.default_rng(11)
+    for i, (h, w) in enumerate([(150, 200), (90, 130), (210, 170), (64, 64)]):
+        make_raster(rng.integers(0, 255, (3, h, w), dtype=np.uint8), name=f"in/r{i}.tif")
+
+    def write(folder: str, executor: str) -> Path:
+        path = tmp_path / f"{folder}.yaml"
+        path.write_text(
+            f"name: {folder}\ninputs: {{folder: in}}\nmodel: {checkpoint}\n"
+            "tiling: {threshold: 0.444, tile_size: 64, overlap: 16, block_tiles: 1}\n"
+            f"outputs: {{folder: {folder}, probabilities: '{{stem}}_prob.tif'}}\n{executor}")
+        return path
+
+    return write
+
+
+def assert_same_outputs(a: Path, b: Path, names: list[str]) -> None:
+    for stem in names:
+        for suffix in ("_mask.tif", "_prob.tif"):
+            assert np.array_equal(read(a / f"{stem}{suffix}"), read(b / f"{stem}{suffix}"),
+                                  equal_nan=True), f"{stem}{suffix}"
+        fa = pyogrio.read_dataframe(a / f"{stem}.gpkg")
+        fb = pyogrio.read_dataframe(b / f"{stem}.gpkg")
+        assert len(fa) == len(fb) > 0
+        assert fa.geometry.geom_equals_exact(fb.geometry, 0).all()
+        assert fa.drop(columns="geometry").equals(fb.drop(columns="geometry"))
+
+
+DASK = "executor: {kind: dask, workers: 2, processes: false%s}\n"
+
+
+def test_dask_batch_equals_local(scenes, tmp_path):
+    local = run_workflow(load_workflow(scenes("local", "")), progress=False)
+    dask = run_workflow(load_workflow(scenes("dask", DASK % "")), progress=False)
+    assert dask.counts == local.counts == {"done": 4, "skipped": 0, "failed": 0}
+    assert_same_outputs(tmp_path / "local", tmp_path / "dask", ["r0", "r1", "r2", "r3"])
+    assert [r.summary for r in dask.items] == [r.summary for r in local.items]
+
+
+def test_dask_split_raster_equals_local_and_leaves_no_parts(scenes, tmp_path):
+    local = run_workflow(load_workflow(scenes("local", "")), progress=False)
+    split = DASK % ", split_min_pixels: 20000, region_block_rows: 1"
+    report = run_workflow(load_workflow(scenes("split", split)), progress=False)
+    assert report.counts == local.counts
+    assert_same_outputs(tmp_path / "local", tmp_path / "split", ["r0", "r1", "r2", "r3"])
+    assert not [p for p in (tmp_path / "split").iterdir()
+                if p.name.startswith(".") and p.suffix == ".tif"]
+    again = run_workflow(load_workflow(scenes("split", split)), progress=False)
+    assert again.counts["skipped"] == 4
+
+
+def test_dask_item_failure_is_reported_and_others_finish(scenes, tmp_path):
+    (tmp_path / "in/broken.tif").write_bytes(b"not a raster")
+    report = run_workflow(load_workflow(scenes("dask", DASK % "")), progress=False)
+    assert report.counts == {"done": 4, "skipped": 0, "failed": 1}
+    failed = next(r for r in report.items if r.status == "failed")
+    assert failed.input.name == "broken.tif" and "broken.tif" in failed.reason
