@@ -1,23 +1,73 @@
-"""Evaluating a predicted mask raster against a label raster on the same grid."""
+"""Scoring predictions against labels, the way the segmentation literature reports them.
+
+A prediction is a class-mask raster (uint8 class ids, nodata 255, as ``geounet predict -o``
+writes) or a probability raster (float32 foreground probability, nodata NaN, as
+``--probabilities`` writes). Labels are raster masks on the prediction's grid or vector
+files rasterized onto it (:mod:`geounet.labels`). Nodata in either is ignored.
+
+Reported per class, counts pooled over all images: IoU, precision, recall, F1 (exact
+pixels), and for the foreground classes the tolerant precision/recall/F1 of the crack
+literature (a pixel counts as correct within ``tolerance`` pixels). For probability rasters,
+ODS and OIS tolerant F1 over ``thresholds`` evenly spaced thresholds (see
+:func:`geounet.metrics.ods_ois`). :func:`evaluate_model` runs a checkpoint through
+``predict_raster`` first, so it scores exactly what ``geounet predict`` writes.
+"""
 
 from __future__ import annotations
 
+import tempfile
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import rasterio
+from rasterio.errors import NotGeoreferencedWarning
+from tqdm import tqdm
 
 from geounet.errors import InputError
-from geounet.io import open_raster
-from geounet.metrics import pixel_scores, tolerant_scores
+from geounet.io import RasterInfo
+from geounet.labels import IGNORE, LabelConfig, image_info, load_target, read_raster_target
+from geounet.metrics import (
+    Counts,
+    count,
+    ods_ois,
+    pixel_scores,
+    threshold_sweep,
+    tolerant_scores,
+)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Evaluation settings.
+
+    Attributes:
+        tolerance: localisation tolerance in pixels for the tolerant scores (2 in the crack
+            literature).
+        threshold: probability above which a probability raster's pixel is foreground
+            (None: the model's own threshold in :func:`evaluate_model`, else 0.5).
+        thresholds: number of thresholds in (0, 1) swept for ODS/OIS (0: no sweep).
+        labels: how vector labels are rasterized.
+        class_names: names by class id (id 0 first); ``class N`` where not given.
+    """
+
+    tolerance: float = 2.0
+    threshold: float | None = None
+    thresholds: int = 99
+    labels: LabelConfig = LabelConfig()
+    class_names: tuple[str, ...] = ()
 
 
 def read_binary_mask(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Foreground (value > 0 and not nodata) and valid pixels of band 1 of a mask raster."""
-    open_raster(path)
-    with rasterio.open(path) as src:
-        values = src.read(1)
-        valid = src.read_masks(1) > 0
+    image_info(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path) as src:
+            values = src.read(1)
+            valid = src.read_masks(1) > 0
     return (values > 0) & valid, valid
 
 
@@ -34,3 +84,109 @@ def evaluate_masks(prediction: str | Path, truth: str | Path, tolerance: float =
         "pixel": pixel_scores(pred, true, valid).to_dict(),
         "tolerant": tolerant_scores(pred, true, tolerance, valid).to_dict(),
     }
+
+
+def evaluate_pairs(pairs: Sequence[tuple[str | Path, str | Path]],
+                   config: EvaluateConfig = EvaluateConfig(), progress: bool = False) -> dict:
+    """Score (prediction raster, label) pairs; returns the JSON-ready report."""
+    if not pairs:
+        raise InputError("nothing to evaluate: no (prediction, label) pair was found")
+    thresholds = np.linspace(0, 1, config.thresholds + 2)[1:-1]
+    threshold = 0.5 if config.threshold is None else config.threshold
+    per_class: dict[int, Counts] = {}
+    sweeps, images, kinds = [], [], set()
+    for prediction, label in tqdm(pairs, disable=not progress, desc="evaluate", unit="image"):
+        info = image_info(prediction)
+        pred, prob = _read_prediction(info, threshold)
+        kinds.add("probability" if prob is not None else "mask")
+        target = load_target(label, info, config.labels)
+        valid = (target != IGNORE) & (pred != IGNORE)
+        image = {"prediction": str(prediction), "label": str(label)}
+        ids = np.union1d(np.unique(pred[valid]), np.unique(target[valid])).tolist()
+        for class_id in sorted(set(ids) | ({0, 1} if prob is not None else set())):
+            counts = count(pred == class_id, target == class_id,
+                           config.tolerance if class_id else 0, valid)
+            per_class.setdefault(class_id, Counts())
+            per_class[class_id] += counts
+            if class_id:
+                image[_name(class_id, config)] = _scores(counts, tolerant=True)
+        if prob is not None and config.thresholds:
+            sweeps.append(threshold_sweep(prob, target == 1, thresholds, config.tolerance,
+                                          valid))
+        images.append(image)
+    report: dict = {
+        "images": len(images), "prediction": "/".join(sorted(kinds)),
+        "tolerance_px": config.tolerance, "threshold": threshold,
+        "classes": {_name(c, config): _scores(per_class[c], tolerant=c > 0)
+                    for c in sorted(per_class)},
+    }
+    if sweeps and len(kinds) == 1:
+        report["ods_ois"] = ods_ois(sweeps, thresholds)
+    report["per_image"] = images
+    return report
+
+
+def evaluate_model(model: str | Path, pairs: Sequence[tuple[str | Path, str | Path]],
+                   config: EvaluateConfig = EvaluateConfig(), device: str = "auto",
+                   threads: int | None = None, progress: bool = False) -> dict:
+    """Run ``model`` on each (image, label) pair with ``predict_raster``, then score it.
+
+    A binary model is scored from its probabilities (so ODS/OIS are reported too), a
+    multi-class one from its class mask. Predictions go to a temporary folder.
+    """
+    from geounet.checkpoint import load_checkpoint
+    from geounet.predict import PredictConfig, predict_raster
+
+    loaded = load_checkpoint(model, "cpu")
+    meta = loaded[1]
+    binary = meta.arch.classes == 1
+    settings = PredictConfig(device=device, threads=threads, progress=False)
+    with tempfile.TemporaryDirectory(prefix="geounet-evaluate-") as tmp:
+        predicted = []
+        for i, (image, label) in enumerate(tqdm(pairs, disable=not progress, desc="predict",
+                                                unit="image")):
+            out = Path(tmp) / f"{i:06d}.tif"
+            with warnings.catch_warnings():  # plain PNG/JPEG images have no georeferencing
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                predict_raster(image, loaded, None if binary else out, out if binary else None,
+                               settings)
+            predicted.append((out, label))
+        names = config.class_names or tuple(meta.class_names)
+        threshold = meta.threshold if config.threshold is None else config.threshold
+        config = EvaluateConfig(config.tolerance, threshold, config.thresholds, config.labels,
+                                names)
+        report = evaluate_pairs(predicted, config, progress)
+    for item, (image, _) in zip(report["per_image"], pairs):
+        item["prediction"] = f"{model} on {image}"
+    report["model"] = str(model)
+    return report
+
+
+def _read_prediction(info: RasterInfo, threshold: float) -> tuple[np.ndarray, np.ndarray | None]:
+    """Class ids (IGNORE where nodata) and, for float rasters, the probabilities of band 1.
+
+    Integer rasters are read like label masks (a 0/255 mask is binary).
+    """
+    if not np.issubdtype(np.dtype(info.dtype), np.floating):
+        return read_raster_target(info.path, info), None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(info.path) as src:
+            values = src.read(1)
+            valid = (src.read_masks(1) > 0) & np.isfinite(values)
+    prob = np.where(valid, values, 0).astype(np.float32)
+    pred = (prob > threshold).astype(np.uint8)
+    pred[~valid] = IGNORE
+    return pred, prob
+
+
+def _scores(counts: Counts, tolerant: bool) -> dict[str, dict[str, float]]:
+    out = {"pixel": counts.pixel().to_dict()}
+    if tolerant:
+        out["tolerant"] = counts.tolerant().to_dict()
+    return out
+
+
+def _name(class_id: int, config: EvaluateConfig) -> str:
+    names = config.class_names
+    return names[class_id] if class_id < len(names) else f"class {class_id}"

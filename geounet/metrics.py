@@ -77,3 +77,85 @@ def _check(pred: np.ndarray, truth: np.ndarray, valid: np.ndarray | None,
     if valid is not None:
         pred, truth = pred & valid, truth & valid
     return pred, truth
+
+
+@dataclass
+class Counts:
+    """Pixel counts that pool over images and windows before scores are taken.
+
+    ``tp``, ``fp``, ``fn``: exact pixel counts. ``pred_near``/``pred``: predicted pixels
+    within the tolerance of the truth / all predicted pixels; ``truth_near``/``truth``: true
+    pixels within the tolerance of a prediction / all true pixels.
+    """
+
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+    pred_near: int = 0
+    pred: int = 0
+    truth_near: int = 0
+    truth: int = 0
+
+    def __iadd__(self, other: Counts) -> Counts:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        return self
+
+    def pixel(self) -> Scores:
+        precision, recall = _ratio(self.tp, self.tp + self.fp), _ratio(self.tp, self.tp + self.fn)
+        return Scores(precision, recall, _f1(precision, recall),
+                      _ratio(self.tp, self.tp + self.fp + self.fn))
+
+    def tolerant(self) -> Scores:
+        precision = _ratio(self.pred_near, self.pred)
+        recall = _ratio(self.truth_near, self.truth)
+        return Scores(precision, recall, _f1(precision, recall), self.pixel().iou)
+
+
+def count(pred: np.ndarray, truth: np.ndarray, tolerance: float = 2.0,
+          valid: np.ndarray | None = None, near_truth: np.ndarray | None = None) -> Counts:
+    """Exact and tolerant :class:`Counts` of boolean ``pred`` against ``truth``.
+
+    ``near_truth`` (pixels within ``tolerance`` of the truth) may be passed when it is
+    reused for many predictions of the same truth (threshold sweeps).
+    """
+    pred, truth = _check(pred, truth, valid)
+    if near_truth is None:
+        near_truth = _within(truth, tolerance)
+    return Counts(
+        tp=np.count_nonzero(pred & truth), fp=np.count_nonzero(pred & ~truth),
+        fn=np.count_nonzero(~pred & truth), pred_near=np.count_nonzero(pred & near_truth),
+        pred=np.count_nonzero(pred), truth_near=np.count_nonzero(truth & _within(pred, tolerance)),
+        truth=np.count_nonzero(truth))
+
+
+def threshold_sweep(prob: np.ndarray, truth: np.ndarray, thresholds: np.ndarray,
+                    tolerance: float = 2.0, valid: np.ndarray | None = None) -> list[Counts]:
+    """:class:`Counts` of ``prob > t`` against ``truth`` for every threshold ``t``."""
+    truth = truth.astype(bool) & (True if valid is None else valid)
+    near_truth = _within(truth, tolerance)
+    return [count(prob > t, truth, tolerance, valid, near_truth) for t in thresholds]
+
+
+def ods_ois(per_image: list[list[Counts]], thresholds: np.ndarray) -> dict[str, float]:
+    """ODS and OIS tolerant F1 from per-image threshold sweeps (BSDS / crack literature).
+
+    ODS: the best F1 over thresholds of the counts pooled over the data set (one threshold
+    for all images). OIS: the mean over images of each image's best F1 (its own threshold);
+    images with no true and no predicted pixel at any threshold are left out.
+    """
+    pooled = [Counts() for _ in thresholds]
+    best_per_image = []
+    for sweep in per_image:
+        f1s = []
+        for total, counts in zip(pooled, sweep):
+            total += counts
+            f1s.append(counts.tolerant().f1)
+        defined = [f for f in f1s if not np.isnan(f)]
+        if defined:
+            best_per_image.append(max(defined))
+    ods_f1 = [c.tolerant().f1 for c in pooled]
+    best = int(np.nanargmax(ods_f1)) if not np.all(np.isnan(ods_f1)) else 0
+    return {"ods_f1": float(ods_f1[best]), "ods_threshold": float(thresholds[best]),
+            "ods_iou": pooled[best].pixel().iou,
+            "ois_f1": float(np.mean(best_per_image)) if best_per_image else float("nan")}

@@ -1,226 +1,505 @@
-"""Training a U-Net on georeferenced rasters with raster masks.
+"""Training a binary U-Net on rasters (GeoTIFF, PNG, JPEG) with raster or vector labels.
 
-Training windows of ``patch`` pixels are drawn at random from each image (half of them
-centred on a labelled pixel, so rare classes like cracks are seen often), flipped and rotated
-by multiples of 90 degrees (overhead and inspection imagery has no preferred orientation),
-and jittered in brightness and contrast. A strip of ``val_fraction`` of every image's rows,
-the one richest in foreground, is held out for validation; the checkpoint with the best
-validation IoU is kept. The loss is
-BCE + Dice, which copes with thin, rare foreground. Per-band mean and std are measured on
-the training images (nodata excluded) and stored in the checkpoint with everything else
-``geounet predict`` needs.
+Data: (image, label) pairs, given as lists or as two folders paired by file stem, optionally
+filtered by a split file (lines ``NAME SPLIT``, as CrackForest's ``split.txt``). Labels are
+raster masks on the image's grid or vector files rasterized onto it (see
+:mod:`geounet.labels`). Small images are held in memory; large ones are read window by window.
+
+Validation: with several training pairs, ``val_fraction`` of the images (evenly spaced in
+name order) are held out whole; with one pair, the strip of ``val_fraction`` of its rows
+richest in foreground is held out, and training windows never touch it. Explicit
+``val_images``/``val_labels`` replace both. The test split is never used for any choice.
+
+Each step draws ``batch_size`` random windows (``pos_fraction`` of them centred on a
+foreground pixel, so thin rare classes are seen), scaled by a random factor in
+``scale_range``, rotated by a multiple of 90 degrees, maybe mirrored (overhead and inspection
+imagery has no preferred orientation) and jittered in brightness and contrast. The loss (BCE
+or focal, plus soft Dice) ignores pixels that are nodata in the image or unlabelled in the
+mask. After every epoch of ``steps_per_epoch`` steps the model is scored on the validation
+data (pixel IoU/precision/recall/F1 and tolerant F1); the best epoch by ``monitor`` is written
+to ``output`` and the last one beside it (``NAME.last.safetensors``) with its optimizer and
+random state in ``NAME.last.state.safetensors``, so that a killed run resumes where it
+stopped. Both checkpoints are plain geounet checkpoints that ``geounet predict`` runs as is.
+Training stops after ``epochs`` epochs, after ``patience`` epochs without improvement, or at
+the first epoch end past ``max_minutes``. On the CPU, the same seed and thread count give the
+same weights.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+import os
 import sys
 import time
-from dataclasses import dataclass, field
+import warnings
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import rasterio
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from rasterio.enums import Resampling
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
+from safetensors import safe_open
+from safetensors.torch import save_file
 from tqdm import tqdm
 
 from geounet import __version__
-from geounet.checkpoint import ModelMetadata, save_checkpoint
+from geounet.checkpoint import ModelMetadata, load_checkpoint, save_checkpoint
 from geounet.errors import ConfigError, InputError
-from geounet.io import normalize, open_raster, read_masked
-from geounet.metrics import pixel_scores
+from geounet.io import normalize, read_masked, temporary_sibling
+from geounet.labels import (
+    IGNORE,
+    LabelConfig,
+    image_info,
+    load_target,
+    pair_folders,
+    read_split,
+)
+from geounet.metrics import Counts, count
 from geounet.model import UNet, UNetConfig
 
 log = logging.getLogger(__name__)
 
+IN_MEMORY_PIXELS = 64 * 2**20     # images up to this many pixels are read once, into memory
+VAL_TILE = 1024                   # validation windows are at most this many pixels a side
+STATE_FORMAT = "geounet-train-state"
+# Keys a resumed run may change; any other difference from the saved run is refused.
+RESUMABLE_CHANGES = {"epochs", "patience", "max_minutes", "threads", "device", "source"}
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """Training settings (binary segmentation: mask > 0 is the foreground class).
 
-    Attributes:
-        class_names: (background, foreground) names stored in the checkpoint.
-        width, depth, bilinear: U-Net architecture (see :class:`UNetConfig`).
-        patch: training window edge in pixels (a multiple of 2**depth).
-        batch_size: windows per step.
-        steps: optimisation steps.
-        lr: AdamW learning rate (cosine-decayed to 5% over the run).
-        val_fraction: share of each image's rows held out for validation (one strip).
-        val_every: steps between validations.
-        seed: seed for sampling, augmentation and initialisation.
-        tile_size, overlap: inference tiling recommended in the checkpoint.
-        threads: torch CPU threads (None: torch's default).
+class TrainConfig(BaseModel):
+    """Everything that defines a training run (YAML keys and CLI flags share these names).
+
+    Paths are relative to the working directory. Pixel sizes are in pixels of the images.
     """
 
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Data
+    images: list[Path] = Field(default_factory=list, description="training images")
+    labels: list[Path] = Field(default_factory=list, description="one label per image")
+    image_dir: Path | None = Field(None, description="folder of images, paired by stem")
+    label_dir: Path | None = Field(None, description="folder of labels, paired by stem")
+    split_file: Path | None = Field(None, description="lines 'NAME SPLIT'; keep `split`")
+    split: str = "train"
+    val_images: list[Path] = Field(default_factory=list)
+    val_labels: list[Path] = Field(default_factory=list)
+    val_fraction: float = Field(0.15, gt=0, lt=1)
+    bands: tuple[int, ...] | None = None
+    line_width: float = Field(3.0, ge=0, description="full width given to vector lines")
+    line_width_units: Literal["pixels", "map"] = "pixels"
     class_names: tuple[str, str] = ("background", "foreground")
-    width: int = 16
-    depth: int = 4
+    # Model
+    width: int = Field(16, ge=1)
+    depth: int = Field(4, ge=1)
     bilinear: bool = True
-    patch: int = 256
-    batch_size: int = 8
-    steps: int = 1000
-    lr: float = 3e-3
-    val_fraction: float = 0.15
-    val_every: int = 100
+    # Optimisation
+    patch: int = Field(256, ge=16)
+    batch_size: int = Field(8, ge=1)
+    epochs: int = Field(20, ge=1)
+    steps_per_epoch: int = Field(100, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup: float = Field(0.05, ge=0, lt=1, description="share of steps with rising lr")
+    loss: Literal["bce_dice", "focal_dice", "bce"] = "bce_dice"
+    pos_fraction: float = Field(0.5, ge=0, le=1)
+    scale_range: tuple[float, float] = (0.8, 1.25)
+    brightness: float = Field(0.2, ge=0)
+    contrast: float = Field(0.2, ge=0, lt=1)
+    monitor: Literal["iou", "f1", "tolerant_f1"] = "iou"
+    tolerance: float = Field(2.0, ge=0, description="pixels, for tolerant_f1")
+    patience: int | None = Field(None, ge=1)
+    max_minutes: float | None = Field(None, gt=0)
+    # Runtime
     seed: int = 0
-    tile_size: int = 576
-    overlap: int = 64
-    threads: int | None = None
-    source: dict[str, str] = field(default_factory=dict)
+    threads: int | None = Field(None, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = Field(False, description="mixed precision (CUDA only)")
+    deterministic: bool = True
+    # Stored in the checkpoint for inference
+    tile_size: int = Field(576, ge=16)
+    overlap: int = Field(64, ge=0)
+    threshold: float = Field(0.5, gt=0, lt=1)
+    source: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.patch % 2**self.depth:
+            raise ValueError(f"patch {self.patch} must be a multiple of 2**depth = "
+                             f"{2**self.depth}")
+        if not 0 < self.scale_range[0] <= self.scale_range[1]:
+            raise ValueError(f"scale_range {self.scale_range}: give 0 < low <= high")
+        if self.overlap * 2 >= self.tile_size:
+            raise ValueError(f"overlap {self.overlap} must be below half of tile_size")
+        return self
+
+    @classmethod
+    def load(cls, path: str | Path, **overrides: Any) -> TrainConfig:
+        """Read a YAML config; ``overrides`` (e.g. from CLI flags) win over its keys."""
+        import yaml
+
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: cannot read the YAML config ({exc})") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: a training config is a mapping of keys to values")
+        return cls.build({**raw, **overrides}, origin=str(path))
+
+    @classmethod
+    def build(cls, values: dict[str, Any], origin: str = "config") -> TrainConfig:
+        """Validate ``values``; errors become one :class:`ConfigError` line per bad key."""
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}"
+                                 for e in exc.errors())
+            raise ConfigError(f"{origin}: {problems}") from None
+
+    def pairs(self) -> list[tuple[Path, Path]]:
+        """Training (image, label) pairs: the lists, then the folders, then the split file."""
+        if len(self.images) != len(self.labels):
+            raise ConfigError(f"give one label per image ({len(self.images)} images, "
+                              f"{len(self.labels)} labels)")
+        pairs = list(zip(self.images, self.labels))
+        if (self.image_dir is None) != (self.label_dir is None):
+            raise ConfigError("give both image_dir and label_dir (or neither)")
+        if self.image_dir is not None and self.label_dir is not None:
+            pairs += pair_folders(self.image_dir, self.label_dir)
+        if self.split_file is not None:
+            keep = {name for name, split in read_split(self.split_file).items()
+                    if split == self.split}
+            pairs = [p for p in pairs if p[0].stem in keep]
+        if not pairs:
+            raise ConfigError("no training pairs: give images and labels, or image_dir and "
+                              "label_dir" + (f" with names in split {self.split!r} of "
+                                             f"{self.split_file}" if self.split_file else ""))
+        return pairs
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a run did: best validation scores, epochs run, time and where it wrote."""
+
+    checkpoint: Path
+    last: Path
+    best: dict[str, float]
+    epochs: int
+    steps: int
+    train_seconds: float
+    stopped: str
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["checkpoint"], out["last"] = str(self.checkpoint), str(self.last)
+        out["steps_per_second"] = self.steps / self.train_seconds if self.train_seconds else 0
+        return out
 
 
 @dataclass
 class _Scene:
-    """One training image: open dataset, its mask in memory, and train/val row split."""
+    """One image with its target; ``data`` is set when the image is held in memory."""
 
+    path: Path
     src: rasterio.DatasetReader
-    mask: np.ndarray        # uint8 (rows, cols): 1 foreground, 0 background, 255 ignore
-    val_rows: tuple[int, int]  # [first, end) rows held out for validation
-    positives: np.ndarray    # (n, 2) row/col of foreground pixels
+    bands: tuple[int, ...]
+    target: np.ndarray                 # uint8 (rows, cols): class id, IGNORE where unlabelled
+    data: np.ndarray | None = None     # float32 (bands, rows, cols)
+    valid: np.ndarray | None = None    # bool (rows, cols)
+    held_rows: tuple[int, int] = (0, 0)   # [first, end) rows kept for validation
+    positives: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
 
-    def window_is_training(self, row: int, patch: int) -> bool:
-        """True when rows [row, row + patch) lie clear of the validation strip."""
-        return row + patch <= self.val_rows[0] or row >= self.val_rows[1]
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.target.shape
+
+    def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """Float32 pixels ``(bands, rows, cols)`` of ``window`` and their validity."""
+        if self.data is None:
+            return read_masked(self.src, self.bands, window)
+        rows, cols = window.toslices()
+        return self.data[:, rows, cols].copy(), self.valid[rows, cols]
+
+    def clear_of_validation(self, row: int, size: int) -> bool:
+        return row + size <= self.held_rows[0] or row >= self.held_rows[1]
 
 
-def train_model(images: list[Path], masks: list[Path], output: Path,
-                config: TrainConfig, progress: bool = True) -> dict[str, float]:
-    """Train on (image, mask) raster pairs and write the best checkpoint to ``output``.
+def last_paths(output: str | Path) -> tuple[Path, Path]:
+    """The last checkpoint and its training-state file beside the best one at ``output``."""
+    output = Path(output)
+    stem = output.name.removesuffix(".safetensors")
+    return (output.with_name(f"{stem}.last.safetensors"),
+            output.with_name(f"{stem}.last.state.safetensors"))
 
-    Returns the best validation scores (IoU, precision, recall, F1) and the training time.
+
+def train_model(config: TrainConfig, output: str | Path, resume: bool = False,
+                progress: bool = True) -> TrainResult:
+    """Train as ``config`` says; write the best checkpoint to ``output`` and the last beside.
+
+    With ``resume``, continue the run whose last checkpoint lies beside ``output``.
     """
-    if len(images) != len(masks) or not images:
-        raise ConfigError("give one mask per image (at least one pair)")
-    if config.patch % 2**config.depth:
-        raise ConfigError(f"patch {config.patch} must be a multiple of 2**depth = "
-                          f"{2**config.depth}")
+    output = Path(output)
+    device = _device(config)
+    with _runtime(config, device):
+        train, val = _load_data(config)
+        try:
+            return _fit(config, output, train, val, device, resume, progress)
+        finally:
+            for scene in {id(s): s for s in train + val}.values():
+                scene.src.close()
+
+
+def _fit(config: TrainConfig, output: Path, train: list[_Scene], val: list[_Scene],
+         device: torch.device, resume: bool, progress: bool) -> TrainResult:
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-
-    scenes = [_open_scene(i, m, config) for i, m in zip(images, masks)]
-    if not any(len(s.positives) for s in scenes):
-        raise InputError(f"the masks {', '.join(map(str, masks))} have no foreground pixel "
-                         "(value > 0): there is nothing to learn; check the label files")
-    count = scenes[0].src.count
-    if any(s.src.count != count for s in scenes):
-        raise InputError("training images have different band counts")
-    bands = tuple(range(1, count + 1))
-    mean, std = _band_statistics(scenes, bands)
-    arch = UNetConfig(count, 1, config.width, config.depth, config.bilinear)
-    model = UNet(arch)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimiser, max_lr=config.lr, total_steps=config.steps, pct_start=0.1,
-        final_div_factor=20,
-    )
+    bands = train[0].bands
+    mean, std = _band_statistics(train)
+    arch = UNetConfig(len(bands), 1, config.width, config.depth, config.bilinear)
+    model = UNet(arch).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
+                                  weight_decay=config.weight_decay)
+    amp = config.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    val_windows = _validation_windows(val)
+    epoch, history, best = 0, [], {config.monitor: -1.0}
+    if resume:
+        epoch, history, best = _restore(output, config, model, optimizer, scaler, rng)
+    total = config.epochs * config.steps_per_epoch
     metadata = ModelMetadata(
         arch=arch, bands=bands, mean=mean, std=std, class_names=tuple(config.class_names),
-        tile_size=config.tile_size, overlap=config.overlap,
-        source={
-            **config.source, "trained_on": ",".join(str(p) for p in images),
-            "steps": str(config.steps), "patch": str(config.patch), "seed": str(config.seed),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "geounet_version": __version__,
-        },
+        tile_size=config.tile_size, overlap=config.overlap, threshold=config.threshold,
+        source={**config.source, "trained_on": f"{len(train)} image(s), first {train[0].path}",
+                "config": config.model_dump(mode="json"), "seed": str(config.seed),
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "geounet_version": __version__},
     )
-    val_windows = _validation_windows(scenes, config.patch)
-    best: dict[str, float] = {"iou": -1.0}
-    start = time.perf_counter()
-    bar = tqdm(range(1, config.steps + 1), disable=not progress, file=sys.stderr,
-               unit="step", desc="train")
-    for step in bar:
+    seconds = sum(h["seconds"] for h in history)
+    stopped = "epochs"
+    bar = tqdm(total=total, initial=epoch * config.steps_per_epoch, disable=not progress,
+               file=sys.stderr, unit="step", desc="train", dynamic_ncols=True)
+    while epoch < config.epochs:
+        start = time.perf_counter()
         model.train()
-        x, y = _training_batch(scenes, bands, mean, std, config, rng)
-        logits = model(torch.from_numpy(x))
-        loss = _bce_dice(logits, torch.from_numpy(y))
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        schedule.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-        if step % config.val_every == 0 or step == config.steps:
-            scores = _validate(model, scenes, bands, mean, std, val_windows)
-            log.info("step %d loss %.4f val %s", step, loss.item(), scores)
-            bar.set_postfix(loss=f"{loss.item():.3f}", val_iou=f"{scores['iou']:.3f}")
-            if scores["iou"] > best["iou"]:
-                best = {**scores, "step": float(step)}
-                save_checkpoint(output, model, metadata)
+        losses = []
+        for i in range(config.steps_per_epoch):
+            step = epoch * config.steps_per_epoch + i
+            for group in optimizer.param_groups:
+                group["lr"] = _learning_rate(config, step, total)
+            x, y = _training_batch(train, mean, std, config, rng)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                logits = model(torch.from_numpy(x).to(device))
+            loss = _loss(logits.float(), torch.from_numpy(y).to(device), config.loss)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            losses.append(loss.item())
+            bar.update()
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+        epoch += 1
+        scores = _validate(model, val, val_windows, mean, std, config, device)
+        seconds += time.perf_counter() - start
+        history.append({"epoch": epoch, "loss": float(np.mean(losses)), **scores,
+                        "seconds": seconds})
+        log.info("epoch %d loss %.4f val %s", epoch, history[-1]["loss"], scores)
+        bar.set_postfix(loss=f"{history[-1]['loss']:.3f}",
+                        **{f"val_{config.monitor}": f"{scores[config.monitor]:.3f}"})
+        improved = scores[config.monitor] > best[config.monitor]
+        if improved:
+            best = {**scores, "epoch": epoch}
+            save_checkpoint(output, model, _with_scores(metadata, epoch, scores))
+        _save_last(output, model, _with_scores(metadata, epoch, scores), optimizer, scaler,
+                   rng, config, epoch, history, best)
+        since_best = epoch - int(best["epoch"])
+        if config.patience is not None and since_best >= config.patience:
+            stopped = f"early stop: no better {config.monitor} for {since_best} epochs"
+            break
+        if config.max_minutes is not None and seconds > config.max_minutes * 60:
+            stopped = f"time limit: {seconds / 60:.1f} of {config.max_minutes:g} minutes"
+            break
     bar.close()
-    for scene in scenes:
-        scene.src.close()
-    best["train_seconds"] = time.perf_counter() - start
-    return best
+    return TrainResult(output, last_paths(output)[0], best, epoch,
+                       epoch * config.steps_per_epoch, seconds, stopped, history)
 
 
-def _open_scene(image: Path, mask: Path, config: TrainConfig) -> _Scene:
-    info = open_raster(image)
-    src = rasterio.open(image)
-    with rasterio.open(mask) as m:
-        if (m.width, m.height) != (info.width, info.height):
-            raise InputError(f"{mask}: {m.width}x{m.height} does not match image {image} "
-                             f"{info.width}x{info.height}")
-        raw = m.read(1)
-        labels = (raw > 0).astype(np.uint8)
-        if m.nodata is not None:
-            labels[raw == m.nodata] = 255
-    strip = max(config.patch, int(info.height * config.val_fraction))
-    if info.height < strip + config.patch or info.width < config.patch:
-        raise InputError(f"{image}: too small for patch {config.patch} with a validation split")
-    # Hold out the strip of rows with the most foreground, so validation sees the class.
-    per_row = (labels == 1).sum(axis=1)
-    starts = range(0, info.height - strip + 1, max(1, strip // 2))
+def _with_scores(metadata: ModelMetadata, epoch: int, scores: dict[str, float]
+                 ) -> ModelMetadata:
+    source = {**metadata.source, "epoch": epoch,
+              "validation": {k: round(v, 6) for k, v in scores.items()}}
+    return ModelMetadata(**{**metadata.__dict__, "source": source})
+
+
+def _device(config: TrainConfig) -> torch.device:
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device cuda was asked for but torch sees no CUDA GPU; use cpu")
+    if config.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(config.device)
+
+
+@contextmanager
+def _runtime(config: TrainConfig, device: torch.device):
+    """Threads and deterministic kernels for the run; the previous settings come back after."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    cublas = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    if config.deterministic:
+        if device.type == "cuda":
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+        if cublas is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+
+
+def _learning_rate(config: TrainConfig, step: int, total: int) -> float:
+    """Linear warm-up, then cosine decay to 5% of ``lr``: a pure function of the step."""
+    warm = int(config.warmup * total)
+    if step < warm:
+        return config.lr * (step + 1) / warm
+    progress = (step - warm) / max(1, total - warm)
+    return config.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+# ---------------------------------------------------------------------------- data
+
+
+def _load_data(config: TrainConfig) -> tuple[list[_Scene], list[_Scene]]:
+    labels = LabelConfig(config.line_width, config.line_width_units)
+    pairs = config.pairs()
+    if len(config.val_images) != len(config.val_labels):
+        raise ConfigError("give one val_label per val_image")
+    val_pairs = list(zip(config.val_images, config.val_labels))
+    if not val_pairs and len(pairs) > 1:
+        held = max(1, round(len(pairs) * config.val_fraction))
+        chosen = set(np.linspace(0, len(pairs) - 1, held + 2)[1:-1].round().astype(int))
+        ordered = sorted(pairs, key=lambda p: str(p[0]))
+        val_pairs = [p for i, p in enumerate(ordered) if i in chosen]
+        pairs = [p for i, p in enumerate(ordered) if i not in chosen]
+    train = [_open_scene(image, label, config, labels) for image, label in pairs]
+    val = [_open_scene(image, label, config, labels) for image, label in val_pairs]
+    if any(s.bands != train[0].bands for s in train + val):
+        raise InputError("training images have different band counts; choose the same "
+                         "bands for all with `bands`")
+    if not any(len(s.positives) for s in train):
+        raise InputError(f"the labels of {len(train)} training image(s) (first "
+                         f"{pairs[0][1]}) mark no foreground pixel: there is nothing to "
+                         "learn; check the label files")
+    if not val:  # one training image: hold out its strip richest in foreground
+        val = [_hold_out_strip(train[0], config)]
+    for scene in train:
+        rows, cols = scene.shape
+        if cols < config.patch or max(scene.held_rows[0], rows - scene.held_rows[1]) \
+                < config.patch:
+            raise InputError(f"{scene.path}: {cols}x{rows} px is too small for patch "
+                             f"{config.patch}" + (" with a validation strip"
+                                                  if scene.held_rows[1] else ""))
+    return train, val
+
+
+def _open_scene(image: Path, label: Path, config: TrainConfig, labels: LabelConfig
+                ) -> _Scene:
+    info = image_info(image)
+    bands = config.bands or tuple(range(1, info.count + 1))
+    if max(bands) > info.count:
+        raise InputError(f"{image}: has {info.count} band(s); bands {bands} asked for")
+    raw = load_target(label, info, labels)   # binary training: any class id > 0 is 1
+    target = np.where(raw == IGNORE, IGNORE, raw > 0).astype(np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        src = rasterio.open(image)
+    scene = _Scene(image, src, bands, target)
+    if info.width * info.height <= IN_MEMORY_PIXELS:
+        scene.data, scene.valid = read_masked(src, bands, Window(0, 0, info.width, info.height))
+        scene.target[~scene.valid] = IGNORE
+    rows, cols = np.nonzero(scene.target == 1)
+    scene.positives = np.stack([rows, cols], axis=1)
+    return scene
+
+
+def _hold_out_strip(scene: _Scene, config: TrainConfig) -> _Scene:
+    """Keep the row strip of ``scene`` richest in foreground for validation (same object)."""
+    rows = scene.shape[0]
+    strip = min(rows, max(config.patch, int(rows * config.val_fraction)))
+    per_row = (scene.target == 1).sum(axis=1)
+    starts = range(0, rows - strip + 1, max(1, strip // 2))
     first = max(starts, key=lambda r: (per_row[r : r + strip].sum(), r))
-    rows, cols = np.nonzero(labels == 1)
-    return _Scene(src, labels, (first, first + strip), np.stack([rows, cols], axis=1))
+    scene.held_rows = (first, first + strip)
+    keep = np.array([scene.clear_of_validation(int(r), 1) for r in scene.positives[:, 0]],
+                    dtype=bool) if len(scene.positives) else np.zeros(0, bool)
+    scene.positives = scene.positives[keep]
+    return scene
 
 
-def _band_statistics(scenes: list[_Scene], bands: tuple[int, ...],
-                     ) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-band mean and std over valid pixels of decimated reads (<= 1024 px a side)."""
-    samples = []
+def _band_statistics(scenes: list[_Scene]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-band mean and std over valid pixels (nodata, masks, NaN excluded) of the scenes.
+
+    Large images are read decimated to at most 1024 pixels a side.
+    """
+    total = squares = None
+    n = 0
     for scene in scenes:
-        src = scene.src
-        scale = max(1, max(src.width, src.height) // 1024)
-        shape = (len(bands), src.height // scale, src.width // scale)
-        data = src.read(list(bands), out_shape=shape, resampling=Resampling.nearest,
-                        out_dtype="float32")
-        valid = np.isfinite(data).all(axis=0)
-        if src.nodata is not None:
-            valid &= (data != src.nodata).all(axis=0)
-        samples.append(data[:, valid])
-    values = np.concatenate(samples, axis=1)
-    std = values.std(axis=1)
-    return tuple(values.mean(axis=1).tolist()), tuple(np.maximum(std, 1e-6).tolist())
+        if scene.data is not None:
+            data, valid = scene.data, scene.valid
+        else:
+            src = scene.src
+            scale = max(1, max(src.width, src.height) // 1024)
+            shape = (len(scene.bands), src.height // scale, src.width // scale)
+            data = src.read(list(scene.bands), out_shape=shape, out_dtype="float32",
+                            resampling=Resampling.nearest)
+            valid = np.isfinite(data).all(axis=0) & (src.read_masks(
+                list(scene.bands), out_shape=shape, resampling=Resampling.nearest) > 0
+            ).all(axis=0)
+        values = data[:, valid].astype(np.float64)
+        total = values.sum(axis=1) + (0 if total is None else total)
+        squares = (values**2).sum(axis=1) + (0 if squares is None else squares)
+        n += values.shape[1]
+    if not n:
+        raise InputError("the training images have no valid pixel (all nodata)")
+    mean = total / n
+    std = np.sqrt(np.maximum(squares / n - mean**2, 0))
+    return tuple(mean.tolist()), tuple(np.maximum(std, 1e-6).tolist())
 
 
-def _training_batch(scenes, bands, mean, std, config: TrainConfig, rng: np.random.Generator,
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def _training_batch(scenes: list[_Scene], mean, std, config: TrainConfig,
+                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     p = config.patch
     xs, ys = [], []
+    low, high = np.log(config.scale_range[0]), np.log(config.scale_range[1])
     for _ in range(config.batch_size):
         scene = scenes[rng.integers(len(scenes))]
-        centred = len(scene.positives) and rng.random() < 0.5
-        while True:  # rejection-sample a window clear of the validation strip
-            if centred:
-                r, c = scene.positives[rng.integers(len(scene.positives))]
-                r0 = int(np.clip(r - rng.integers(p), 0, scene.src.height - p))
-                c0 = int(np.clip(c - rng.integers(p), 0, scene.src.width - p))
-            else:
-                r0 = int(rng.integers(0, scene.src.height - p + 1))
-                c0 = int(rng.integers(0, scene.src.width - p + 1))
-            if scene.window_is_training(r0, p):
-                break
-        data, valid = read_masked(scene.src, bands, Window(c0, r0, p, p))
+        rows, cols = scene.shape
+        size = min(int(round(p * np.exp(rng.uniform(low, high)))), cols,
+                   max(scene.held_rows[0], rows - scene.held_rows[1]))
+        r0, c0 = _window_origin(scene, size, config.pos_fraction, rng)
+        window = Window(c0, r0, size, size)
+        data, valid = scene.read(window)
         x = normalize(data, valid, mean, std)
-        x = x * rng.uniform(0.8, 1.2) + rng.uniform(-0.2, 0.2)   # contrast, brightness
-        y = scene.mask[r0 : r0 + p, c0 : c0 + p].copy()
-        y[~valid] = 255
+        x = x * rng.uniform(1 - config.contrast, 1 + config.contrast) \
+            + rng.uniform(-config.brightness, config.brightness)
+        y = scene.target[r0 : r0 + size, c0 : c0 + size].copy()
+        y[~valid] = IGNORE
+        if size != p:
+            x = F.interpolate(torch.from_numpy(np.ascontiguousarray(x))[None], size=(p, p),
+                              mode="bilinear", align_corners=False)[0].numpy()
+            y = F.interpolate(torch.from_numpy(y)[None, None], size=(p, p),
+                              mode="nearest-exact")[0, 0].numpy()
         k = int(rng.integers(4))
         x, y = np.rot90(x, k, axes=(1, 2)), np.rot90(y, k)
         if rng.random() < 0.5:
@@ -230,38 +509,136 @@ def _training_batch(scenes, bands, mean, std, config: TrainConfig, rng: np.rando
     return np.stack(xs), np.stack(ys)
 
 
-def _bce_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """BCE + soft Dice of the foreground, ignoring pixels labelled 255."""
+def _window_origin(scene: _Scene, size: int, pos_fraction: float, rng: np.random.Generator,
+                   ) -> tuple[int, int]:
+    """Top-left of a ``size`` window clear of the validation strip (maybe on a positive)."""
+    rows, cols = scene.shape
+    centred = len(scene.positives) and rng.random() < pos_fraction
+    while True:  # rejection sampling: most draws already miss the strip
+        if centred:
+            r, c = scene.positives[rng.integers(len(scene.positives))]
+            r0 = int(np.clip(r - rng.integers(size), 0, rows - size))
+            c0 = int(np.clip(c - rng.integers(size), 0, cols - size))
+        else:
+            r0 = int(rng.integers(0, rows - size + 1))
+            c0 = int(rng.integers(0, cols - size + 1))
+        if scene.clear_of_validation(r0, size):
+            return r0, c0
+
+
+def _loss(logits: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    """BCE (or focal, gamma 2) + soft Dice of the foreground; IGNORE pixels count nowhere."""
     logits = logits[:, 0]
-    keep = target != 255
+    keep = target != IGNORE
     truth = (target == 1).float()
-    bce = F.binary_cross_entropy_with_logits(logits[keep], truth[keep])
+    bce = F.binary_cross_entropy_with_logits(logits, truth, reduction="none")
+    if kind == "focal_dice":
+        p_true = torch.exp(-bce)
+        bce = (1 - p_true) ** 2 * bce
+    pixel = bce[keep].mean() if keep.any() else logits.sum() * 0
+    if kind == "bce":
+        return pixel
     prob = torch.sigmoid(logits) * keep
     inter = (prob * truth).sum()
     dice = 1 - (2 * inter + 1) / (prob.sum() + (truth * keep).sum() + 1)
-    return bce + dice
+    return pixel + dice
 
 
-def _validation_windows(scenes: list[_Scene], patch: int) -> list[tuple[int, Window]]:
-    """Non-overlapping windows covering the held-out rows of every scene."""
+# ---------------------------------------------------------------------------- validation
+
+
+def _validation_windows(scenes: list[_Scene]) -> list[tuple[_Scene, Window]]:
+    """Windows (<= VAL_TILE a side) covering each validation image or held-out strip."""
     out = []
-    for i, scene in enumerate(scenes):
-        first, end = scene.val_rows
-        for r0 in range(first, end - patch + 1, patch):
-            for c0 in range(0, scene.src.width - patch + 1, patch):
-                out.append((i, Window(c0, r0, patch, patch)))
+    for scene in scenes:
+        rows, cols = scene.shape
+        first, end = scene.held_rows if scene.held_rows[1] else (0, rows)
+        for r0 in range(first, end, VAL_TILE):
+            for c0 in range(0, cols, VAL_TILE):
+                out.append((scene, Window(c0, r0, min(VAL_TILE, cols - c0),
+                                          min(VAL_TILE, end - r0))))
     return out
 
 
-def _validate(model: UNet, scenes, bands, mean, std, windows) -> dict[str, float]:
+def _validate(model: UNet, scenes: list[_Scene], windows, mean, std, config: TrainConfig,
+              device: torch.device) -> dict[str, float]:
+    """Pixel and tolerant scores of the foreground over all validation windows, pooled."""
     model.eval()
-    preds, truths = [], []
+    total = Counts()
     with torch.inference_mode():
-        for i, window in windows:
-            data, valid = read_masked(scenes[i].src, bands, window)
-            x = torch.from_numpy(normalize(data, valid, mean, std))[None]
-            preds.append((model(x)[0, 0] > 0).numpy() & valid)
-            r0, c0 = window.row_off, window.col_off
-            truths.append(scenes[i].mask[r0 : r0 + window.height, c0 : c0 + window.width] == 1)
-    s = pixel_scores(np.stack(preds), np.stack(truths))
-    return {"iou": s.iou, "precision": s.precision, "recall": s.recall, "f1": s.f1}
+        for scene, window in windows:
+            data, valid = scene.read(window)
+            x = torch.from_numpy(normalize(data, valid, mean, std))[None].to(device)
+            prob = torch.sigmoid(model(x)[0, 0].float()).cpu().numpy()
+            rows, cols = window.toslices()
+            target = scene.target[rows, cols]
+            keep = valid & (target != IGNORE)
+            total += count(prob > config.threshold, target == 1, config.tolerance, keep)
+    pixel, tolerant = total.pixel(), total.tolerant()
+    scores = {"iou": pixel.iou, "precision": pixel.precision, "recall": pixel.recall,
+              "f1": pixel.f1, "tolerant_f1": tolerant.f1}
+    return {k: 0.0 if math.isnan(v) else v for k, v in scores.items()}
+
+
+# ---------------------------------------------------------------------------- resume
+
+
+def _save_last(output: Path, model: UNet, metadata: ModelMetadata,
+               optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+               rng: np.random.Generator, config: TrainConfig, epoch: int,
+               history: list[dict[str, float]], best: dict[str, float]) -> None:
+    """Last weights (a normal checkpoint) plus optimizer/RNG state (safetensors, no pickle)."""
+    last, state_path = last_paths(output)
+    save_checkpoint(last, model, metadata)
+    optim = optimizer.state_dict()
+    tensors = {f"optimizer.{index}.{name}": value.detach().cpu().contiguous()
+               for index, state in optim["state"].items() for name, value in state.items()}
+    tensors["rng.torch"] = torch.get_rng_state()
+    groups = [{k: v for k, v in g.items() if k != "lr"} for g in optim["param_groups"]]
+    state = {"epoch": epoch, "history": history, "best": best, "param_groups": groups,
+             "numpy_rng": rng.bit_generator.state, "grad_scaler": scaler.state_dict(),
+             "config": config.model_dump(mode="json")}
+    tmp = temporary_sibling(state_path, ".tmp")
+    try:
+        save_file(tensors, tmp, metadata={"format": STATE_FORMAT, "version": "1",
+                                          "state": json.dumps(state)})
+        os.replace(tmp, state_path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _restore(output: Path, config: TrainConfig, model: UNet, optimizer, scaler,
+             rng: np.random.Generator) -> tuple[int, list[dict[str, float]], dict[str, float]]:
+    """Load the last checkpoint's weights, optimizer and RNG state; returns epoch, history."""
+    last, state_path = last_paths(output)
+    if not last.is_file() or not state_path.is_file():
+        raise ConfigError(f"{last}: nothing to resume (need {last.name} and "
+                          f"{state_path.name} from an earlier run with the same output)")
+    with safe_open(str(state_path), framework="pt") as f:
+        header = f.metadata() or {}
+        names = f.keys()  # safe_open is not a mapping
+        tensors = {k: f.get_tensor(k) for k in names}
+    if header.get("format") != STATE_FORMAT:
+        raise ConfigError(f"{state_path}: not a geounet training state")
+    state = json.loads(header["state"])
+    saved, now = state["config"], config.model_dump(mode="json")
+    changed = sorted(k for k in now if now[k] != saved.get(k) and k not in RESUMABLE_CHANGES)
+    if changed:
+        raise ConfigError(f"cannot resume {last}: the run was made with other "
+                          f"{', '.join(changed)}; use the same config (only "
+                          f"{', '.join(sorted(RESUMABLE_CHANGES))} may change)")
+    weights, _ = load_checkpoint(last)
+    model.load_state_dict(weights.state_dict())
+    per_param: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            per_param.setdefault(int(index), {})[name] = value
+    groups = [{**g, "lr": config.lr} for g in state["param_groups"]]
+    optimizer.load_state_dict({"state": per_param, "param_groups": groups})
+    scaler.load_state_dict(state["grad_scaler"])
+    torch.set_rng_state(tensors["rng.torch"])
+    rng.bit_generator.state = state["numpy_rng"]
+    log.info("resuming %s after epoch %d", last, state["epoch"])
+    return state["epoch"], state["history"], state["best"]

@@ -1,20 +1,35 @@
-"""A tiny training run: the checkpoint it writes is complete, usable and reproducible."""
+"""Tiny training runs: complete checkpoints, reproducibility, resume, data paths, config."""
 
 from __future__ import annotations
 
+import json
+
+import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
 import torch
+from click.testing import CliRunner
+from PIL import Image
+from rasterio.transform import from_origin
+from shapely.geometry import LineString, box
 
+import geounet.train as train_module
 from geounet.checkpoint import load_checkpoint, read_metadata
-from geounet.errors import ConfigError, GeoUNetError, InputError
+from geounet.cli import main
+from geounet.errors import ConfigError, InputError
+from geounet.labels import LabelConfig, image_info, load_target
 from geounet.model import UNetConfig
 from geounet.predict import predict_raster
-from geounet.train import TrainConfig, train_model
+from geounet.train import TrainConfig, last_paths, train_model
 
-TINY = TrainConfig(class_names=("ground", "roof"), width=4, depth=2, patch=32, batch_size=2,
-                   steps=20, val_every=10, lr=1e-2, seed=1, tile_size=64, overlap=16)
+SQUARES = ((10, 10), (20, 80), (70, 40), (90, 100), (100, 5))
+TINY = dict(class_names=("ground", "roof"), width=4, depth=2, patch=32, batch_size=2,
+            epochs=2, steps_per_epoch=5, lr=1e-2, seed=1, tile_size=64, overlap=16, threads=1)
+
+
+def _config(**changes) -> TrainConfig:
+    return TrainConfig(**{**TINY, **changes})
 
 
 @pytest.fixture
@@ -22,7 +37,7 @@ def scene(make_raster):
     """128x128 image with bright squares on a dark ground (the mask), and a nodata corner."""
     rng = np.random.default_rng(0)
     mask = np.zeros((128, 128), np.uint8)
-    for r, c in ((10, 10), (20, 80), (70, 40), (90, 100), (100, 5)):
+    for r, c in SQUARES:
         mask[r : r + 18, c : c + 18] = 1
     image = rng.normal(60, 10, (3, 128, 128)) + 120 * mask
     image = np.clip(image, 1, 255).astype(np.uint8)
@@ -36,15 +51,18 @@ def _weights(path):
     return model.state_dict()
 
 
-def test_tiny_training_writes_a_complete_usable_checkpoint(scene, quiet, tmp_path):
+def test_tiny_training_writes_complete_usable_checkpoints(scene, quiet, tmp_path):
     image_path, mask_path, image, _ = scene
     out = tmp_path / "models" / "tiny.safetensors"
-    best = train_model([image_path], [mask_path], out, TINY, progress=False)
+    result = train_model(_config(images=[image_path], labels=[mask_path]), out, progress=False)
 
-    assert out.exists()
-    assert best["step"] in (10.0, 20.0)
-    assert {"iou", "precision", "recall", "f1", "train_seconds"} <= set(best)
-    assert [p.name for p in out.parent.iterdir()] == ["tiny.safetensors"]
+    last, state = last_paths(out)
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted(
+        [out.name, last.name, state.name])
+    assert result.epochs == 2 and result.steps == 10 and result.stopped == "epochs"
+    assert [h["epoch"] for h in result.history] == [1, 2]
+    assert {"iou", "precision", "recall", "f1", "tolerant_f1", "loss"} <= set(result.history[0])
+    assert result.best["epoch"] in (1, 2)
 
     model, meta = load_checkpoint(out)
     assert read_metadata(out) == meta
@@ -53,63 +71,198 @@ def test_tiny_training_writes_a_complete_usable_checkpoint(scene, quiet, tmp_pat
     assert meta.class_names == ("ground", "roof")
     assert (meta.tile_size, meta.overlap, meta.nodata_policy) == (64, 16, "mask")
     # Normalization measured on the valid pixels only (the nodata corner is excluded).
-    valid = (image != 0).all(axis=0)
-    pixels = image[:, valid].astype(np.float64)
+    pixels = image[:, (image != 0).all(axis=0)].astype(np.float64)
     assert meta.mean == pytest.approx(tuple(pixels.mean(axis=1)), rel=1e-4)
     assert meta.std == pytest.approx(tuple(pixels.std(axis=1)), rel=1e-4)
-    assert meta.source["seed"] == "1" and meta.source["steps"] == "20"
-    assert meta.source["patch"] == "32" and str(image_path) in meta.source["trained_on"]
+    assert meta.source["seed"] == "1" and meta.source["config"]["patch"] == 32
+    assert meta.source["epoch"] == result.best["epoch"]
+    assert read_metadata(last).source["epoch"] == 2
 
-    # The checkpoint is all `predict` needs.
-    mask_out = tmp_path / "pred.tif"
-    result = predict_raster(image_path, out, mask_out, None, quiet())
-    assert result.tiles == 9 and set(result.class_pixels) == {"ground", "roof"}
-    with rasterio.open(mask_out) as dst, rasterio.open(image_path) as src:
-        assert dst.crs == src.crs and dst.transform == src.transform
-        predicted = dst.read(1)
-    assert (predicted[118:, :12] == 255).all()
-    assert set(np.unique(predicted[:118])) <= {0, 1}
+    # Both checkpoints are all `predict` needs.
+    for checkpoint in (out, last):
+        mask_out = tmp_path / f"pred_{checkpoint.stem}.tif"
+        predicted = predict_raster(image_path, checkpoint, mask_out, None, quiet())
+        assert predicted.tiles == 9 and set(predicted.class_pixels) == {"ground", "roof"}
+        with rasterio.open(mask_out) as dst, rasterio.open(image_path) as src:
+            assert dst.crs == src.crs and dst.transform == src.transform
+            values = dst.read(1)
+        assert (values[118:, :12] == 255).all()
+        assert set(np.unique(values[:118])) <= {0, 1}
 
 
-def test_same_seed_gives_identical_weights(scene, tmp_path):
+def test_band_statistics_ignore_nan_and_internal_masks(make_raster, tmp_path):
+    """Float NaN pixels and pixels hidden by an internal mask are not in the statistics."""
+    rng = np.random.default_rng(3)
+    image = rng.normal(50, 5, (1, 128, 128)).astype(np.float32)
+    image[0, :20] = np.nan
+    image[0, 100:] = 1e6                         # hidden by the internal mask below
+    mask = np.zeros((1, 128, 128), np.uint8)
+    for r, c in SQUARES:
+        mask[0, r : r + 18, c : c + 18] = 1
+    path = make_raster(image, name="float.tif")
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "r+") as dst:
+        valid = np.full((128, 128), 255, np.uint8)
+        valid[100:] = 0
+        dst.write_mask(valid)
+    out = tmp_path / "f.safetensors"
+    train_model(_config(images=[path], labels=[make_raster(mask, name="m.tif")], epochs=1,
+                        steps_per_epoch=2), out, progress=False)
+    kept = image[0, 20:100].astype(np.float64)
+    meta = read_metadata(out)
+    assert meta.mean == pytest.approx((kept.mean(),), rel=1e-5)
+    assert meta.std == pytest.approx((kept.std(),), rel=1e-4)
+
+
+def test_same_seed_gives_identical_weights_and_metrics(scene, tmp_path):
     image_path, mask_path, _, _ = scene
-    runs = {}
+    runs, results = {}, {}
     for name, seed in (("a", 1), ("b", 1), ("c", 2)):
         out = tmp_path / f"{name}.safetensors"
-        config = TrainConfig(**{**TINY.__dict__, "seed": seed})
-        train_model([image_path], [mask_path], out, config, progress=False)
-        runs[name] = _weights(out)
-    assert runs["a"].keys() == runs["b"].keys()
+        results[name] = train_model(_config(images=[image_path], labels=[mask_path],
+                                            seed=seed), out, progress=False)
+        runs[name] = _weights(last_paths(out)[0])
     for key in runs["a"]:
         assert torch.equal(runs["a"][key], runs["b"][key]), key
+    drop = ("seconds",)
+    assert ([{k: v for k, v in h.items() if k not in drop} for h in results["a"].history]
+            == [{k: v for k, v in h.items() if k not in drop} for h in results["b"].history])
     # Another seed does give other weights: the comparison above can fail.
     assert not all(torch.equal(runs["a"][k], runs["c"][k]) for k in runs["a"])
+
+
+def test_a_killed_run_resumes_to_the_same_result(scene, tmp_path, monkeypatch):
+    """Killed during epoch 3 of 4, resumed from the epoch-2 checkpoint: same as unbroken."""
+    image_path, mask_path, _, _ = scene
+    config = _config(images=[image_path], labels=[mask_path], epochs=4)
+    unbroken = train_model(config, tmp_path / "whole.safetensors", progress=False)
+
+    validate, calls = train_module._validate, []
+
+    def killed_in_epoch_three(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return validate(*args, **kwargs)
+
+    out = tmp_path / "broken.safetensors"
+    monkeypatch.setattr(train_module, "_validate", killed_in_epoch_three)
+    with pytest.raises(KeyboardInterrupt):
+        train_model(config, out, progress=False)
+    monkeypatch.setattr(train_module, "_validate", validate)
+    assert read_metadata(last_paths(out)[0]).source["epoch"] == 2
+
+    resumed = train_model(config, out, resume=True, progress=False)
+    assert resumed.epochs == 4 and [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
+    for mine, theirs in zip(resumed.history, unbroken.history):
+        assert mine["iou"] == pytest.approx(theirs["iou"], abs=1e-6)
+        assert mine["loss"] == pytest.approx(theirs["loss"], abs=1e-6)
+    whole, again = _weights(last_paths(tmp_path / "whole.safetensors")[0]), _weights(
+        last_paths(out)[0])
+    for key in whole:
+        assert torch.equal(whole[key], again[key]), key
+
+    with pytest.raises(ConfigError, match="other lr"):
+        train_model(_config(images=[image_path], labels=[mask_path], epochs=4, lr=0.5), out,
+                    resume=True, progress=False)
+    with pytest.raises(ConfigError, match="nothing to resume"):
+        train_model(config, tmp_path / "never.safetensors", resume=True, progress=False)
+
+
+def test_vector_labels_and_plain_png_folders_train(tmp_path, quiet):
+    """PNG images and GeoPackage labels in folders paired by name, a split file, no CRS."""
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    rng = np.random.default_rng(5)
+    for i in range(4):
+        mask = np.zeros((64, 96), np.uint8)
+        r, c = 10 + 8 * i, 20 + 10 * i
+        mask[r : r + 20, c : c + 30] = 1
+        pixels = np.clip(rng.normal(60, 10, (64, 96, 3)) + 120 * mask[..., None], 0, 255)
+        Image.fromarray(pixels.astype(np.uint8)).save(images / f"{i:03d}.png")
+        # No CRS: vector coordinates are pixel coordinates (x right, y down).
+        gpd.GeoDataFrame(geometry=[box(c, r, c + 30, r + 20)]).to_file(labels / f"{i:03d}.gpkg")
+    split = tmp_path / "split.txt"
+    split.write_text("000 train\n001 train\n002 train\n003 test\n")
+    config = _config(image_dir=images, label_dir=labels, split_file=split, epochs=1,
+                     val_fraction=0.34)
+    assert [p[0].name for p in config.pairs()] == ["000.png", "001.png", "002.png"]
+    out = tmp_path / "png.safetensors"
+    result = train_model(config, out, progress=False)
+    assert result.history[0]["iou"] >= 0.0
+    assert read_metadata(out).bands == (1, 2, 3)
+    predicted = predict_raster(images / "003.png", out, tmp_path / "p.tif", None, quiet())
+    assert predicted.width == 96 and predicted.height == 64
+
+
+def test_yaml_config_and_flags_share_one_schema(scene, tmp_path):
+    image_path, mask_path, _, _ = scene
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(
+        f"images: [{image_path}]\nlabels: [{mask_path}]\nwidth: 4\ndepth: 2\npatch: 32\n"
+        "batch_size: 2\nepochs: 1\nsteps_per_epoch: 3\nthreads: 1\ntile_size: 64\n"
+        "overlap: 16\n")
+    config = TrainConfig.load(config_file, epochs=2)
+    assert (config.epochs, config.patch, config.images) == (2, 32, [image_path])
+    config_file.write_text("epochz: 3\n")
+    with pytest.raises(ConfigError, match="run.yaml: epochz: Extra inputs"):
+        TrainConfig.load(config_file)
+    with pytest.raises(ConfigError, match="multiple of 2\\*\\*depth"):
+        TrainConfig.build({**TINY, "patch": 30})
+
+
+def test_cli_trains_from_a_config_with_flag_overrides(scene, tmp_path):
+    image_path, mask_path, _, _ = scene
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(
+        f"images: [{image_path}]\nlabels: [{mask_path}]\nwidth: 4\ndepth: 2\npatch: 32\n"
+        "batch_size: 2\nepochs: 3\nsteps_per_epoch: 2\nthreads: 1\ntile_size: 64\n"
+        "overlap: 16\n")
+    out = tmp_path / "cli.safetensors"
+    args = ["train", "--config", str(config_file), "--epochs", "1", "-o", str(out), "-q"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert read_metadata(out).source["config"]["epochs"] == 1
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 1 and "already exists" in again.output
+    verbose = CliRunner().invoke(main, [*args[:-1], "--overwrite"])
+    assert verbose.exit_code == 0, verbose.output
+    summary = json.loads(verbose.stdout.strip().splitlines()[-1])
+    assert summary["epochs"] == 1 and summary["checkpoint"] == str(out)
 
 
 def test_training_arguments_are_checked(scene, make_raster, tmp_path):
     image_path, mask_path, _, _ = scene
     out = tmp_path / "m.safetensors"
-    with pytest.raises(ConfigError, match="multiple of 2\\*\\*depth"):
-        train_model([image_path], [mask_path], out,
-                    TrainConfig(**{**TINY.__dict__, "patch": 30}), progress=False)
-    with pytest.raises(ConfigError, match="one mask per image"):
-        train_model([image_path], [], out, TINY, progress=False)
+    with pytest.raises(ConfigError, match="one label per image"):
+        train_model(_config(images=[image_path], labels=[]), out, progress=False)
     small_mask = make_raster(np.zeros((1, 64, 64), np.uint8), name="small_mask.tif")
     with pytest.raises(InputError, match="does not match"):
-        train_model([image_path], [small_mask], out, TINY, progress=False)
-    with pytest.raises(InputError, match="too small"):
-        train_model([image_path], [mask_path], out,
-                    TrainConfig(**{**TINY.__dict__, "patch": 80}), progress=False)
+        train_model(_config(images=[image_path], labels=[small_mask]), out, progress=False)
+    with pytest.raises(InputError, match="too small for patch 80 with a validation strip"):
+        train_model(_config(images=[image_path], labels=[mask_path], patch=80), out,
+                    progress=False)
+    empty = make_raster(np.zeros((1, 128, 128), np.uint8), name="empty_mask.tif")
+    with pytest.raises(InputError, match="no foreground pixel"):
+        train_model(_config(images=[image_path], labels=[empty]), out, progress=False)
     assert not out.exists()
 
 
-def test_mask_without_foreground_still_gives_a_checkpoint_or_an_error(scene, make_raster,
-                                                                      tmp_path):
-    image_path, _, _, _ = scene
-    empty_mask = make_raster(np.zeros((1, 128, 128), np.uint8), name="empty_mask.tif")
-    out = tmp_path / "m.safetensors"
-    try:
-        train_model([image_path], [empty_mask], out, TINY, progress=False)
-    except GeoUNetError:
-        return  # refusing such labels with a clear error is fine too
-    assert out.exists(), "train_model returned normally but wrote no checkpoint"
+def test_geographic_image_with_vector_lines_in_pixel_widths(make_raster, tmp_path):
+    """An EPSG:4326 raster (degrees) with road centrelines buffered to 4 px."""
+    transform = from_origin(-115.3, 36.2, 3e-6, 3e-6)
+    mask = np.zeros((128, 128), np.uint8)
+    mask[62:66, :] = 1
+    rng = np.random.default_rng(9)
+    image = (rng.normal(300, 30, (1, 128, 128)) + 900.0 * mask).astype(np.uint16)
+    image_path = make_raster(image, name="geo.tif", crs="EPSG:4326", transform=transform)
+    y = 36.2 - 64 * 3e-6   # the edge between rows 63 and 64: 4 px cover rows 62..65
+    roads = tmp_path / "roads.geojson"
+    gpd.GeoDataFrame(geometry=[LineString([(-115.3, y), (-115.3 + 128 * 3e-6, y)])],
+                     crs="EPSG:4326").to_file(roads)
+    info = image_info(image_path)
+    np.testing.assert_array_equal(load_target(roads, info, LabelConfig(line_width=4)), mask)
+    out = tmp_path / "geo.safetensors"
+    train_model(_config(images=[image_path], labels=[roads], line_width=4, epochs=1),
+                out, progress=False)
+    assert read_metadata(out).bands == (1,)

@@ -1,4 +1,4 @@
-"""``geounet evaluate``: score a predicted mask against a label mask."""
+"""``geounet evaluate``: score predictions (or a model) against labels."""
 
 from __future__ import annotations
 
@@ -9,28 +9,121 @@ from pathlib import Path
 import click
 
 from geounet.cli.options import verbosity
-from geounet.evaluate import evaluate_masks
+from geounet.errors import ConfigError
+from geounet.io import atomic_path, check_output
 
 
 @click.command("evaluate")
-@click.argument("prediction", type=click.Path(path_type=Path))
-@click.argument("truth", type=click.Path(path_type=Path))
+@click.argument("prediction", required=False, type=click.Path(path_type=Path))
+@click.argument("truth", required=False, type=click.Path(path_type=Path))
+@click.option("-m", "--model", type=click.Path(path_type=Path),
+              help="Checkpoint to run on --images instead of giving PREDICTION.")
+@click.option("--images", type=click.Path(exists=True, path_type=Path),
+              help="Image file or folder for --model.")
+@click.option("--labels", type=click.Path(exists=True, path_type=Path),
+              help="Label file or folder (rasters or vector files) for --images.")
+@click.option("--split-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Lines 'NAME SPLIT': evaluate only the names of --split.")
+@click.option("--split", default="test", show_default=True)
 @click.option("--tolerance", default=2.0, show_default=True, type=click.FloatRange(0),
               help="Localisation tolerance in pixels for the tolerant scores.")
+@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Foreground cut of probability rasters (default: the model's, or 0.5).")
+@click.option("--thresholds", default=99, show_default=True, type=click.IntRange(0),
+              help="Thresholds swept for ODS/OIS on probability rasters (0: none).")
+@click.option("--line-width", default=3.0, show_default=True, type=click.FloatRange(0),
+              help="Full width given to vector line labels.")
+@click.option("--line-width-units", default="pixels", show_default=True,
+              type=click.Choice(["pixels", "map"]))
+@click.option("--device", default="auto", show_default=True, help="For --model.")
+@click.option("--threads", type=click.IntRange(1), help="CPU threads for --model.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="Also write the full JSON report (with per-image scores) here.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --output.")
 @verbosity
-def command(prediction: Path, truth: Path, tolerance: float, as_json: bool, quiet, verbose
-            ) -> None:
-    """Precision, recall, F1 and IoU of PREDICTION against TRUTH (mask > 0 is foreground)."""
-    report = evaluate_masks(prediction, truth, tolerance)
-    if as_json:  # undefined scores (NaN) become null: strict JSON
-        clean = {k: {m: None if math.isnan(v) else v for m, v in scores.items()}
-                 for k, scores in report.items()}
-        click.echo(json.dumps(clean, allow_nan=False))
-        return
-    click.echo(f"{'scores':<22}{'precision':>10}{'recall':>10}{'F1':>10}{'IoU':>10}")
-    for key in ("pixel", "tolerant"):
-        s = report[key]
-        label = key if key == "pixel" else f"tolerant ({tolerance:g} px)"
+def command(prediction, truth, model, images, labels, split_file, split, tolerance,
+            threshold, thresholds, line_width, line_width_units, device, threads, as_json,
+            output, overwrite, quiet, verbose) -> None:
+    """Precision, recall, F1 and IoU per class of PREDICTION against TRUTH.
+
+    PREDICTION and TRUTH are rasters or folders paired by file name; TRUTH may be vector
+    files. Or give --model with --images and --labels to run a checkpoint first.
+    Probability rasters (float) also get ODS/OIS over thresholds.
+    """
+    from geounet.evaluate import EvaluateConfig, evaluate_model, evaluate_pairs
+    from geounet.labels import LabelConfig, pair_folders, read_split
+
+    if model is not None:
+        if prediction is not None or images is None or labels is None:
+            raise ConfigError("with --model give --images and --labels, not PREDICTION")
+        source, target = images, labels
+    elif prediction is None or truth is None:
+        raise ConfigError("give PREDICTION and TRUTH, or --model with --images and --labels")
+    else:
+        source, target = prediction, truth
+    if output is not None:
+        check_output(output, [], overwrite)
+    for path in (source, target):
+        if not path.exists():
+            raise ConfigError(f"{path}: no such file")
+    if source.is_dir() != target.is_dir():
+        raise ConfigError(f"{source} and {target}: give two files or two folders")
+    pairs = pair_folders(source, target) if source.is_dir() else [(source, target)]
+    if split_file is not None:
+        keep = {n for n, s in read_split(split_file).items() if s == split}
+        pairs = [p for p in pairs if p[0].stem in keep]
+    config = EvaluateConfig(tolerance, threshold, thresholds,
+                            LabelConfig(line_width, line_width_units))
+    if model is not None:
+        report = evaluate_model(model, pairs, config, device, threads, progress=not quiet)
+    else:
+        report = evaluate_pairs(pairs, config, progress=not quiet and len(pairs) > 1)
+    foreground = [name for name in report["classes"] if name != _background(report)]
+    if len(foreground) == 1:  # binary: the foreground's scores up front
+        report = {**report["classes"][foreground[0]], **report}
+    text = json.dumps(_strict(report), allow_nan=False)
+    if output is not None:
+        with atomic_path(output) as tmp:
+            tmp.write_text(text + "\n")
+    if as_json:
+        click.echo(json.dumps(_strict({k: v for k, v in report.items() if k != "per_image"}),
+                              allow_nan=False))
+    elif not quiet or output is None:
+        _print_table(report, tolerance)
+
+
+def _background(report: dict) -> str:
+    return next(iter(report["classes"]))
+
+
+def _strict(value):
+    """NaN (undefined scores) becomes null: strict JSON."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_strict(v) for v in value]
+    return value
+
+
+def _print_table(report: dict, tolerance: float) -> None:
+    def row(label: str, s: dict) -> None:
         click.echo(f"{label:<22}{s['precision']:>10.4f}{s['recall']:>10.4f}"
                    f"{s['f1']:>10.4f}{s['iou']:>10.4f}")
+
+    click.echo(f"{'scores':<22}{'precision':>10}{'recall':>10}{'F1':>10}{'IoU':>10}")
+    tolerant = f"tolerant ({tolerance:g} px)"
+    if "pixel" in report:
+        row("pixel", report["pixel"])
+        row(tolerant, report["tolerant"])
+    for name, scores in report["classes"].items():
+        row(f"{name} pixel"[:21], scores["pixel"])
+        if "tolerant" in scores:
+            row(f"{name} {tolerant}"[:21], scores["tolerant"])
+    if "ods_ois" in report:
+        o = report["ods_ois"]
+        click.echo(f"ODS tolerant F1 {o['ods_f1']:.4f} (threshold {o['ods_threshold']:.2f}, "
+                   f"IoU {o['ods_iou']:.4f}); OIS tolerant F1 {o['ois_f1']:.4f}")
+    click.echo(f"images: {report['images']}")

@@ -1,4 +1,4 @@
-"""``geounet train``: train a binary U-Net on image/mask raster pairs."""
+"""``geounet train``: train a binary U-Net from a YAML config and/or flags."""
 
 from __future__ import annotations
 
@@ -11,43 +11,75 @@ from geounet.cli.options import overwrite, verbosity
 from geounet.errors import ConfigError
 from geounet.io import check_output
 
+_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
+
 
 @click.command("train")
-@click.option("--image", "images", multiple=True, required=True,
-              type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Training image (repeatable).")
-@click.option("--mask", "masks", multiple=True, required=True,
-              type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Label mask for each --image (>0 is foreground, its nodata ignored).")
+@click.option("-c", "--config", "config_file", type=_FILE,
+              help="YAML training config (keys as in TrainConfig); flags override its keys.")
+@click.option("--image", "images", multiple=True, type=_FILE, help="Training image (repeatable).")
+@click.option("--label", "--mask", "labels", multiple=True, type=_FILE,
+              help="Label for each --image: raster mask (>0 foreground, nodata ignored) or "
+                   "vector file (GeoPackage, GeoJSON, Shapefile).")
+@click.option("--image-dir", type=_DIR, help="Folder of training images (paired by name).")
+@click.option("--label-dir", type=_DIR, help="Folder of their labels (same file stems).")
+@click.option("--split-file", type=_FILE, help="Lines 'NAME SPLIT': keep names of --split.")
+@click.option("--split", help="Split to train on (default train).")
+@click.option("--val-image", "val_images", multiple=True, type=_FILE,
+              help="Validation image (repeatable); default: a share of the training data.")
+@click.option("--val-label", "val_labels", multiple=True, type=_FILE)
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
-              help="Checkpoint to write (.safetensors).")
-@click.option("--classes", default="background,foreground", show_default=True,
-              help="Background and foreground class names.")
-@click.option("--width", default=16, show_default=True, type=click.IntRange(1))
-@click.option("--depth", default=4, show_default=True, type=click.IntRange(1))
-@click.option("--patch", default=256, show_default=True, type=click.IntRange(16))
-@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
-@click.option("--steps", default=1000, show_default=True, type=click.IntRange(1))
-@click.option("--lr", default=3e-3, show_default=True, type=click.FloatRange(0, min_open=True))
-@click.option("--seed", default=0, show_default=True, type=int)
+              help="Best checkpoint to write (.safetensors); the last one goes beside it.")
+@click.option("--resume", is_flag=True,
+              help="Continue the run whose last checkpoint lies beside --output.")
+@click.option("--classes", help="Background and foreground names, e.g. background,crack.")
+@click.option("--width", type=click.IntRange(1))
+@click.option("--depth", type=click.IntRange(1))
+@click.option("--patch", type=click.IntRange(16))
+@click.option("--batch-size", type=click.IntRange(1))
+@click.option("--epochs", type=click.IntRange(1))
+@click.option("--steps-per-epoch", type=click.IntRange(1))
+@click.option("--lr", type=click.FloatRange(0, min_open=True))
+@click.option("--loss", type=click.Choice(["bce_dice", "focal_dice", "bce"]))
+@click.option("--line-width", type=click.FloatRange(0), help="Full width of vector lines.")
+@click.option("--line-width-units", type=click.Choice(["pixels", "map"]))
+@click.option("--monitor", type=click.Choice(["iou", "f1", "tolerant_f1"]),
+              help="Validation score that picks the best checkpoint.")
+@click.option("--patience", type=click.IntRange(1), help="Early stop after N flat epochs.")
+@click.option("--max-minutes", type=click.FloatRange(0, min_open=True),
+              help="Stop at the first epoch end past this training time.")
+@click.option("--seed", type=int)
 @click.option("--threads", type=click.IntRange(1))
-@click.option("--name", default="", help="Model name recorded in the checkpoint.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--amp/--no-amp", default=None, help="Mixed precision on CUDA.")
+@click.option("--name", help="Model name recorded in the checkpoint.")
 @overwrite
 @verbosity
-def command(images, masks, output, classes, width, depth, patch, batch_size, steps, lr, seed,
-            threads, name, overwrite, quiet, verbose) -> None:
-    """Train a U-Net and write the checkpoint with the best validation IoU."""
+def command(config_file, output, resume, classes, name, overwrite, quiet, verbose,
+            **flags) -> None:
+    """Train a U-Net; write the best checkpoint (by validation score) and the last one."""
     from geounet.train import TrainConfig, train_model  # torch: loaded on use
 
-    names = tuple(c.strip() for c in classes.split(","))
-    if len(names) != 2:
-        raise ConfigError(f"--classes needs two names (background,foreground), got {classes!r}")
-    check_output(output, list(images) + list(masks), overwrite)
-    config = TrainConfig(
-        class_names=names, width=width, depth=depth, patch=patch, batch_size=batch_size,
-        steps=steps, lr=lr, seed=seed, threads=threads, source={"name": name or output.stem},
-    )
-    best = train_model(list(images), list(masks), output, config, progress=not quiet)
+    values = {k: list(v) if isinstance(v, tuple) else v for k, v in flags.items()
+              if v is not None and v != ()}
+    if classes is not None:
+        names = tuple(c.strip() for c in classes.split(","))
+        if len(names) != 2:
+            raise ConfigError(f"--classes needs two names (background,foreground), "
+                              f"got {classes!r}")
+        values["class_names"] = names
+    if config_file is not None:
+        config = TrainConfig.load(config_file, **values)
+    else:
+        config = TrainConfig.build(values, origin="flags")
+    config = TrainConfig.build({**config.__dict__,
+                                "source": {**config.source, "name": name or output.stem}})
+    inputs = [p for pair in config.pairs() for p in pair]
+    if not resume:
+        check_output(output, inputs, overwrite)
+    result = train_model(config, output, resume=resume, progress=not quiet)
     if not quiet:
-        click.echo(json.dumps({"checkpoint": str(output), **{k: round(v, 4)
-                                                             for k, v in best.items()}}))
+        summary = result.to_dict()
+        summary.pop("history")
+        click.echo(json.dumps(summary, default=str))

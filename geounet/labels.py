@@ -1,0 +1,197 @@
+"""Training and evaluation targets from raster masks or vector files, on an image's grid.
+
+A target is a ``uint8`` array ``(rows, cols)`` on the image's pixel grid: the class id of each
+pixel (0 background, 1 foreground for binary labels) and :data:`IGNORE` (255) where the label
+says nothing (the mask's nodata). Raster masks must already be on the image's grid (same
+width and height). Vector labels (GeoPackage, GeoJSON, Shapefile, anything GDAL reads) are
+reprojected to the image's CRS and burned with :func:`rasterio.features.rasterize`, pixel
+centres inside a polygon being foreground; polygon holes stay background. Lines (roads,
+crack centrelines) have no area, so they are buffered first by ``line_width``, given in
+pixels or in map units of the image's CRS (metres for UTM, degrees for EPSG:4326: prefer
+pixels there). Images without a CRS (plain PNG/JPEG) take vector coordinates as they are.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import rasterio
+import shapely
+from rasterio.errors import NotGeoreferencedWarning
+from rasterio.features import rasterize
+
+from geounet.errors import InputError
+from geounet.io import RasterInfo, open_raster
+
+IGNORE = 255
+VECTOR_SUFFIXES = (".gpkg", ".geojson", ".json", ".shp", ".fgb", ".gml", ".kml", ".sqlite")
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    """How labels become targets.
+
+    Attributes:
+        line_width: full width given to line geometries before burning (0: lines are
+            refused, as they would burn nothing).
+        line_width_units: ``"pixels"`` (of the image grid) or ``"map"`` (CRS units).
+        class_field: attribute holding each feature's class id (1..254); None: all
+            features are class 1.
+    """
+
+    line_width: float = 3.0
+    line_width_units: Literal["pixels", "map"] = "pixels"
+    class_field: str | None = None
+
+
+def is_vector(path: str | Path) -> bool:
+    """True for a file name that GDAL opens as vectors (by its suffix)."""
+    return Path(path).suffix.lower() in VECTOR_SUFFIXES
+
+
+def load_target(label: str | Path, image: RasterInfo, config: LabelConfig = LabelConfig(),
+                ) -> np.ndarray:
+    """The ``uint8`` target of ``label`` (raster mask or vector file) on ``image``'s grid."""
+    if is_vector(label):
+        return rasterize_vector(label, image, config)
+    return read_raster_target(label, image)
+
+
+def read_raster_target(mask: str | Path, image: RasterInfo) -> np.ndarray:
+    """Band 1 of a mask raster as class ids, its nodata (and masks) as :data:`IGNORE`.
+
+    Values are class ids 0..254, except in a mask of only 0 and 255 (the usual 8-bit
+    binary mask, where 255 is not nodata): there 255 is class 1.
+    """
+    info = image_info(mask)
+    if (info.width, info.height) != (image.width, image.height):
+        raise InputError(f"{mask}: {info.width}x{info.height} px does not match image "
+                         f"{image.path} {image.width}x{image.height} px; labels must be on "
+                         "the image's grid")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(mask) as src:
+            raw = src.read(1)
+            valid = src.read_masks(1) > 0
+    values = np.unique(raw[valid])
+    if set(values.tolist()) <= {0, 255}:   # a 0/255 mask: 255 is the foreground
+        target = (raw > 0).astype(np.uint8)
+    elif values.min() >= 0 and values.max() < IGNORE:
+        target = raw.astype(np.uint8)
+    else:
+        raise InputError(f"{mask}: values {values[:8].tolist()} are neither a 0/255 mask nor "
+                         "class ids 0..254")
+    target[~valid] = IGNORE
+    return target
+
+
+def rasterize_vector(path: str | Path, image: RasterInfo,
+                     config: LabelConfig = LabelConfig()) -> np.ndarray:
+    """Burn the features of ``path`` onto ``image``'s grid (see the module docstring)."""
+    import geopandas as gpd  # heavy: loaded on use
+
+    try:
+        frame = gpd.read_file(path)
+    except Exception as exc:  # pyogrio raises its own DataSourceError and others
+        raise InputError(f"{path}: not a readable vector file ({exc})") from exc
+    frame = frame[frame.geometry.notna() & ~frame.geometry.is_empty]
+    if image.crs is not None:
+        if frame.crs is None:
+            raise InputError(f"{path}: the vector labels have no CRS but {image.path} is in "
+                             f"{image.crs}; assign one (e.g. ogr2ogr -a_srs)")
+        if frame.crs.is_geographic and len(frame):
+            west, south, east, north = frame.total_bounds
+            if west < -360 or east > 360 or south < -90 or north > 90:
+                raise InputError(f"{path}: coordinates {frame.total_bounds.round(1).tolist()} "
+                                 f"are not longitudes/latitudes but the file says "
+                                 f"{frame.crs} (GeoJSON's default when none is given); "
+                                 "write the file with its real CRS")
+        frame = frame.to_crs(image.crs)
+        if len(frame) and not np.isfinite(frame.total_bounds).all():
+            raise InputError(f"{path}: some features cannot be projected to {image.crs}")
+    if config.class_field is not None and config.class_field not in frame.columns:
+        raise InputError(f"{path}: no attribute {config.class_field!r}; it has "
+                         f"{', '.join(map(str, frame.columns.drop('geometry')))}")
+    classes = (np.ones(len(frame), np.int64) if config.class_field is None
+               else frame[config.class_field].to_numpy().astype(np.int64))
+    if len(classes) and (classes.min() < 1 or classes.max() >= IGNORE):
+        raise InputError(f"{path}: class ids in {config.class_field!r} must be 1..254")
+    geoms = _buffer_lines(frame.geometry.to_numpy(), image, config, path)
+    target = np.zeros((image.height, image.width), np.uint8)
+    shapes = [(g, int(c)) for g, c in zip(geoms, classes) if not g.is_empty]
+    if shapes:
+        rasterize(shapes, out=target, transform=image.transform, all_touched=False)
+    return target
+
+
+def _buffer_lines(geoms: np.ndarray, image: RasterInfo, config: LabelConfig,
+                  path: str | Path) -> np.ndarray:
+    """Polygons as they are; lines and points buffered to ``line_width`` (full width)."""
+    kinds = shapely.get_type_id(geoms)
+    linear = np.isin(kinds, (0, 1, 2, 4, 5))  # (multi)points and (multi)lines, linear rings
+    if not linear.any():
+        return geoms
+    if config.line_width <= 0:
+        raise InputError(f"{path}: has line or point features; give a line width > 0")
+    radius = config.line_width / 2
+    if config.line_width_units == "pixels":
+        # A pixel's size in map units (the geometric mean of its two sides).
+        radius *= float(np.sqrt(abs(image.transform.a * image.transform.e
+                                    - image.transform.b * image.transform.d)))
+    out = geoms.copy()
+    out[linear] = shapely.buffer(geoms[linear], radius)
+    collections = kinds == 7
+    if collections.any():  # geometry collections: buffer their lines, keep their polygons
+        out[collections] = [shapely.union_all(_buffer_lines(
+            np.asarray(shapely.get_parts(g)), image, config, path)) for g in geoms[collections]]
+    return out
+
+
+def image_info(path: str | Path) -> RasterInfo:
+    """:func:`geounet.io.open_raster` without rasterio's warning on plain PNG/JPEG images."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        return open_raster(path)
+
+
+def read_split(path: str | Path) -> dict[str, str]:
+    """``NAME SPLIT`` lines (CrackForest's ``split.txt``) as ``{name: split}``."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the split file ({exc.strerror})") from exc
+    out = {}
+    for number, line in enumerate(lines, 1):
+        parts = line.split()
+        if not parts or parts[0].startswith("#"):
+            continue
+        if len(parts) != 2:
+            raise InputError(f"{path}:{number}: expected 'NAME SPLIT', got {line!r}")
+        out[parts[0]] = parts[1]
+    return out
+
+
+def pair_folders(images: str | Path, labels: str | Path) -> list[tuple[Path, Path]]:
+    """(image, label) pairs of two folders matched by file stem, in name order.
+
+    Images are files GDAL reads as rasters (.tif, .png, .jpg, ...); labels are rasters or
+    vector files. Images without a label are refused, so that a typo cannot silently shrink
+    the data set.
+    """
+    folders = {"image": Path(images), "label": Path(labels)}
+    for kind, folder in folders.items():
+        if not folder.is_dir():
+            raise InputError(f"{folder}: no such {kind} folder")
+    found = {kind: {p.stem: p for p in sorted(folder.iterdir())
+                    if p.is_file() and not p.name.startswith(".")
+                    and p.suffix.lower() not in (".xml", ".aux", ".txt", ".md", ".ovr")}
+             for kind, folder in folders.items()}
+    missing = sorted(set(found["image"]) - set(found["label"]))
+    if missing:
+        raise InputError(f"{labels}: no label for image(s) {', '.join(missing[:5])}"
+                         f"{' ...' if len(missing) > 5 else ''} of {images} (paired by name)")
+    return [(found["image"][s], found["label"][s]) for s in sorted(found["image"])]

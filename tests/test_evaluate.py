@@ -1,0 +1,115 @@
+"""Evaluation of mask and probability rasters, folders, vector labels, and of a model."""
+
+from __future__ import annotations
+
+import json
+
+import geopandas as gpd
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from shapely.geometry import box
+
+from geounet.cli import main
+from geounet.evaluate import EvaluateConfig, evaluate_model, evaluate_pairs
+from geounet.metrics import Counts, count, ods_ois, threshold_sweep
+
+
+def _line_truth() -> np.ndarray:
+    truth = np.zeros((1, 40, 50), np.uint8)
+    truth[0, 5:35, 20] = 255       # a 30 px line in a 0/255 mask
+    return truth
+
+
+def test_probability_raster_gets_ods_ois_and_per_class_scores(make_raster, tmp_path):
+    truth = make_raster(_line_truth(), name="truth.tif")
+    prob = np.zeros((1, 40, 50), np.float32)
+    prob[0, 5:35, 21] = 0.7        # 1 px off the line: tolerated at 2 px
+    prob[0, 5:15, 40] = 0.4        # false alarms only above a 0.4 threshold
+    prob[0, 0, 0] = np.nan         # nodata
+    pred = make_raster(prob, name="prob.tif", nodata=float("nan"))
+    report = evaluate_pairs([(pred, truth)], EvaluateConfig(thresholds=9))
+    assert report["prediction"] == "probability" and report["images"] == 1
+    crack = report["classes"]["class 1"]
+    assert crack["tolerant"]["f1"] == 1.0 and crack["pixel"]["iou"] == 0.0
+    assert report["classes"]["class 0"]["pixel"]["recall"] == pytest.approx(
+        (40 * 50 - 1 - 30 - 30) / (40 * 50 - 1 - 30))
+    ods = report["ods_ois"]
+    assert ods["ods_f1"] == 1.0 and 0.4 <= ods["ods_threshold"] < 0.7
+    assert ods["ois_f1"] == 1.0
+    # At a 0.3 cut the false alarms count: precision 30/40.
+    low = evaluate_pairs([(pred, truth)], EvaluateConfig(threshold=0.3, thresholds=0))
+    assert low["classes"]["class 1"]["tolerant"]["precision"] == pytest.approx(30 / 40)
+    assert "ods_ois" not in low
+
+
+def test_ods_pools_counts_and_ois_averages_images():
+    thresholds = np.array([0.25, 0.5, 0.75])
+    truth = np.zeros((20, 20), bool)
+    truth[5:15, 10] = True
+    a = np.where(truth, 0.6, 0.0)                  # found above 0.25 and 0.5 only
+    b = np.where(truth, 0.9, 0.0)
+    b[0:10, 0] = 0.4                               # false alarms at 0.25 only
+    sweeps = [threshold_sweep(p, truth, thresholds) for p in (a, b)]
+    assert [c.tolerant().f1 for c in sweeps[0]] == [1.0, 1.0, 0.0]
+    assert [c.tolerant().f1 for c in sweeps[1]] == pytest.approx([2 * 0.5 / 1.5, 1.0, 1.0])
+    scores = ods_ois(sweeps, thresholds)
+    assert scores["ods_threshold"] == 0.5 and scores["ods_f1"] == 1.0
+    assert scores["ois_f1"] == 1.0
+    pooled = Counts()
+    pooled += count(a > 0.25, truth)
+    pooled += count(b > 0.25, truth)
+    assert (pooled.pred, pooled.truth, pooled.pred_near) == (30, 20, 20)
+
+
+def test_folders_of_masks_with_vector_labels_and_class_ids(make_raster, tmp_path):
+    preds, labels = tmp_path / "preds", tmp_path / "labels"
+    for i in range(2):
+        mask = np.zeros((1, 30, 30), np.uint8)
+        mask[0, 10:20, 10:20] = 1
+        mask[0, 0:2, 0:2] = 255                      # nodata (geounet's mask nodata)
+        make_raster(mask, name=f"preds/{i}.tif", nodata=255)
+        # Labels: the same square, as a polygon in map coordinates (0.5 m pixels).
+        left, top = 500000.0 + 10 * 0.5, 5000000.0 - 10 * 0.5
+        labels.mkdir(exist_ok=True)
+        shift = 0.5 * 5 * i                          # the second label is 5 px to the right
+        gpd.GeoDataFrame(geometry=[box(left + shift, top - 5, left + 5 + shift, top)],
+                         crs="EPSG:32633").to_file(labels / f"{i}.geojson")
+    result = CliRunner().invoke(main, ["evaluate", str(preds), str(labels), "--json",
+                                       "-o", str(tmp_path / "report.json")])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["images"] == 2 and "per_image" not in report
+    # 200 predicted and 200 true pixels, 100 + 50 of them in common (nodata left out).
+    assert report["pixel"]["precision"] == pytest.approx(150 / 200)
+    assert report["pixel"]["iou"] == pytest.approx(150 / 250)
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert [item["class 1"]["pixel"]["iou"] for item in saved["per_image"]] == pytest.approx(
+        [1.0, 50 / 150])
+
+
+def test_evaluate_runs_a_model_on_images(scene_for_model, tmp_path):
+    image, label, checkpoint = scene_for_model
+    report = evaluate_model(checkpoint, [(image, label)], EvaluateConfig(thresholds=4))
+    assert report["model"] == str(checkpoint)
+    assert set(report["classes"]) == {"background", "thing"}
+    assert set(report["ods_ois"]) == {"ods_f1", "ods_threshold", "ods_iou", "ois_f1"}
+    result = CliRunner().invoke(main, ["evaluate", "-m", str(checkpoint), "--images",
+                                       str(image), "--labels", str(label), "--thresholds",
+                                       "4"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0].split() == ["scores", "precision", "recall", "F1",
+                                                     "IoU"]
+    assert "ODS tolerant F1" in result.stdout and "images: 1" in result.stdout
+    bad = CliRunner().invoke(main, ["evaluate", "-m", str(checkpoint), "--images",
+                                    str(image)])
+    assert bad.exit_code == 1 and "--labels" in bad.output
+
+
+@pytest.fixture
+def scene_for_model(make_raster, checkpoint):
+    rng = np.random.default_rng(0)
+    image = make_raster(rng.integers(0, 255, (3, 50, 70), dtype=np.uint8), name="img.tif")
+    truth = np.zeros((1, 50, 70), np.uint8)
+    truth[0, 20:30, :] = 1
+    return image, make_raster(truth, name="lab.tif"), checkpoint
