@@ -53,6 +53,7 @@ from geounet.io import RasterInfo, check_output, open_raster
 log = logging.getLogger(__name__)
 
 MAX_CENTERLINE_PATCH_PX = 64_000_000   # a feature's bounding box, for its skeleton
+GDAL_CACHE_MB = 32   # each block is read once: a large raster cache only holds memory
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,8 @@ def polygonize_blocks(mask_path: str | Path, config: VectorizeConfig | None = No
     config = config or VectorizeConfig()
     size = config.block_size
     pending: list[_Pieces] = []
-    with rasterio.open(mask_path) as src, _probability_reader(probabilities, src) as prob_src:
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), rasterio.open(mask_path) as src, \
+            _probability_reader(probabilities, src) as prob_src:
         width, height = src.width, src.height
         blocks = math.ceil(width / size) * math.ceil(height / size)
         bar = tqdm(total=blocks, disable=not progress, file=sys.stderr, unit="block",
