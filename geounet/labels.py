@@ -7,8 +7,9 @@ width and height). Vector labels (GeoPackage, GeoJSON, Shapefile, anything GDAL 
 reprojected to the image's CRS and burned with :func:`rasterio.features.rasterize`, pixel
 centres inside a polygon being foreground; polygon holes stay background. Lines (roads,
 crack centrelines) have no area, so they are buffered first by ``line_width``, given in
-pixels or in map units of the image's CRS (metres for UTM, degrees for EPSG:4326: prefer
-pixels there). Images without a CRS (plain PNG/JPEG) take vector coordinates as they are.
+pixels, in map units of the image's CRS, or in metres on the ground (lines are then
+buffered in their local UTM zone, so a road keeps its width in an EPSG:4326 image).
+Images without a CRS (plain PNG/JPEG) take vector coordinates as they are.
 """
 
 from __future__ import annotations
@@ -38,13 +39,15 @@ class LabelConfig:
     Attributes:
         line_width: full width given to line geometries before burning (0: lines are
             refused, as they would burn nothing).
-        line_width_units: ``"pixels"`` (of the image grid) or ``"map"`` (CRS units).
+        line_width_units: ``"pixels"`` (of the image grid), ``"map"`` (units of the
+            image's CRS) or ``"metres"`` (on the ground, buffered in the local UTM zone: the
+            choice for images in degrees).
         class_field: attribute holding each feature's class id (1..254); None: all
             features are class 1.
     """
 
     line_width: float = 3.0
-    line_width_units: Literal["pixels", "map"] = "pixels"
+    line_width_units: Literal["pixels", "map", "metres"] = "pixels"
     class_field: str | None = None
 
 
@@ -110,6 +113,11 @@ def rasterize_vector(path: str | Path, image: RasterInfo,
                                  f"are not longitudes/latitudes but the file says "
                                  f"{frame.crs} (GeoJSON's default when none is given); "
                                  "write the file with its real CRS")
+        if config.line_width_units == "metres" and len(frame):
+            # Buffer in the local UTM zone: metres on the ground whatever the image's CRS.
+            local = frame.to_crs(frame.estimate_utm_crs())
+            frame = local.set_geometry(_buffer_lines(local.geometry.to_numpy(),
+                                                     config.line_width / 2, path))
         frame = frame.to_crs(image.crs)
         if len(frame) and not np.isfinite(frame.total_bounds).all():
             raise InputError(f"{path}: some features cannot be projected to {image.crs}")
@@ -120,7 +128,15 @@ def rasterize_vector(path: str | Path, image: RasterInfo,
                else frame[config.class_field].to_numpy().astype(np.int64))
     if len(classes) and (classes.min() < 1 or classes.max() >= IGNORE):
         raise InputError(f"{path}: class ids in {config.class_field!r} must be 1..254")
-    geoms = _buffer_lines(frame.geometry.to_numpy(), image, config, path)
+    geoms = frame.geometry.to_numpy()
+    if config.line_width_units == "metres" and image.crs is None:
+        raise InputError(f"{image.path} has no CRS: give the line width in pixels")
+    if config.line_width_units != "metres":  # (metres: buffered above, before projecting)
+        t = image.transform
+        # Pixels: a pixel's size in map units is the geometric mean of its two sides.
+        scale = float(np.sqrt(abs(t.a * t.e - t.b * t.d))) \
+            if config.line_width_units == "pixels" else 1.0
+        geoms = _buffer_lines(geoms, config.line_width / 2 * scale, path)
     target = np.zeros((image.height, image.width), np.uint8)
     shapes = [(g, int(c)) for g, c in zip(geoms, classes) if not g.is_empty]
     if shapes:
@@ -128,26 +144,20 @@ def rasterize_vector(path: str | Path, image: RasterInfo,
     return target
 
 
-def _buffer_lines(geoms: np.ndarray, image: RasterInfo, config: LabelConfig,
-                  path: str | Path) -> np.ndarray:
-    """Polygons as they are; lines and points buffered to ``line_width`` (full width)."""
+def _buffer_lines(geoms: np.ndarray, radius: float, path: str | Path) -> np.ndarray:
+    """Polygons as they are; lines and points buffered by ``radius`` (their CRS's units)."""
     kinds = shapely.get_type_id(geoms)
     linear = np.isin(kinds, (0, 1, 2, 4, 5))  # (multi)points and (multi)lines, linear rings
     if not linear.any():
         return geoms
-    if config.line_width <= 0:
+    if radius <= 0:
         raise InputError(f"{path}: has line or point features; give a line width > 0")
-    radius = config.line_width / 2
-    if config.line_width_units == "pixels":
-        # A pixel's size in map units (the geometric mean of its two sides).
-        radius *= float(np.sqrt(abs(image.transform.a * image.transform.e
-                                    - image.transform.b * image.transform.d)))
     out = geoms.copy()
     out[linear] = shapely.buffer(geoms[linear], radius)
     collections = kinds == 7
     if collections.any():  # geometry collections: buffer their lines, keep their polygons
         out[collections] = [shapely.union_all(_buffer_lines(
-            np.asarray(shapely.get_parts(g)), image, config, path)) for g in geoms[collections]]
+            np.asarray(shapely.get_parts(g)), radius, path)) for g in geoms[collections]]
     return out
 
 

@@ -96,7 +96,7 @@ class TrainConfig(BaseModel):
     val_fraction: float = Field(0.15, gt=0, lt=1)
     bands: tuple[int, ...] | None = None
     line_width: float = Field(3.0, ge=0, description="full width given to vector lines")
-    line_width_units: Literal["pixels", "map"] = "pixels"
+    line_width_units: Literal["pixels", "map", "metres"] = "pixels"
     class_names: tuple[str, str] = ("background", "foreground")
     # Model
     width: int = Field(16, ge=1)

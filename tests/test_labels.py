@@ -160,3 +160,25 @@ def test_atlanta_buildings_vector_equals_gdal_rasterized_mask(tmp_path):
     geographic = tmp_path / "buildings_4326.geojson"
     gpd.read_file(labels).to_crs("EPSG:4326").to_file(geographic)
     np.testing.assert_array_equal(load_target(geographic, info), from_raster)
+
+
+VEGAS = DATA / "spacenet_vegas_road"
+
+
+@pytest.mark.skipif(not VEGAS.is_dir(), reason=f"real data not found at {VEGAS}")
+def test_vegas_centrelines_buffered_in_metres_give_the_tile_raster_mask():
+    """Road centrelines in EPSG:4326 buffered to 4 m on the ground = the tile's road mask.
+
+    The mask was drawn from these 9 centrelines with a 2 m buffer in UTM; 1 pixel of 1.69
+    million differs (a pixel centre on the buffer's edge). In pixel or degree units the
+    buffer would be round in degrees, not on the ground, and thousands of pixels differ.
+    """
+    info = image_info(VEGAS / "road_mask_input.tif")
+    raster = load_target(VEGAS / "sample_road_raster_mask.tif", info)
+    vector = load_target(VEGAS / "sample_roads_for_masking.geojson", info,
+                         LabelConfig(line_width=4, line_width_units="metres"))
+    assert (raster == 1).sum() == 56416
+    assert (raster != vector).sum() <= 1
+    in_pixels = load_target(VEGAS / "sample_roads_for_masking.geojson", info,
+                            LabelConfig(line_width=4 / 0.3))
+    assert (raster != in_pixels).sum() > 1000

@@ -266,3 +266,18 @@ def test_geographic_image_with_vector_lines_in_pixel_widths(make_raster, tmp_pat
     train_model(_config(images=[image_path], labels=[roads], line_width=4, epochs=1),
                 out, progress=False)
     assert read_metadata(out).bands == (1,)
+
+
+@pytest.mark.parametrize("kind", ["bce_dice", "focal_dice", "bce"])
+def test_losses_ignore_unlabelled_pixels(kind):
+    torch.manual_seed(0)
+    logits = torch.randn(2, 1, 8, 8)
+    target = (torch.rand(2, 8, 8) > 0.7).to(torch.uint8)
+    target[:, :3] = 255                                   # unlabelled rows
+    changed = logits.clone()
+    changed[:, :, :3] = 50.0                              # whatever the model says there
+    loss = train_module._loss(logits, target, kind)
+    assert torch.isfinite(loss) and loss > 0
+    assert train_module._loss(changed, target, kind) == pytest.approx(loss.item(), rel=1e-6)
+    perfect = torch.where(target[:, None] == 1, 20.0, -20.0)
+    assert train_module._loss(perfect, target, kind) < loss

@@ -34,7 +34,7 @@ from geounet.io import atomic_path, check_output
 @click.option("--line-width", default=3.0, show_default=True, type=click.FloatRange(0),
               help="Full width given to vector line labels.")
 @click.option("--line-width-units", default="pixels", show_default=True,
-              type=click.Choice(["pixels", "map"]))
+              type=click.Choice(["pixels", "map", "metres"]))
 @click.option("--device", default="auto", show_default=True, help="For --model.")
 @click.option("--threads", type=click.IntRange(1), help="CPU threads for --model.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")

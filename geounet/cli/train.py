@@ -43,7 +43,7 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 @click.option("--lr", type=click.FloatRange(0, min_open=True))
 @click.option("--loss", type=click.Choice(["bce_dice", "focal_dice", "bce"]))
 @click.option("--line-width", type=click.FloatRange(0), help="Full width of vector lines.")
-@click.option("--line-width-units", type=click.Choice(["pixels", "map"]))
+@click.option("--line-width-units", type=click.Choice(["pixels", "map", "metres"]))
 @click.option("--monitor", type=click.Choice(["iou", "f1", "tolerant_f1"]),
               help="Validation score that picks the best checkpoint.")
 @click.option("--patience", type=click.IntRange(1), help="Early stop after N flat epochs.")

@@ -1,0 +1,140 @@
+"""SpaceNet Vegas roads: train on the western half of the tile, score the eastern half.
+
+Cuts the 1300x1300 EPSG:4326 panchromatic tile (uint16, 11-bit) into its western and
+eastern halves (same CRS and pixel grid, via rasterio windows), trains with
+``workflows/train_vegas.yaml`` (vector labels: the road centrelines buffered to 4 m), then
+runs ``geounet evaluate`` on the eastern half against the tile's raster mask and against the
+buffered centrelines. Also reports how far the vector labels and the raster mask agree.
+The labels are incomplete (a visible road in the centre is not labelled): IoU is capped below 1.
+
+Usage: ``python -m benchmarks.vegas_roads [--skip-train] [--minutes 20]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import rasterio
+from rasterio.windows import Window
+
+from benchmarks.common import ROOT, WORK
+
+DATA = ROOT.parent / "shared" / "data" / "spacenet_vegas_road"
+CONFIG = ROOT / "workflows" / "train_vegas.yaml"
+FOLDER = WORK / "vegas"
+
+
+def cut_halves() -> dict[str, Path]:
+    """West/east halves of the image and of the raster mask, georeferenced."""
+    FOLDER.mkdir(parents=True, exist_ok=True)
+    out = {}
+    sources = (("image", "road_mask_input.tif"), ("mask", "sample_road_raster_mask.tif"))
+    for kind, source in sources:
+        with rasterio.open(DATA / source) as src:
+            half = src.width // 2
+            for side, window in (("west", Window(0, 0, half, src.height)),
+                                 ("east", Window(half, 0, src.width - half, src.height))):
+                path = FOLDER / f"{side}_{kind}.tif"
+                profile = {**src.profile, "width": window.width, "height": window.height,
+                           "transform": src.window_transform(window), "tiled": True,
+                           "blockxsize": 256, "blockysize": 256, "compress": "deflate"}
+                with rasterio.open(path, "w", **profile) as dst:
+                    dst.write(src.read(window=window))
+                out[f"{side}_{kind}"] = path
+    return out
+
+
+def label_agreement() -> dict[str, float]:
+    """Vector labels (centrelines buffered to 4 m) against the raster mask, whole tile."""
+    from geounet.labels import LabelConfig, image_info, load_target
+
+    info = image_info(DATA / "road_mask_input.tif")
+    raster = load_target(DATA / "sample_road_raster_mask.tif", info) == 1
+    vector = load_target(DATA / "sample_roads_for_masking.geojson", info,
+                         LabelConfig(line_width=4, line_width_units="metres")) == 1
+    return {"pixels": int(raster.size), "differing_pixels": int((raster != vector).sum()),
+            "iou": float((raster & vector).sum() / (raster | vector).sum())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument("--minutes", type=float, default=20.0)
+    parser.add_argument("--output", default=str(WORK / "vegas.safetensors"))
+    args = parser.parse_args()
+    if not DATA.is_dir():
+        sys.exit(f"SpaceNet Vegas tile not found at {DATA}; see ../shared/data/README.md")
+    halves = cut_halves()
+    agreement = label_agreement()
+    print(f"vector labels (4 m) vs raster mask: {agreement['differing_pixels']} of "
+          f"{agreement['pixels']} pixels differ, IoU {agreement['iou']:.6f}")
+    geounet = [sys.executable, "-m", "geounet"]
+    if not args.skip_train:
+        command = [*geounet, "train", "--config", str(CONFIG.relative_to(ROOT)), "-o",
+                   args.output, "--max-minutes", f"{args.minutes:g}", "--overwrite"]
+        print("$", " ".join(command[2:]), flush=True)
+        start = time.perf_counter()
+        with (WORK / "vegas_train.log").open("w") as stderr:
+            done = subprocess.run([*command, "-v"], cwd=ROOT, check=True, text=True,
+                                  stdout=subprocess.PIPE, stderr=stderr)
+        summary = json.loads(done.stdout.strip().splitlines()[-1])
+        summary["wall_seconds"] = time.perf_counter() - start
+        (WORK / "vegas_train.json").write_text(json.dumps(summary, indent=1))
+    summary = json.loads((WORK / "vegas_train.json").read_text())
+    print(f"trained {summary['train_seconds'] / 60:.1f} min, {summary['steps']} steps "
+          f"({summary['steps_per_second']:.2f}/s), best epoch {summary['best']['epoch']} "
+          f"(validation IoU {summary['best']['iou']:.3f}), stopped: {summary['stopped']}")
+    labels = {"raster mask": (str(halves["east_mask"]), []),
+              "centrelines buffered 4 m": (str(DATA / "sample_roads_for_masking.geojson"),
+                                           ["--line-width", "4", "--line-width-units",
+                                            "metres"])}
+    for name, (label, extra) in labels.items():
+        command = [*geounet, "evaluate", "-m", args.output, "--images",
+                   str(halves["east_image"]), "--labels", label, *extra, "--json", "-q",
+                   "--thresholds", "19"]
+        print("$", " ".join(command[2:]), flush=True)
+        report = json.loads(subprocess.run(command, cwd=ROOT, check=True, capture_output=True,
+                                           text=True).stdout)
+        (WORK / f"vegas_east_{'vector' if extra else 'raster'}.json").write_text(
+            json.dumps(report, indent=1))
+        p, t = report["pixel"], report["tolerant"]
+        print(f"eastern half vs {name}: road IoU {p['iou']:.3f}, P {p['precision']:.3f}, "
+              f"R {p['recall']:.3f}, F1 {p['f1']:.3f}; tolerant (2 px) F1 {t['f1']:.3f}; "
+              f"ODS F1 {report['ods_ois']['ods_f1']:.3f}")
+    lengths = centerline_lengths(Path(args.output), halves)
+    print(f"eastern half centreline length: predicted mask {lengths['predicted_m']:.0f} m, "
+          f"label mask (same skeleton code) {lengths['label_mask_m']:.0f} m, labelled "
+          f"centrelines (GeoJSON clipped to the half) {lengths['labelled_m']:.0f} m")
+    (WORK / "vegas_centerlines.json").write_text(json.dumps(lengths, indent=1))
+
+
+def centerline_lengths(checkpoint: Path, halves: dict[str, Path]) -> dict[str, float]:
+    """Skeleton length (m) of the predicted and labelled road masks of the eastern half."""
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    from geounet.predict import PredictConfig, predict_raster
+    from geounet.vectorize import VectorizeConfig, vectorize_raster
+
+    predicted = FOLDER / "east_predicted.tif"
+    predict_raster(halves["east_image"], checkpoint, predicted, None,
+                   PredictConfig(progress=False, overwrite=True, threads=1))
+    out = {}
+    for name, mask in (("predicted_m", predicted), ("label_mask_m", halves["east_mask"])):
+        polygons = FOLDER / f"{mask.stem}_roads.gpkg"
+        vectorize_raster(mask, polygons, VectorizeConfig(centerlines=True), overwrite=True)
+        out[name] = float(gpd.read_file(polygons)["length_m"].sum())
+    with rasterio.open(halves["east_image"]) as src:
+        east = box(*src.bounds)
+    lines = gpd.read_file(DATA / "sample_roads_for_masking.geojson").clip(east)
+    out["labelled_m"] = float(lines.to_crs(lines.estimate_utm_crs()).length.sum())
+    return out
+
+
+if __name__ == "__main__":
+    main()
