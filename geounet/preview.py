@@ -92,7 +92,7 @@ def decimate_mask(path: str | Path, shape: tuple[int, int]) -> tuple[np.ndarray,
     from the mask's ``GEOUNET_CLASSES`` tag (empty when absent).
     """
     rows, cols = shape
-    with rasterio.open(path) as src:
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), rasterio.open(path) as src:
         names = [n for n in src.tags().get("GEOUNET_CLASSES", "").split(",") if n]
         row_starts, col_starts = cell_starts(src.height, rows), cell_starts(src.width, cols)
         out = np.zeros(shape, dtype=np.uint8)
@@ -105,15 +105,29 @@ def decimate_mask(path: str | Path, shape: tuple[int, int]) -> tuple[np.ndarray,
             top = int(row_starts[i])
             bottom = int(row_starts[j]) if j < rows else src.height
             data = src.read(1, window=Window(0, top, src.width, bottom - top))
-            if src.nodata is not None:
-                data[data == src.nodata] = 0
-            if not np.issubdtype(data.dtype, np.integer):
-                data = np.nan_to_num(data, nan=0, posinf=0, neginf=0)
-            data = np.clip(data, 0, 255).astype(np.uint8)
-            reduced = np.maximum.reduceat(data, row_starts[i:j] - top, axis=0)
-            out[i:j] = np.maximum.reduceat(reduced, col_starts, axis=1)
+            data, offset = _without_nodata(data, src.nodata)
+            bounds = [*(row_starts[i:j] - top), bottom - top]
+            cell_rows = np.stack([data[a:b].max(axis=0) for a, b in zip(bounds, bounds[1:])])
+            cells = np.maximum.reduceat(cell_rows, col_starts, axis=1)
+            out[i:j] = np.maximum(cells, offset) - offset
             i = j
     return out, names
+
+
+def _without_nodata(data: np.ndarray, nodata: float | None) -> tuple[np.ndarray, int]:
+    """Class ids as uint8 with nodata below every class, and the offset added to them.
+
+    Nodata 255 in a uint8 mask (what ``predict`` writes) wraps to 0 by adding 1 in place,
+    one cheap pass; other nodata values become 0 (background).
+    """
+    if data.dtype == np.uint8 and nodata == 255:
+        data += 1
+        return data, 1
+    if nodata is not None:
+        data[data == nodata] = 0
+    if data.dtype != np.uint8:  # class ids beyond uint8 are not a mask
+        data = np.clip(np.nan_to_num(data, nan=0, posinf=0, neginf=0), 0, 255).astype(np.uint8)
+    return data, 0
 
 
 def stretch(data: np.ndarray, valid: np.ndarray, percentiles: tuple[float, float] = (2, 98),
@@ -164,6 +178,9 @@ def render_preview(image: str | Path, output_png: str | Path, mask: str | Path |
     shape = preview_shape(info.width, info.height, max_size)
     chosen = _bands(info.count, bands, image)
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), rasterio.open(image) as src:
+        log.info("%s: %dx%d read as %dx%d (%s)", image, info.width, info.height, shape[1],
+                 shape[0], f"overviews {src.overviews(chosen[0])}" if src.overviews(chosen[0])
+                 else "decimated read, no overviews")
         data = src.read(chosen, out_shape=(len(chosen), *shape),
                         resampling=Resampling.nearest).astype(np.float32)
         valid = src.dataset_mask(out_shape=shape, resampling=Resampling.nearest) > 0

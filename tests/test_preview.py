@@ -153,17 +153,19 @@ def test_landsat_nodata_is_transparent_not_black(tmp_path):
     assert (pixels[~expected][:, :3] == 128).all()
 
 
-def test_any_decimation_with_a_fractional_factor(make_raster):
+@pytest.mark.parametrize("nodata", [255, 7])
+def test_any_decimation_with_a_fractional_factor(make_raster, nodata):
     """A cell shows a class when any of its pixels has it (highest id); nodata is background."""
     rng = np.random.default_rng(3)
     mask = np.zeros((1, 131, 97), np.uint8)
     mask[0][rng.random((131, 97)) < 0.01] = 1
     mask[0][rng.random((131, 97)) < 0.003] = 2
-    mask[0, :20, :20] = 255  # nodata
-    path = make_raster(mask, name="mask.tif", nodata=255)
+    mask[0, :20, :20] = nodata
+    path = make_raster(mask, name="mask.tif", nodata=nodata)
     classes, names = decimate_mask(path, (40, 29))
     assert names == []
-    data = np.where(mask[0] == 255, 0, mask[0])
+    assert classes[:5, :4].max() == 0  # cells of nodata only
+    data = np.where(mask[0] == nodata, 0, mask[0])
     for i in range(40):
         for j in range(29):
             cell = data[i * 131 // 40:(i + 1) * 131 // 40, j * 97 // 29:(j + 1) * 97 // 29]
