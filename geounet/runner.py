@@ -175,9 +175,11 @@ class Manifest:
     def __init__(self, folder: Path):
         self.path = folder / MANIFEST
         self.entries: dict[str, dict[str, Any]] = {}
+        self.model: dict[str, Any] = {}   # sha256 and class names of the last model used
         if self.path.exists():
             try:
-                self.entries = json.loads(self.path.read_text())["items"]
+                saved = json.loads(self.path.read_text())
+                self.entries, self.model = saved["items"], saved.get("model", {})
             except (ValueError, KeyError, TypeError) as exc:
                 raise OutputError(f"{self.path}: unreadable manifest ({exc}); delete it to "
                                   "redo every item") from None
@@ -219,7 +221,8 @@ class Manifest:
         tmp = temporary_sibling(self.path, ".part")
         try:
             with open(tmp, "w") as f:
-                json.dump({"version": 1, "items": self.entries}, f, indent=1, sort_keys=True)
+                json.dump({"version": 1, "model": self.model, "items": self.entries}, f,
+                          indent=1, sort_keys=True)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
@@ -440,18 +443,15 @@ def run_workflow(workflow: Workflow, dry_run: bool = False, wait: float = 0.0,
         wait: seconds to wait for another run holding the output folder's lock.
         progress: show an items progress bar on stderr.
     """
-    from geounet.checkpoint import read_metadata
-
     started = datetime.now(timezone.utc)
     items = plan_items(workflow, discover_inputs(workflow))
-    meta = read_metadata(workflow.model)
-    class_names = list(meta.class_names)
     folder = workflow.outputs.folder
     if dry_run:
-        results = _decide(workflow, items, Manifest(folder) if folder.is_dir() else None,
-                          file_sha256(workflow.model))[0]
+        manifest = Manifest(folder) if folder.is_dir() else None
+        model_sha256 = file_sha256(workflow.model)
+        results = _decide(workflow, items, manifest, model_sha256)[0]
         return RunReport(workflow, started, datetime.now(timezone.utc), results, None,
-                         class_names, dry_run=True)
+                         _class_names(workflow, manifest, model_sha256), dry_run=True)
     folder.mkdir(parents=True, exist_ok=True)
     with output_lock(folder, wait):
         removed = remove_stale_temporaries(items)
@@ -459,6 +459,10 @@ def run_workflow(workflow: Workflow, dry_run: bool = False, wait: float = 0.0,
             log.info("removed %d temporary file(s) left by an interrupted run", removed)
         manifest = Manifest(folder)
         model_sha256 = file_sha256(workflow.model)
+        class_names = _class_names(workflow, manifest, model_sha256)
+        if manifest.model != {"sha256": model_sha256, "class_names": class_names}:
+            manifest.model = {"sha256": model_sha256, "class_names": class_names}
+            manifest.save()
         decided, todo, hashes = _decide(workflow, items, manifest, model_sha256)
         results = {r.input: r for r in decided}
         for item in todo:
@@ -476,6 +480,17 @@ def run_workflow(workflow: Workflow, dry_run: bool = False, wait: float = 0.0,
                            [results[i.input] for i in items], model_sha256, class_names)
         _write_report(report)
     return report
+
+
+def _class_names(workflow: Workflow, manifest: Manifest | None, model_sha256: str,
+                 ) -> list[str]:
+    """The model's class names: from the manifest when it saw this very model (no torch
+    import for a run with nothing to do), else from the checkpoint."""
+    if manifest is not None and manifest.model.get("sha256") == model_sha256:
+        return list(manifest.model["class_names"])
+    from geounet.checkpoint import read_metadata
+
+    return list(read_metadata(workflow.model).class_names)
 
 
 def _decide(workflow: Workflow, items: list[Item], manifest: Manifest | None,
