@@ -20,9 +20,9 @@ data (pixel IoU/precision/recall/F1 and tolerant F1); the best epoch by ``monito
 to ``output`` and the last one beside it (``NAME.last.safetensors``) with its optimizer and
 random state in ``NAME.last.state.safetensors``, so that a killed run resumes where it
 stopped. Both checkpoints are plain geounet checkpoints that ``geounet predict`` runs as is.
-Training stops after ``epochs`` epochs, after ``patience`` epochs without improvement, or at
-the first epoch end past ``max_minutes``. On the CPU, the same seed and thread count give the
-same weights.
+Training stops after ``epochs`` epochs, after ``patience`` epochs without improvement, or
+when one more epoch (of the mean length so far) would end past ``max_minutes``. On the CPU,
+the same seed and thread count give the same weights.
 """
 
 from __future__ import annotations
@@ -325,8 +325,10 @@ def _fit(config: TrainConfig, output: Path, train: list[_Scene], val: list[_Scen
         if config.patience is not None and since_best >= config.patience:
             stopped = f"early stop: no better {config.monitor} for {since_best} epochs"
             break
-        if config.max_minutes is not None and seconds > config.max_minutes * 60:
-            stopped = f"time limit: {seconds / 60:.1f} of {config.max_minutes:g} minutes"
+        if config.max_minutes is not None and seconds * (epoch + 1) / epoch \
+                > config.max_minutes * 60:   # another epoch of the mean length would overrun
+            stopped = (f"time limit: {seconds / 60:.1f} min done, another epoch would end "
+                       f"past {config.max_minutes:g} min")
             break
     bar.close()
     return TrainResult(output, last_paths(output)[0], best, epoch,

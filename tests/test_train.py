@@ -281,3 +281,11 @@ def test_losses_ignore_unlabelled_pixels(kind):
     assert train_module._loss(changed, target, kind) == pytest.approx(loss.item(), rel=1e-6)
     perfect = torch.where(target[:, None] == 1, 20.0, -20.0)
     assert train_module._loss(perfect, target, kind) < loss
+
+
+def test_time_limit_stops_before_an_epoch_that_would_overrun(scene, tmp_path):
+    image_path, mask_path, _, _ = scene
+    result = train_model(_config(images=[image_path], labels=[mask_path], epochs=5,
+                                 max_minutes=1e-6), tmp_path / "t.safetensors", progress=False)
+    assert result.epochs == 1 and result.stopped.startswith("time limit")
+    assert last_paths(tmp_path / "t.safetensors")[0].exists()

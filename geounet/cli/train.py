@@ -48,7 +48,7 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
               help="Validation score that picks the best checkpoint.")
 @click.option("--patience", type=click.IntRange(1), help="Early stop after N flat epochs.")
 @click.option("--max-minutes", type=click.FloatRange(0, min_open=True),
-              help="Stop at the first epoch end past this training time.")
+              help="Stop when one more epoch would end past this training time.")
 @click.option("--seed", type=int)
 @click.option("--threads", type=click.IntRange(1))
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]))
