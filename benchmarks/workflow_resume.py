@@ -37,9 +37,8 @@ GEOUNET = [sys.executable, "-m", "geounet"]
 ROOT = WORK / "resume"
 
 
-def make_inputs(count: int, size: int) -> Path:
-    """``count`` crops of the road scene (``size`` px square) in ROOT/in."""
-    folder = ROOT / "in"
+def make_inputs(count: int, size: int, folder: Path = ROOT / "in") -> Path:
+    """``count`` crops of the road scene (``size`` px square) in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     with rasterio.open(SAMPLE / "roads_image.tif") as src:
         for i in range(count):
