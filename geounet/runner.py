@@ -209,10 +209,11 @@ class Manifest:
         return "outputs changed or missing"
 
     def record(self, item: Item, hashes: dict[str, str], state: str,
-               summary: dict | None = None) -> None:
+               summary: dict | None = None, save: bool = True) -> None:
         self.entries[str(item.input)] = {**hashes, "state": state,
                                          "outputs": self._names(item), "summary": summary}
-        self.save()
+        if save:
+            self.save()
 
     def summary(self, item: Item) -> dict | None:
         return self.entries.get(str(item.input), {}).get("summary")
@@ -261,14 +262,17 @@ def output_lock(folder: Path, wait: float) -> Iterator[None]:
         os.close(fd)   # releases the lock
 
 
-def remove_stale_temporaries(items: list[Item]) -> int:
-    """Delete hidden temporary files left beside outputs by a killed run (under the lock)."""
+def remove_stale_temporaries(items: list[Item], folder: Path | None = None) -> int:
+    """Delete hidden temporary files left beside outputs (and the manifest and report of
+    ``folder``) by a killed run; call it holding the lock."""
     removed = 0
-    for item in items:
-        for target in filter(None, item.outputs.values()):
-            for tmp in target.parent.glob(f".{target.name}.*"):
-                tmp.unlink(missing_ok=True)
-                removed += 1
+    targets = [t for item in items for t in item.outputs.values() if t is not None]
+    if folder is not None:
+        targets += [folder / MANIFEST, folder / REPORT]
+    for target in targets:
+        for tmp in target.parent.glob(f".{target.name}.*"):
+            tmp.unlink(missing_ok=True)
+            removed += 1
     return removed
 
 
@@ -454,7 +458,7 @@ def run_workflow(workflow: Workflow, dry_run: bool = False, wait: float = 0.0,
                          _class_names(workflow, manifest, model_sha256), dry_run=True)
     folder.mkdir(parents=True, exist_ok=True)
     with output_lock(folder, wait):
-        removed = remove_stale_temporaries(items)
+        removed = remove_stale_temporaries(items, folder)
         if removed:
             log.info("removed %d temporary file(s) left by an interrupted run", removed)
         manifest = Manifest(folder)
@@ -466,7 +470,8 @@ def run_workflow(workflow: Workflow, dry_run: bool = False, wait: float = 0.0,
         decided, todo, hashes = _decide(workflow, items, manifest, model_sha256)
         results = {r.input: r for r in decided}
         for item in todo:
-            manifest.record(item, hashes[item.input], "running")
+            manifest.record(item, hashes[item.input], "running", save=False)
+        manifest.save()
         bar = tqdm(total=len(todo), unit="item", disable=not progress or not todo,
                    file=sys.stderr, desc=workflow.name, dynamic_ncols=True)
         with bar, _executor(workflow) as execute:

@@ -210,6 +210,7 @@ def test_an_interrupted_item_is_redone_and_its_temporaries_removed(batch, tmp_pa
     out = tmp_path / "out"
     assert (out / "s1_mask.tif").exists() and not (out / "s1.gpkg").exists()
     monkeypatch.setattr(runner, "write_vectors", real)
+    (out / f".{MANIFEST}.k9.part").write_text("{")   # killed while saving the manifest
     report = run_workflow(workflow, progress=False)
     assert statuses(report) == {"s0.tif": "skipped", "s1.tif": "done", "s2.tif": "done"}
     assert not [p for p in out.iterdir() if p.name.endswith(".part")]
