@@ -21,7 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from geounet.errors import ConfigError, ModelError
-from geounet.io import temporary_sibling
+from geounet.io import temporary_sibling, write_failed
 from geounet.model import UNet, UNetConfig
 
 FORMAT = "geounet-checkpoint"
@@ -108,9 +108,10 @@ def save_checkpoint(path: str | Path, model: UNet, metadata: ModelMetadata) -> P
     try:
         save_file(tensors, tmp, metadata=header)
         os.replace(tmp, path)
-    except BaseException:
+    except (OSError, SafetensorError) as exc:
+        raise write_failed(path, exc) from exc
+    finally:
         tmp.unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -10,6 +10,7 @@ never leaves a partial file at the final path.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -19,14 +20,17 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from rasterio.enums import MaskFlags
-from rasterio.errors import RasterioIOError
+from rasterio.errors import RasterioError, RasterioIOError
 from rasterio.windows import Window
 
-from geounet.errors import InputError, OutputError
+from geounet.errors import GeoUNetError, InputError, OutputError
 
 SUPPORTED_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 # Refuse rasters whose header claims more than this many pixels per band before allocating.
 MAX_PIXELS = 2**40
+# Share of the available memory a whole-raster reader may take before it is refused.
+MEMORY_SHARE = 0.8
+DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,52 @@ def open_raster(path: str | Path) -> RasterInfo:
         raise InputError(f"{path}: claims {info.width}x{info.height} pixels, beyond what "
                          "geounet will process; check the file")
     return info
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still allocate without swapping, or None when unknown.
+
+    The kernel's ``MemAvailable`` estimate, capped by a cgroup (container) limit when there
+    is one; ``os.sysconf`` free pages where ``/proc`` is missing.
+    """
+    available = None
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    if available is None:
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, ValueError, OSError):
+            return None
+    try:
+        cgroup = Path("/sys/fs/cgroup")
+        limit = (cgroup / "memory.max").read_text().strip()
+        if limit != "max":
+            used = int((cgroup / "memory.current").read_text())
+            available = min(available, max(int(limit) - used, 0))
+    except (OSError, ValueError):
+        pass
+    return available
+
+
+def require_in_memory(info: RasterInfo, bytes_per_pixel: float, purpose: str) -> None:
+    """Refuse, before allocating, to hold the whole of ``info`` in memory when it can't fit.
+
+    ``bytes_per_pixel`` is what ``purpose`` (e.g. "evaluate") keeps per pixel at its peak.
+    """
+    needed = info.width * info.height * bytes_per_pixel
+    available = available_memory()
+    if available is not None and needed > MEMORY_SHARE * available:
+        raise InputError(
+            f"{info.path}: {purpose} holds the whole {info.width}x{info.height} px raster in "
+            f"memory (~{needed / 2**30:.1f} GiB) but only {available / 2**30:.1f} GiB is "
+            "available; crop or split it first (e.g. gdal_translate -srcwin) or check the file"
+        )
 
 
 def select_bands(info: RasterInfo, model_bands: Sequence[int], bands: Sequence[int] | None,
@@ -159,15 +209,49 @@ def temporary_sibling(path: Path, suffix: str) -> Path:
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
+
+    A failed write to the temporary file (disk full, I/O error) becomes an
+    :class:`OutputError` naming ``path``; whatever was at ``path`` before is left untouched.
+    """
     tmp_path = temporary_sibling(path, ".part")
     try:
-        yield tmp_path
-        os.replace(tmp_path, path)
+        try:
+            yield tmp_path
+            os.replace(tmp_path, path)
+        except (OSError, RasterioError) as exc:
+            if isinstance(exc, GeoUNetError) or not _is_write_error(exc, tmp_path):
+                raise
+            raise write_failed(path, exc) from exc
     finally:
         tmp_path.unlink(missing_ok=True)
         for sidecar in tmp_path.parent.glob(tmp_path.name + ".*"):
             sidecar.unlink(missing_ok=True)
+
+
+def _is_write_error(exc: BaseException, tmp_path: Path) -> bool:
+    """True when ``exc`` comes from writing ``tmp_path`` (and not, say, from reading inputs)."""
+    return any((isinstance(e, OSError) and e.errno in DISK_FULL) or tmp_path.name in str(e)
+               or "write" in str(e).lower() or any(os.strerror(n) in str(e) for n in DISK_FULL)
+               for e in exception_chain(exc))
+
+
+def exception_chain(exc: BaseException | None) -> Iterator[BaseException]:
+    """``exc`` and the exceptions behind it, outermost first (as a traceback shows them)."""
+    while exc is not None:
+        yield exc
+        exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+
+
+def write_failed(path: Path, exc: BaseException) -> OutputError:
+    """The one-line error for a write to (a temporary sibling of) ``path`` that failed."""
+    full = any((isinstance(e, OSError) and e.errno in DISK_FULL)
+               or any(os.strerror(n) in str(e) for n in DISK_FULL) for e in exception_chain(exc))
+    with contextlib.suppress(OSError):
+        full = full or os.statvfs(path.parent).f_bavail == 0
+    cause = "the disk is full" if full else f"the write failed ({first_line(exc)})"
+    return OutputError(f"{path}: could not be written: {cause}; nothing was changed there, "
+                       "free some space or choose another folder")
 
 
 def gtiff_profile(info: RasterInfo, count: int, dtype: str, nodata: float) -> dict:
@@ -185,7 +269,6 @@ def gtiff_profile(info: RasterInfo, count: int, dtype: str, nodata: float) -> di
 
 def first_line(exc: BaseException) -> str:
     """The first line of the innermost cause of ``exc`` (GDAL's own words, when it has them)."""
-    while exc.__cause__ is not None or exc.__context__ is not None:
-        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    *_, exc = exception_chain(exc)
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

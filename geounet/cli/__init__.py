@@ -1,8 +1,9 @@
 """The ``geounet`` command: a thin click layer over the library functions.
 
-Errors a user can cause (:class:`geounet.errors.GeoUNetError`, unreadable rasters) become one
-line on stderr and exit status 1; anything else is reported as an internal error (traceback
-with ``-v``). Subcommands live in one module each.
+Errors a user can cause (:class:`geounet.errors.GeoUNetError`, unreadable rasters, files the
+system refuses) become one line on stderr and exit status 1; a bad command line is one line
+and exit status 2; anything else is one line reported as an internal error (traceback with
+``-v``). Subcommands live in one module each.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from rasterio.errors import RasterioError
 
 from geounet import __version__
 from geounet.errors import GeoUNetError
+from geounet.io import exception_chain, first_line
 
 log = logging.getLogger("geounet")
 
@@ -23,20 +25,49 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except (GeoUNetError, RasterioError) as exc:
+        except GeoUNetError as exc:
             _fail(f"error: {exc}", exc)
+        except RasterioError as exc:
+            _fail(f"error: {_gdal_words(exc)}", exc)
         except KeyboardInterrupt:
             click.echo("geounet: interrupted; no output was left at the destination", err=True)
             sys.exit(130)
         except MemoryError as exc:
-            _fail("error: out of memory; lower --batch-size or --block-tiles", exc)
+            _fail(f"error: out of memory in `geounet {ctx.invoked_subcommand}`; lower "
+                  "--batch-size or --block-tiles, or process a smaller raster", exc)
+        except click.UsageError as exc:  # one line instead of click's usage block
+            command = exc.ctx.command_path if exc.ctx else "geounet"
+            _fail(f"error: {exc.format_message()} (see `{command} --help`)", exc, exc.exit_code)
+        except click.ClickException as exc:
+            _fail(f"error: {exc.format_message()}", exc, exc.exit_code)
+        except OSError as exc:  # the system refused a file: name it and say why
+            cause = f"{exc.filename}: {exc.strerror}" if exc.filename else first_line(exc)
+            _fail(f"error: {cause}", exc)
+        except (click.exceptions.Exit, click.Abort, SystemExit):
+            raise
+        except Exception as exc:  # a bug: one line, the traceback with -v
+            _fail(f"internal error: {type(exc).__name__}: {first_line(exc)}; rerun with -v "
+                  "for the traceback and report it", exc, level=logging.INFO)
 
 
-def _fail(message: str, exc: BaseException) -> None:
-    if log.isEnabledFor(logging.DEBUG):
-        log.exception(message)
+def _gdal_words(exc: BaseException) -> str:
+    """GDAL's messages behind a rasterio error, outermost (it names the file) to innermost."""
+    said = []
+    for cause in exception_chain(exc):
+        text = " ".join(str(cause).split())
+        if text and "see previous exception" not in text.lower() and text not in said:
+            said.append(text)
+    if not said:
+        return "GDAL could not read or write a raster"
+    return said[0] + (f" ({said[-1]})" if len(said) > 1 else "")
+
+
+def _fail(message: str, exc: BaseException, status: int = 1,
+          level: int = logging.DEBUG) -> None:
+    if log.isEnabledFor(level):
+        log.error(message, exc_info=exc)
     click.echo(f"geounet: {message}", err=True)
-    sys.exit(1)
+    sys.exit(status)
 
 
 @click.group(cls=_Group)

@@ -19,6 +19,9 @@ def verbosity(func: Callable) -> Callable:
             logging.INFO if verbose == 1 else logging.DEBUG)
         logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s",
                             force=True)
+        # GDAL's warnings (e.g. on odd TIFF tags) only with -v: errors are one line.
+        logging.getLogger("rasterio").setLevel(logging.CRITICAL if level >= logging.WARNING
+                                               else logging.NOTSET)
         return value
 
     func = click.option("-q", "--quiet", is_flag=True, callback=configure, expose_value=True,
