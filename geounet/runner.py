@@ -474,9 +474,10 @@ def run_workflow(workflow: Workflow, dry_run: bool = False, wait: float = 0.0,
         manifest.save()
         bar = tqdm(total=len(todo), unit="item", disable=not progress or not todo,
                    file=sys.stderr, desc=workflow.name, dynamic_ncols=True)
+        by_input = {item.input: item for item in todo}
         with bar, _executor(workflow) as execute:
             for result in execute(todo, workflow, model_sha256):
-                item = next(i for i in todo if i.input == result.input)
+                item = by_input[result.input]
                 if result.status == "done":
                     manifest.record(item, hashes[item.input], "done", result.summary)
                 results[result.input] = result
