@@ -23,7 +23,6 @@ import contextlib
 import errno
 import fcntl
 import hashlib
-import inspect
 import json
 import logging
 import os
@@ -145,7 +144,7 @@ def plan_items(workflow: Workflow, inputs: list[Path]) -> list[Item]:
     items, owners = [], {}
     for path in inputs:
         names = {"mask": out.mask, "probabilities": out.probabilities, "vector": out.vector,
-                 "centerlines": out.centerlines if workflow.vectorize.centerlines else None}
+                 "centerlines": out.centerlines}
         outputs = {kind: None if t is None else out.folder / t.format(stem=path.stem,
                                                                         name=path.name)
                    for kind, t in names.items()}
@@ -327,23 +326,10 @@ def write_vectors(item: Item, workflow: Workflow, mask: Path | None) -> dict[str
     if vector is None:
         return pixel_summary(mask)
     opts = workflow.vectorize
-    config = VectorizeConfig(connectivity=opts.connectivity, block_size=opts.block_size,
-                             classes=opts.classes, min_area=opts.min_area,
-                             simplify=opts.simplify)
-    # Centerlines and per-feature scores arrive with the vectorization issue: used when the
-    # installed vectorize_raster offers them, skipped with a warning otherwise.
-    accepts = inspect.signature(vectorize_raster).parameters
-    extra: dict[str, Any] = {}
-    if centerlines is not None:
-        if "centerlines_output" in accepts:
-            extra["centerlines_output"] = centerlines
-        else:
-            log.warning("this geounet cannot write centerlines yet; %s skipped", centerlines)
-            centerlines = None
-    if item.outputs["probabilities"] is not None and "probabilities" in accepts:
-        extra["probabilities"] = item.outputs["probabilities"]
+    config = VectorizeConfig(**opts.model_dump(exclude={"crs"}))
     vectorize_raster(mask, vector, config, workflow.outputs.vector_format, opts.crs,
-                     overwrite=True, **extra)
+                     overwrite=True, probabilities=item.outputs["probabilities"],
+                     centerlines_output=centerlines)
     return vector_summary(vector, centerlines)
 
 

@@ -93,19 +93,27 @@ class OutputsConfig(_Strict):
     def _something_to_write(self) -> OutputsConfig:
         if self.mask is None and self.probabilities is None and self.vector is None:
             raise ValueError("nothing to write: give a mask, probabilities and/or vector name")
+        if self.centerlines is not None and self.vector is None:
+            raise ValueError("centerlines are written with the polygons: give a vector name")
         return self
 
 
 class VectorizeOptions(_Strict):
-    """Polygonization settings (see :class:`geounet.vectorize.VectorizeConfig`)."""
+    """Polygonization settings (see :class:`geounet.vectorize.VectorizeConfig`); ``crs``
+    reprojects the features. ``centerlines`` measures length and width of linear classes;
+    ``outputs.centerlines`` also writes the centerlines as lines (and implies it)."""
 
     connectivity: Literal[4, 8] = 4
     block_size: Annotated[int, Field(ge=2)] = 2048
     classes: tuple[int, ...] | None = None
     min_area: Annotated[float, Field(ge=0)] = 0.0
+    min_pixels: Annotated[int, Field(ge=0)] = 0
+    fill_holes: Annotated[float, Field(ge=0)] = 0.0
     simplify: Annotated[float, Field(ge=0)] = 0.0
-    crs: str | None = None
     centerlines: bool = False
+    linear_classes: tuple[int, ...] | None = None
+    spur_length: Annotated[float, Field(gt=0)] | None = None
+    crs: str | None = None
 
 
 class ScheduleConfig(_Strict):
@@ -320,9 +328,6 @@ def _resolve(workflow: Workflow, path: Path, located: _Located) -> Workflow:
     out_folder = absolute(workflow.outputs.folder)
     if out_folder.exists() and not out_folder.is_dir():
         raise fail(("outputs", "folder"), f"{out_folder} exists and is not a folder")
-    if workflow.vectorize.centerlines and workflow.outputs.centerlines is None:
-        raise fail(("vectorize", "centerlines"), "centerlines asked for but "
-                   "outputs.centerlines gives no file name; add e.g. '{stem}_centerlines.gpkg'")
     return workflow.model_copy(update={
         "inputs": inputs.model_copy(update=update), "model": model,
         "outputs": workflow.outputs.model_copy(update={"folder": out_folder}),

@@ -154,6 +154,20 @@ def test_only_the_input_whose_content_changed_is_redone(batch, tmp_path):
     assert (tmp_path / "out/s0_mask.tif").stat().st_mtime_ns == stamp
 
 
+def test_centerlines_are_written_and_summarized(batch, tmp_path):
+    report = run_workflow(load_workflow(batch("  centerlines: '{stem}_lines.gpkg'\n")),
+                          progress=False)
+    item = report.items[0]
+    lines = pyogrio.read_dataframe(tmp_path / "out/s0_lines.gpkg")
+    polygons = pyogrio.read_dataframe(tmp_path / "out/s0.gpkg")
+    assert item.outputs["centerlines"] == tmp_path / "out/s0_lines.gpkg" and len(lines) > 0
+    summary = item.summary
+    assert summary["centerline_length_m"] == pytest.approx(lines.length_m.sum(), abs=1e-3)
+    thing = summary["classes"]["thing"]
+    assert thing["max_width_m"] == pytest.approx(polygons.max_width_m.max(), abs=1e-3)
+    assert 0 < thing["mean_width_m"] <= thing["max_width_m"]
+
+
 def test_changed_settings_redo_every_item(batch):
     run_workflow(load_workflow(batch()), progress=False)
     changed = load_workflow(batch("vectorize:\n  connectivity: 8\n"))
