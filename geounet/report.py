@@ -160,8 +160,10 @@ def _row(item: dict, folder: Path, html_dir: Path) -> str:
         src = _relative(folder / preview, html_dir)
         thumb = (f'<a href="{_e(src)}"><img class="thumb" src="{_e(src)}" '
                  f'alt="preview of {_e(name)}"></a>')
-    links = "".join(f"<li>{_link(folder / path, html_dir, f'{kind}: {Path(path).name}')}</li>"
-                    for kind, path in outputs.items())
+    absent = "not written" if status == "failed" else "missing"
+    links = "".join(
+        f"<li>{_link(folder / path, html_dir, f'{kind}: {Path(path).name}', absent)}</li>"
+        for kind, path in outputs.items())
     return f"""<tr class="item" data-status="{status}">
 <td data-label="Input"><div class="input" title="{_e(item.get('input'))}">{_e(name)}</div>
 <span class="badge {status}">{status}</span> <span class="timing">{timing}</span>
@@ -195,10 +197,11 @@ def _summary(summary: dict | None) -> str:
     return f'<div>{totals}</div><table class="classes">{head}{body}</table>'
 
 
-def _link(target: Path, html_dir: Path, text: str) -> str:
+def _link(target: Path, html_dir: Path, text: str, absent: str = "missing") -> str:
+    """A relative link to ``target``, or the text marked ``absent`` when it does not exist."""
     if not target.exists():
-        return f'<span class="missing" title="not found when the report was written">' \
-               f"{_e(text)} (missing)</span>"
+        return (f'<span class="missing" title="not found when the report was written">'
+                f"{_e(text)} ({absent})</span>")
     return f'<a href="{_e(_relative(target, html_dir))}">{_e(text)}</a>'
 
 

@@ -1,9 +1,10 @@
-"""report.html: rendered in headless Chromium from the report of a real run.
+"""report.html: rendered in headless Chromium from the report of a real sample workflow run.
 
-The run is real: two crops of the road scene are segmented with the bundled road model,
-vectorized and previewed, and a third input that is not a raster fails; ``run_report.json``
-follows the schema ``geounet run`` writes. The browser test needs the Debian packages
-chromium and chromium-driver (CI installs them) and skips with the reason when they are absent.
+The run is real: ``geounet run``'s runner segments crops of the road scene with the bundled
+road model, vectorizes them with centerlines, skips an unchanged input and fails on a file
+that is not a raster; its own ``run_report.json`` is rendered. The browser test needs the
+Debian packages chromium and chromium-driver (CI installs them) and skips with the reason
+when they are absent.
 """
 
 from __future__ import annotations
@@ -13,17 +14,17 @@ import shutil
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-import geopandas as gpd
 import pytest
 import rasterio
+import yaml
 from PIL import Image
 from rasterio.windows import Window
 
-from geounet.errors import GeoUNetError, InputError
-from geounet.predict import PredictConfig, predict_raster
+from geounet.errors import InputError
 from geounet.preview import render_preview
 from geounet.report import write_html_report
-from geounet.vectorize import VectorizeConfig, vectorize_raster
+from geounet.runner import run_workflow
+from geounet.workflow import load_workflow
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_data"
@@ -42,65 +43,47 @@ def _crop(window: Window, path: Path) -> Path:
     return path
 
 
-def _class_summary(vector: Path) -> dict:
-    """The report's summary of one vector file: totals and per class."""
-    frame = gpd.read_file(vector)
-    classes = {}
-    for name, group in frame.groupby("class_name"):
-        def column(key, how, group=group):
-            return float(getattr(group[key], how)()) if key in group else None
-        classes[str(name)] = {"features": len(group), "area_m2": column("area_m2", "sum"),
-                              "length_m": column("length_m", "sum"),
-                              "mean_width_m": column("mean_width_m", "mean"),
-                              "max_width_m": column("max_width_m", "max")}
-    lengths = [c["length_m"] for c in classes.values() if c["length_m"] is not None]
-    return {"features": len(frame), "area_m2": float(frame["area_m2"].sum()),
-            "centerline_length_m": sum(lengths) if lengths else None, "classes": classes}
+WORKFLOW = {
+    "name": "roads", "inputs": {"folder": "inputs", "glob": "*.tif"},
+    "model": str(SAMPLE / "models" / "roads.safetensors"), "bands": [1, 2, 3],
+    "device": "cpu", "threads": 1,
+    "outputs": {"folder": "out", "mask": "{stem}_mask.tif", "vector": "{stem}.gpkg",
+                "centerlines": "{stem}_centerlines.gpkg"},
+    "vectorize": {"connectivity": 8, "centerlines": True}, "retries": 1,
+}
 
 
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory) -> Path:
-    """A run folder with real outputs and its run_report.json; returns the report's path."""
+    """A real sample workflow run with one input done, one skipped and one failed.
+
+    ``geounet run``'s runner processes a crop of the road scene; a second run finds it
+    unchanged (skipped), processes a second crop (done) and fails on a file that is not a
+    raster. Returns the run's ``run_report.json``.
+    """
     base = tmp_path_factory.mktemp("run")
-    inputs, out = base / "inputs", base / "out"
+    inputs = base / "inputs"
     inputs.mkdir()
-    out.mkdir()
-    model = SAMPLE / "models" / "roads.safetensors"
-    config = PredictConfig(device="cpu", progress=False, threads=1)
-    items = []
-    for status, (name, window) in zip(("done", "skipped"), CROPS.items()):
-        image = _crop(window, inputs / f"{name}.tif")
-        result = predict_raster(image, model, out / f"{name}_mask.tif", None, config)
-        vectors = vectorize_raster(result.mask, out / f"{name}.gpkg", VectorizeConfig())
-        render_preview(image, out / f"{name} preview.png", mask=result.mask,
-                       vector=vectors.output, max_size=256)
-        items.append({
-            "input": str(image), "status": status,
-            "reason": "outputs up to date" if status == "skipped" else None,
-            "attempts": 1, "seconds": result.seconds,
-            "outputs": {"mask": f"{name}_mask.tif", "probabilities": None,
-                        "vector": f"{name}.gpkg", "centerlines": None,
-                        "preview": f"{name} preview.png"},
-            "summary": _class_summary(vectors.output)})
-    broken = inputs / "broken.tif"
-    broken.write_text("not a raster")
-    with pytest.raises(GeoUNetError) as failure:
-        predict_raster(broken, model, out / "broken_mask.tif", None, config)
-    reason = str(failure.value).splitlines()[0]
-    items.append({"input": str(broken), "status": "failed", "reason": reason,
-                  "attempts": 2, "seconds": 0.01,
-                  "outputs": {"mask": None, "probabilities": None, "vector": None,
-                              "centerlines": None, "preview": None}, "summary": None})
-    report = {
-        "workflow": "roads", "workflow_file": str(base / "roads.yaml"),
-        "started": "2026-11-25T10:00:00+00:00", "finished": "2026-11-25T10:00:05+00:00",
-        "seconds": 5.0,
-        "model": {"path": str(model), "sha256": "0" * 64,
-                  "class_names": ["background", "road"]},
-        "settings": {"tiling": {"batch_size": 4}, "device": "cpu"},
-        "counts": {"done": 1, "skipped": 1, "failed": 1}, "items": items}
-    path = out / "run_report.json"
-    path.write_text(json.dumps(report, indent=2))
+    workflow_file = base / "roads.yaml"
+    workflow_file.write_text(yaml.safe_dump(WORKFLOW))
+    _crop(CROPS["north"], inputs / "north.tif")
+    run_workflow(load_workflow(workflow_file), progress=False)
+    _crop(CROPS["south"], inputs / "south.tif")
+    (inputs / "broken.tif").write_text("not a raster")
+    report = run_workflow(load_workflow(workflow_file), progress=False)
+    path = report.workflow.outputs.folder / "run_report.json"
+    data = json.loads(path.read_text())
+    assert [i["status"] for i in data["items"]] == ["failed", "skipped", "done"]
+    # Until the runner renders previews itself, render them as it will: beside the outputs.
+    for item in data["items"]:
+        if item["status"] != "failed" and not item["outputs"].get("preview"):
+            name = f"{Path(item['input']).stem} preview.png"  # a space: links must be quoted
+            render_preview(item["input"], path.parent / name,
+                           mask=path.parent / item["outputs"]["mask"],
+                           vector=[path.parent / item["outputs"][k]
+                                   for k in ("vector", "centerlines")], max_size=256)
+            item["outputs"]["preview"] = name
+    path.write_text(json.dumps(data, indent=2))
     return path
 
 
@@ -111,22 +94,29 @@ def test_report_lists_every_input_with_status_counts_and_links(real_run):
     for status in ("done", "skipped", "failed"):
         assert f'data-status="{status}"' in page
     report = json.loads(real_run.read_text())
-    done = report["items"][0]["summary"]
-    assert done["features"] > 0 and done["classes"]["road"]["area_m2"] > 0
+    done = report["items"][2]["summary"]
+    road = done["classes"]["road"]
+    assert done["features"] > 0 and road["area_m2"] > 0
     assert f"{done['features']:,} features" in page
+    assert f"centerlines {done['centerline_length_m']:,.1f} m" in page
+    assert f"<td class=num>{road['max_width_m']:,.2f}</td>" in page  # widths per class
     assert "broken.tif: not a readable raster" in page  # the real failure, named
     assert "http://" not in page and "https://" not in page  # nothing from the network
     # Paths relative to the page, quoted (the preview's name has a space).
     assert 'href="north%20preview.png"' in page and 'src="north%20preview.png"' in page
+    assert "broken_mask.tif (not written)" in page  # a failed item's outputs: no links
 
 
 def test_report_marks_missing_outputs_and_escapes_reasons(tmp_path):
     report = {"workflow": "w", "items": [
-        {"input": "/data/a.tif", "status": "failed", "reason": "<script>alert(1)</script>",
-         "outputs": {"mask": "gone_mask.tif"}, "summary": None}]}
+        {"input": "/data/a.tif", "status": "skipped", "reason": "<script>alert(1)</script>",
+         "outputs": {"mask": "gone_mask.tif"}, "summary": None},
+        {"input": "/data/b.tif", "status": "failed", "reason": "disk full",
+         "outputs": {"mask": "b_mask.tif"}, "summary": None}]}
     page = write_html_report(report, tmp_path / "report.html").read_text()
     assert "<script>" not in page and "&lt;script&gt;" in page
     assert "gone_mask.tif (missing)" in page and 'href="gone_mask.tif"' not in page
+    assert "b_mask.tif (not written)" in page and "href" not in page
 
 
 def test_report_refuses_a_file_that_is_not_a_report(tmp_path):
@@ -168,13 +158,13 @@ def test_report_in_headless_chromium(real_run, browser, tmp_path):
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert errors == []
     rows = browser.find_elements(By.CSS_SELECTOR, "tr.item")
-    assert [r.get_attribute("data-status") for r in rows] == ["done", "skipped", "failed"]
+    assert [r.get_attribute("data-status") for r in rows] == ["failed", "skipped", "done"]
     hrefs = [a.get_attribute("href") for a in browser.find_elements(By.CSS_SELECTOR, "a[href]")]
     files = [Path(unquote(urlparse(h).path)) for h in hrefs]
     assert all(urlparse(h).scheme == "file" for h in hrefs)
     assert all(f.is_file() for f in files), [f for f in files if not f.is_file()]
     listed = {real_run.parent / p for item in json.loads(real_run.read_text())["items"]
-              for p in item["outputs"].values() if p}
+              if item["status"] != "failed" for p in item["outputs"].values() if p}
     assert listed | {real_run} == set(files)  # every output is linked, and only files
     images = browser.find_elements(By.CSS_SELECTOR, "img")
     assert len(images) == 2
