@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
+import re
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -217,7 +219,11 @@ def atomic_path(path: Path) -> Iterator[Path]:
     tmp_path = temporary_sibling(path, ".part")
     try:
         try:
-            yield tmp_path
+            with _gdal_write_errors() as errors:
+                yield tmp_path
+            if errors:  # e.g. the final flush on close failed: GDAL only logs it
+                raise OSError(errors[0])
+            _check_tiff_complete(tmp_path)
             os.replace(tmp_path, path)
         except (OSError, RasterioError) as exc:
             if isinstance(exc, GeoUNetError) or not _is_write_error(exc, tmp_path):
@@ -229,11 +235,66 @@ def atomic_path(path: Path) -> Iterator[Path]:
             sidecar.unlink(missing_ok=True)
 
 
+class _WriteErrors(logging.Handler):
+    """Collects the write errors GDAL signals without rasterio raising them."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        found = re.search(r"GDAL signalled an error: .*msg='(.*)'", record.getMessage())
+        if found and _says_write_failed(found.group(1)):
+            self.messages.append(found.group(1))
+
+
+@contextlib.contextmanager
+def _gdal_write_errors() -> Iterator[list[str]]:
+    """Within a rasterio environment, yield the list of GDAL write errors signalled in it.
+
+    rasterio raises on failed block writes but only logs (at INFO) what fails when a dataset
+    is closed, such as flushing its last blocks to a full disk.
+    """
+    logger = logging.getLogger("rasterio._env")
+    saved = logger.level, logger.propagate
+    if not logger.isEnabledFor(logging.INFO):  # hear INFO records without showing them
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    handler = _WriteErrors()
+    logger.addHandler(handler)
+    try:
+        with rasterio.Env():
+            yield handler.messages
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+
+
+def _check_tiff_complete(path: Path) -> None:
+    """Raise OSError if the GeoTIFF at ``path`` misses a block (a write that failed silently,
+    as GDAL's short writes on a full disk can be): every block must lie inside the file."""
+    with open(path, "rb") as file:
+        if file.read(4) not in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+            return
+    size = path.stat().st_size
+    with rasterio.open(path) as src:
+        for band in src.indexes:
+            for (row, col), _ in src.block_windows(band):
+                offset, length = (src.get_tag_item(f"BLOCK_{what}_{col}_{row}", "TIFF", band)
+                                  for what in ("OFFSET", "SIZE"))
+                if not offset or not length or int(offset) + int(length) > size:
+                    raise OSError(f"the write of block ({col}, {row}) of band {band} failed")
+
+
+def _says_write_failed(text: str) -> bool:
+    return "write" in text.lower() or any(os.strerror(n) in text for n in DISK_FULL)
+
+
 def _is_write_error(exc: BaseException, tmp_path: Path) -> bool:
     """True when ``exc`` comes from writing ``tmp_path`` (and not, say, from reading inputs)."""
     return any((isinstance(e, OSError) and e.errno in DISK_FULL) or tmp_path.name in str(e)
-               or "write" in str(e).lower() or any(os.strerror(n) in str(e) for n in DISK_FULL)
-               for e in exception_chain(exc))
+               or _says_write_failed(str(e)) for e in exception_chain(exc))
 
 
 def exception_chain(exc: BaseException | None) -> Iterator[BaseException]:
