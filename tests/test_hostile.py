@@ -797,3 +797,64 @@ def test_mismatched_pairs_are_refused(world, command):
                        r"same grid|does not match")
     assert list(world.out.iterdir()) == []
 
+
+
+# -- the guards themselves -----------------------------------------------------------------
+def test_require_in_memory_refuses_what_cannot_fit(world, monkeypatch):
+    from geounet.errors import InputError
+    from geounet.io import available_memory, open_raster, require_in_memory
+
+    available = available_memory()
+    assert available is not None and 0 < available <= os.sysconf("SC_PHYS_PAGES") * \
+        os.sysconf("SC_PAGE_SIZE")
+    require_in_memory(open_raster(world.labels), 32, "evaluate")   # 48 x 40 px: fine
+    huge = open_raster(huge_header(world.root / "huge.tif", 1_000_000, 1_000_000))
+    with pytest.raises(InputError, match=r"huge.tif: evaluate holds the whole "
+                                         r"1000000x1000000 px raster in memory"):
+        require_in_memory(huge, 1, "evaluate")
+    monkeypatch.setattr("geounet.io.available_memory", lambda: None)   # unknown: no refusal
+    require_in_memory(huge, 1, "evaluate")
+
+
+def test_available_memory_without_proc(monkeypatch):
+    """Where /proc/meminfo cannot be read, free pages from sysconf are used."""
+    import builtins
+
+    from geounet.io import available_memory
+
+    real_open = builtins.open
+
+    def no_proc(file, *args, **kwargs):
+        if str(file).startswith("/proc/"):
+            raise FileNotFoundError(file)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", no_proc)
+    assert available_memory() > 0
+
+
+@pytest.mark.parametrize("raised,status,expected", [
+    (PermissionError(13, "Permission denied", "/data/x.tif"), 1,
+     "geounet: error: /data/x.tif: Permission denied"),
+    (RuntimeError("boom"), 1, "geounet: internal error: RuntimeError: boom; rerun with -v"),
+])
+def test_unexpected_errors_are_one_line(world, monkeypatch, raised, status, expected):
+    def fail(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(geounet.predict, "predict_raster", fail)
+    args = ("predict", world.image, "-m", world.model, "-o", world.out / "m.tif", "-q")
+    result = invoke(*args)
+    assert isinstance(result.exception, SystemExit) and result.exit_code == status
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith(expected) and "Traceback" not in result.output
+    if isinstance(raised, RuntimeError):  # -v shows the traceback for the bug report
+        assert "Traceback" in invoke(*args[:-1], "-v").stderr
+
+
+def test_usage_errors_are_one_line(world):
+    result = invoke("predict", world.image, "-m", world.model, "--tile", "abc")
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "'abc' is not a valid integer" in lines[0], lines
+    assert "--help" in lines[0]
