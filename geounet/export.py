@@ -94,7 +94,7 @@ def write_layer(frames: Iterable[gpd.GeoDataFrame], path: Path, driver: str, crs
     atomically (see the module docstring for GeoJSON's CRS)."""
     schema = pa.schema([*(pa.field(k, t) for k, t in fields.items()),
                         pa.field("geometry", pa.binary())])
-    source = _Source(frames, schema)
+    source = _Source(frames, schema, geometry_type)
     batches = iter(source)
     suffix = ".shp" if driver == "ESRI Shapefile" else path.suffix
     tmp = temporary_sibling(path, suffix)
@@ -124,24 +124,40 @@ class _Source:
     """Record batches from frames; keeps an exception raised while producing them, which
     GDAL's stream reader would otherwise report only as a failed batch."""
 
-    def __init__(self, frames: Iterable[gpd.GeoDataFrame], schema: pa.Schema) -> None:
-        self.frames, self.schema = frames, schema
+    def __init__(self, frames: Iterable[gpd.GeoDataFrame], schema: pa.Schema,
+                 geometry_type: str) -> None:
+        self.frames, self.schema, self.geometry_type = frames, schema, geometry_type
         self.error: BaseException | None = None
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
         try:
             for frame in self.frames:
-                yield _record_batch(frame, self.schema)
+                yield _record_batch(frame, self.schema, self.geometry_type)
         except BaseException as exc:
             self.error = exc
             raise
 
 
-def _record_batch(frame: gpd.GeoDataFrame, schema: pa.Schema) -> pa.RecordBatch:
+def _record_batch(frame: gpd.GeoDataFrame, schema: pa.Schema, geometry_type: str,
+                  ) -> pa.RecordBatch:
     columns = [pa.array(np.asarray(frame[f.name]), f.type) for f in schema if
                f.name != "geometry"]
-    wkb = shapely.to_wkb(np.asarray(frame.geometry.values, dtype=object))
+    geometries = np.asarray(frame.geometry.values, dtype=object)
+    wkb = (as_multipolygon_wkb(geometries) if geometry_type == "MultiPolygon"
+           else shapely.to_wkb(geometries, byte_order=1))
     return pa.record_batch([*columns, pa.array(wkb, pa.binary())], schema=schema)
+
+
+def as_multipolygon_wkb(geometries: np.ndarray) -> np.ndarray:
+    """Little-endian WKB of each polygon as a one-part MultiPolygon (one layer type for all
+    formats; cheaper than building MultiPolygon objects)."""
+    wkb = shapely.to_wkb(geometries, byte_order=1)
+    single = shapely.get_type_id(geometries) == shapely.GeometryType.POLYGON
+    wkb[single] = [_MULTI_OF_ONE + w for w in wkb[single]]
+    return wkb
+
+
+_MULTI_OF_ONE = b"\x01\x06\x00\x00\x00\x01\x00\x00\x00"   # LE, MultiPolygon, 1 part
 
 
 def _write_ogr(batches: Iterator[pa.RecordBatch], path: Path, schema: pa.Schema, driver: str,

@@ -20,13 +20,16 @@ blocks by construction.
 
 from __future__ import annotations
 
-import contextlib
+import collections
 import logging
 import math
+import multiprocessing
+import os
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import geopandas as gpd
@@ -53,6 +56,7 @@ from geounet.io import RasterInfo, check_output, open_raster
 log = logging.getLogger(__name__)
 
 MAX_CENTERLINE_PATCH_PX = 64_000_000   # a feature's bounding box, for its skeleton
+PARALLEL_MIN_PIXELS = 32_000_000   # below this, blocks are polygonized in-process
 GDAL_CACHE_MB = 32   # each block is read once: a large raster cache only holds memory
 
 
@@ -72,6 +76,8 @@ class VectorizeConfig:
         linear_classes: class ids that get centerlines; ``None``: every vectorized class.
         spur_length: prune skeleton branches shorter than this (map units); ``None``: twice
             the feature's local radius.
+        workers: processes polygonizing blocks ahead of the merge; ``None``: one per CPU
+            for masks of 32 Mpx or more, none (in-process) for smaller ones.
     """
 
     connectivity: int = 4
@@ -84,6 +90,7 @@ class VectorizeConfig:
     centerlines: bool = False
     linear_classes: tuple[int, ...] | None = None
     spur_length: float | None = None
+    workers: int | None = None
 
     def __post_init__(self) -> None:
         if self.connectivity not in (4, 8):
@@ -107,15 +114,15 @@ class _Pieces:
     polygons: np.ndarray
     score_sum: np.ndarray
     score_count: np.ndarray
+    valid: np.ndarray   # shapely.is_valid of each polygon (the same in pixel and map units)
 
     @staticmethod
     def concat(parts: list[_Pieces]) -> _Pieces:
-        return _Pieces(*(np.concatenate([getattr(p, f) for p in parts])
-                         for f in ("ids", "polygons", "score_sum", "score_count")))
+        return _Pieces(*(np.concatenate([getattr(p, f.name) for p in parts])
+                         for f in fields(_Pieces)))
 
     def take(self, keep: np.ndarray) -> _Pieces:
-        return _Pieces(self.ids[keep], self.polygons[keep], self.score_sum[keep],
-                       self.score_count[keep])
+        return _Pieces(*(getattr(self, f.name)[keep] for f in fields(_Pieces)))
 
 
 def polygonize_blocks(mask_path: str | Path, config: VectorizeConfig | None = None,
@@ -125,43 +132,77 @@ def polygonize_blocks(mask_path: str | Path, config: VectorizeConfig | None = No
     docstring). Nodata pixels and class 0 are not vectorized."""
     config = config or VectorizeConfig()
     size = config.block_size
+    info = open_raster(mask_path)
+    if probabilities is not None:
+        check_same_grid(info, open_raster(probabilities))
+    width, height = info.width, info.height
+    windows = [Window(col, row, min(size, width - col), min(size, height - row))
+               for row in range(0, height, size) for col in range(0, width, size)]
     pending: list[_Pieces] = []
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), rasterio.open(mask_path) as src, \
-            _probability_reader(probabilities, src) as prob_src:
-        width, height = src.width, src.height
-        blocks = math.ceil(width / size) * math.ceil(height / size)
-        bar = tqdm(total=blocks, disable=not progress, file=sys.stderr, unit="block",
-                   desc="vectorize")
-        for row in range(0, height, size):
-            for col in range(0, width, size):
-                window = Window(col, row, min(size, width - col), min(size, height - row))
-                pieces = _block_pieces(src, prob_src, window, config)
-                bar.update()
-                if pieces is None:
-                    continue
-                x0, y0, x1, y1 = shapely.bounds(pieces.polygons).T
-                right, bottom = col + window.width, row + window.height
-                on_edge = ((col > 0) & (x0 == col)) | ((row > 0) & (y0 == row))
-                on_edge |= (right < width) & (x1 == right)
-                on_edge |= (bottom < height) & (y1 == bottom)
-                pending.append(pieces.take(on_edge))
-                yield pieces.take(~on_edge)
-            if pending:
-                merged = _merge_touching(_Pieces.concat(pending), config.connectivity)
-                reaches_next_row = shapely.bounds(merged.polygons)[:, 3] == min(
-                    row + size, height)
-                reaches_next_row &= row + size < height
-                pending = [merged.take(reaches_next_row)]
-                yield merged.take(~reaches_next_row)
-        bar.close()
+    bar = tqdm(total=len(windows), disable=not progress, file=sys.stderr, unit="block",
+               desc="vectorize")
+    blocks = _polygonized(mask_path, probabilities, windows, config)
+    for window, pieces in zip(windows, blocks):
+        bar.update()
+        col, row = window.col_off, window.row_off
+        if pieces is not None:
+            x0, y0, x1, y1 = shapely.bounds(pieces.polygons).T
+            right, bottom = col + window.width, row + window.height
+            on_edge = ((col > 0) & (x0 == col)) | ((row > 0) & (y0 == row))
+            on_edge |= (right < width) & (x1 == right)
+            on_edge |= (bottom < height) & (y1 == bottom)
+            pending.append(pieces.take(on_edge))
+            yield pieces.take(~on_edge)
+        if col + window.width == width and pending:   # a row of blocks is done
+            merged = _merge_touching(_Pieces.concat(pending), config.connectivity)
+            bottom = row + window.height
+            reaches_next_row = (shapely.bounds(merged.polygons)[:, 3] == bottom) & (
+                bottom < height)
+            pending = [merged.take(reaches_next_row)]
+            yield merged.take(~reaches_next_row)
+    bar.close()
 
 
-def _probability_reader(path: str | Path | None, mask_src: rasterio.DatasetReader):
-    """Open the probability raster (checked to be on the mask's grid) or a null context."""
-    if path is None:
-        return contextlib.nullcontext()
-    check_same_grid(open_raster(mask_src.name), open_raster(path))
-    return rasterio.open(path)
+def _polygonized(mask_path, probabilities, windows: list[Window], config: VectorizeConfig,
+                 ) -> Iterator[_Pieces | None]:
+    """The pieces of each window, in order: in this process, or polygonized by
+    ``config.workers`` processes a few blocks ahead (GDAL's polygonizer holds the GIL)."""
+    workers = config.workers
+    if workers is None:   # starting processes pays off on large masks only
+        pixels = sum(w.width * w.height for w in windows)
+        workers = len(os.sched_getaffinity(0)) if pixels >= PARALLEL_MIN_PIXELS else 1
+    workers = min(workers, len(windows))
+    if workers <= 1:
+        _open_sources(mask_path, probabilities)
+        yield from (_worker_block(w, config) for w in windows)
+        return
+    context = multiprocessing.get_context("spawn")   # no fork of a threaded process
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_open_sources,
+                             initargs=(mask_path, probabilities)) as pool:
+        ahead: collections.deque = collections.deque()
+        for window in windows:
+            ahead.append(pool.submit(_worker_block, window, config))
+            if len(ahead) > 2 * workers:
+                yield ahead.popleft().result()
+        while ahead:
+            yield ahead.popleft().result()
+
+
+_sources: dict[str, rasterio.DatasetReader | None] = {}
+
+
+def _open_sources(mask_path, probabilities) -> None:
+    """Open the mask (and probabilities) once per process, with a small GDAL block cache."""
+    for src in _sources.values():
+        if src is not None:
+            src.close()
+    rasterio.env.set_gdal_config("GDAL_CACHEMAX", GDAL_CACHE_MB)
+    _sources["mask"] = rasterio.open(mask_path)
+    _sources["prob"] = rasterio.open(probabilities) if probabilities is not None else None
+
+
+def _worker_block(window: Window, config: VectorizeConfig) -> _Pieces | None:
+    return _block_pieces(_sources["mask"], _sources["prob"], window, config)
 
 
 def check_same_grid(mask: RasterInfo, probabilities: RasterInfo) -> None:
@@ -202,7 +243,7 @@ def _block_pieces(src, prob_src, window: Window, config: VectorizeConfig) -> _Pi
                 sums = np.bincount(zones.ravel(), prob.ravel(), len(ids) + 1)[1:]
                 score_sum[ids == class_id] = sums[ids == class_id]
         score_count = np.bincount(zones.ravel(), minlength=len(ids) + 1)[1:].astype(float)
-    return _Pieces(ids, polygons, score_sum, score_count)
+    return _Pieces(ids, polygons, score_sum, score_count, shapely.is_valid(polygons))
 
 
 def _polygons(geojson: list[dict]) -> np.ndarray:
@@ -245,7 +286,8 @@ def _merge_touching(pieces: _Pieces, connectivity: int) -> _Pieces:
     first = np.unique(group_of, return_index=True)[1]
     return _Pieces(pieces.ids[first], polygons,
                    np.bincount(group_of, pieces.score_sum, len(groups)),
-                   np.bincount(group_of, pieces.score_count, len(groups)))
+                   np.bincount(group_of, pieces.score_count, len(groups)),
+                   shapely.is_valid(polygons))
 
 
 @dataclass
@@ -269,10 +311,11 @@ class _Outputs:
         keep = shapely.area(pieces.polygons) >= max(config.min_pixels, 1)
         pieces = pieces.take(keep)
         geometries = _to_map(pieces.polygons, self.transform)
-        invalid = ~shapely.is_valid(geometries)
+        invalid = ~pieces.valid
         if invalid.any():
             # 8-connected outlines touch themselves at pixel corners; split them there.
-            geometries[invalid] = shapely.make_valid(geometries[invalid], method="structure")
+            geometries[invalid] = shapely.make_valid(geometries[invalid], method="structure",
+                                                      keep_collapsed=False)
         if config.fill_holes > 0:
             geometries = _fill_holes(geometries, config.fill_holes)
         if config.simplify > 0:
@@ -283,8 +326,7 @@ class _Outputs:
         columns = {
             "feature_id": np.arange(self.features, self.features + len(geometries)),
             "class_id": pieces.ids,
-            "class_name": np.array([self.class_names.get(int(c), str(c)) for c in pieces.ids],
-                                   dtype=object),
+            "class_name": self._names(pieces.ids),
             "area_m2": areas, "perim_m": perimeters,
         }
         if self.scores:
@@ -294,8 +336,14 @@ class _Outputs:
             columns.update(self._centerlines(pieces, columns["feature_id"], areas))
         self.features += len(geometries)
         self.area_m2 += float(areas.sum())
-        frame = gpd.GeoDataFrame(columns, geometry=_multi(geometries), crs=self.crs)
+        frame = gpd.GeoDataFrame(columns, geometry=geometries, crs=self.crs)
         return frame.to_crs(self.target_crs) if self.target_crs else frame
+
+    def _names(self, class_ids: np.ndarray) -> np.ndarray:
+        """Class names of ``class_ids`` (the id as text when the mask names none)."""
+        unique, index = np.unique(class_ids, return_inverse=True)
+        names = np.array([self.class_names.get(int(c), str(c)) for c in unique], dtype=object)
+        return names[index.reshape(-1)]
 
     def _centerlines(self, pieces: _Pieces, feature_ids: np.ndarray, areas: np.ndarray,
                      ) -> dict[str, np.ndarray]:
@@ -371,15 +419,6 @@ def _fill_holes(geometries: np.ndarray, max_area: float) -> np.ndarray:
             parts.append(shapely.Polygon(polygon.exterior, holes))
         out[i] = parts[0] if len(parts) == 1 else shapely.MultiPolygon(parts)
     return out
-
-
-def _multi(geometries: np.ndarray) -> np.ndarray:
-    """Every geometry as a MultiPolygon (one layer type for all GIS formats)."""
-    parts, index = shapely.get_parts(geometries, return_index=True)
-    multi = np.empty(len(geometries), dtype=object)
-    if len(parts):
-        multi[:] = shapely.multipolygons(parts, indices=index)
-    return multi
 
 
 @dataclass

@@ -46,14 +46,15 @@ def test_blocks_equal_whole_mask(make_raster, random_mask, connectivity, block_s
         assert shapely.union_all(a).symmetric_difference(shapely.union_all(b)).area == 0
 
 
-@pytest.mark.parametrize("connectivity", [4, 8])
+@pytest.mark.parametrize("connectivity,workers", [(4, 1), (8, 2)])
 def test_written_features_are_valid_and_complete(make_raster, random_mask, tmp_path,
-                                                 connectivity):
+                                                 connectivity, workers):
     path = make_raster(random_mask[None], transform=TRANSFORM)
     whole = [shape(g) for g, _ in features.shapes(
         random_mask, mask=random_mask > 0, transform=TRANSFORM, connectivity=connectivity)]
     out = tmp_path / "v.gpkg"
-    result = vectorize_raster(path, out, VectorizeConfig(connectivity, block_size=50))
+    config = VectorizeConfig(connectivity, block_size=50, workers=workers)
+    result = vectorize_raster(path, out, config)
     frame = gpd.read_file(out)
     assert result.features == len(frame) == len(whole)
     assert frame.geometry.is_valid.all()
