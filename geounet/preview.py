@@ -38,7 +38,7 @@ from rasterio.transform import from_gcps
 from rasterio.windows import Window
 
 from geounet.errors import InputError
-from geounet.io import atomic_path, check_output, open_raster
+from geounet.io import atomic_path, check_output, first_line, open_raster
 
 log = logging.getLogger(__name__)
 
@@ -282,6 +282,10 @@ def _draw_vector(canvas: Image.Image, path: Path, crs, to_preview: Affine) -> in
 
     if not path.exists():
         raise InputError(f"{path}: no such file")
+    try:
+        layers = pyogrio.list_layers(path)[:, 0]
+    except pyogrio.errors.DataSourceError as exc:
+        raise InputError(f"{path}: not a readable vector file ({first_line(exc)})") from exc
     draw = ImageDraw.Draw(canvas)
     width = max(1, round(max(canvas.size) / 700))
     drawn = 0
@@ -290,7 +294,7 @@ def _draw_vector(canvas: Image.Image, path: Path, crs, to_preview: Affine) -> in
     def to_pixels(xy: np.ndarray) -> np.ndarray:
         return xy @ matrix[:, :2].T + matrix[:, 2]
 
-    for layer in pyogrio.list_layers(path)[:, 0]:
+    for layer in layers:
         frame = gpd.read_file(path, layer=layer)
         if frame.empty:
             continue

@@ -219,6 +219,15 @@ def test_mask_on_another_grid_is_refused_without_output(make_raster, tmp_path):
     assert not (tmp_path / "p.png").exists()
 
 
+def test_unreadable_vector_is_one_clear_error_without_output(make_raster, tmp_path):
+    image = make_raster(np.zeros((3, 40, 40), np.uint8))
+    junk = tmp_path / "junk.gpkg"
+    junk.write_text("not a vector file")
+    with pytest.raises(InputError, match="junk.gpkg: not a readable vector file"):
+        render_preview(image, tmp_path / "p.png", vector=junk)
+    assert not (tmp_path / "p.png").exists()
+
+
 def _invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
