@@ -153,6 +153,21 @@ def test_landsat_nodata_is_transparent_not_black(tmp_path):
     assert (pixels[~expected][:, :3] == 128).all()
 
 
+def test_overviews_are_used_when_present(make_raster, tmp_path):
+    """A 1-pixel checkerboard: decimated reads give 0/255, averaged overviews a flat grey."""
+    board = ((np.indices((256, 256)).sum(axis=0) % 2) * 255).astype(np.uint8)
+    plain = make_raster(board[None], name="plain.tif")
+    with_overviews = make_raster(board[None], name="overviews.tif")
+    with rasterio.open(with_overviews, "r+") as dst:
+        dst.build_overviews([2, 4], rasterio.enums.Resampling.average)
+    for path, name in ((plain, "plain.png"), (with_overviews, "overviews.png")):
+        render_preview(path, tmp_path / name, max_size=100)
+    decimated = _pixels(tmp_path / "plain.png", 100)[..., 0]
+    from_overviews = _pixels(tmp_path / "overviews.png", 100)[..., 0]
+    assert set(np.unique(decimated)) == {0, 255}
+    assert (from_overviews == 128).all()  # read from the 1:2 overview: constant grey
+
+
 @pytest.mark.parametrize("nodata", [255, 7])
 def test_any_decimation_with_a_fractional_factor(make_raster, nodata):
     """A cell shows a class when any of its pixels has it (highest id); nodata is background."""
