@@ -697,8 +697,9 @@ def expected_polygon(odd: Odd) -> shapely.Polygon:
 
 @pytest.mark.parametrize("case", _odd({
     "tiled JPEG": "lossy compression changes class ids: not a mask format"}, {
-    "NaN and inf": "vectorize.py: NaN/inf pixels of a float mask without nodata become "
-                   "features; treat non-finite pixels as nodata (keep &= np.isfinite)"}))
+    "NaN and inf": "vectorize.py: a float mask with NaN/inf pixels and no nodata crashes "
+                   "(OverflowError: cannot convert float infinity to integer); treat "
+                   "non-finite pixels as nodata (keep &= np.isfinite(values))"}))
 def test_vectorize_odd_mask_keeps_georeferencing(tmp_path, case):
     odd = ODD[case]
     mask = odd.labels(tmp_path / "labels.tif")
@@ -761,8 +762,9 @@ def test_evaluate_odd_mask_ignores_invalid_pixels(tmp_path, case):
 @pytest.mark.parametrize("case", _odd({
     "100000x64": "validation runs 6250 16-px windows one at a time: too slow for the suite",
     "tiled JPEG": "same pixels path as the other compressions"}, {
-    "all nodata": "train.py: an all-nodata image gives NaN band statistics and trains on "
-                  "NaN; refuse it (no valid pixel) naming the image"}))
+    "all nodata": "train.py: an all-nodata image is refused as 'the labels of 1 training "
+                  "image(s) (first labels.tif) mark no foreground pixel', naming the labels "
+                  "and the wrong cause; refuse an image without a valid pixel by its name"}))
 def test_train_odd_image(tmp_path, case):
     odd = ODD[case]
     image = odd.image(tmp_path / "image.tif")
