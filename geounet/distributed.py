@@ -133,8 +133,11 @@ def split_regions(item: Item, workflow: Workflow) -> list[tuple[int, int]]:
 
 
 def predict_region(item: Item, workflow: Workflow, model_sha256: str,
-                   region: tuple[int, int]) -> tuple[Path | None, Path | None]:
-    """Compute one row region into hidden temporary GeoTIFFs beside the outputs (retried)."""
+                   region: tuple[int, int]) -> tuple[Path, Path | None, float]:
+    """Compute one row region into hidden temporary GeoTIFFs beside the outputs (retried).
+
+    Returns the mask and probabilities parts and the seconds spent."""
+    start = time.perf_counter()
     from geounet.predict import predict_raster
 
     anchor = item.outputs["mask"] or item.outputs["vector"] or item.outputs["probabilities"]
@@ -147,7 +150,7 @@ def predict_region(item: Item, workflow: Workflow, model_sha256: str,
             model = cached_model(workflow.model, model_sha256)
             predict_raster(item.input, model, mask, prob,
                            predict_config(workflow, region=region, cog=False))
-            return mask, prob
+            return mask, prob, time.perf_counter() - start
         except Exception as exc:
             for path in (mask, prob):
                 if path is not None:
@@ -160,12 +163,14 @@ def predict_region(item: Item, workflow: Workflow, model_sha256: str,
 
 
 def assemble_regions(item: Item, workflow: Workflow,
-                     parts: list[tuple[Path | None, Path | None]]) -> ItemResult:
-    """Stack region rasters into the item's outputs (atomically), then vectorize."""
+                     parts: list[tuple[Path, Path | None, float]]) -> ItemResult:
+    """Stack region rasters into the item's outputs (atomically), then vectorize.
+
+    The item's seconds are those of its region tasks plus this one's."""
     start = time.perf_counter()
     try:
         info = open_raster(item.input)
-        masks = [m for m, _ in parts]
+        masks = [m for m, _, _ in parts]
         mask = item.outputs["mask"]
         with contextlib.ExitStack() as stack:
             if mask is None:   # only the vectors want it
@@ -173,14 +178,14 @@ def assemble_regions(item: Item, workflow: Workflow,
                 stack.callback(mask.unlink, missing_ok=True)
             stack_rows(masks, info, mask, "mask", workflow.outputs.cog)
             if item.outputs["probabilities"] is not None:
-                stack_rows([p for _, p in parts], info, item.outputs["probabilities"], "prob",
+                stack_rows([p for _, p, _ in parts], info, item.outputs["probabilities"], "prob",
                            workflow.outputs.cog)
             summary = write_vectors(item, workflow, mask)
-        return ItemResult(item.input, "done", None, 1, time.perf_counter() - start,
-                          item.outputs, summary)
+        seconds = time.perf_counter() - start + sum(s for _, _, s in parts)
+        return ItemResult(item.input, "done", None, 1, seconds, item.outputs, summary)
     finally:
-        for pair in parts:
-            for path in pair:
+        for mask_part, prob_part, _ in parts:
+            for path in (mask_part, prob_part):
                 if path is not None:
                     path.unlink(missing_ok=True)
 
