@@ -108,12 +108,9 @@ def block_row_extents(grid: TileGrid, block_tiles: int) -> list[tuple[int, int, 
     Output extents partition the raster's rows; the third value tells how far down the
     block row's tiles reach, i.e. which later rows they add to (their halo).
     """
-    extents = []
-    for block in grid.blocks(block_tiles):
-        if block.col == 0:
-            out, win = block.output, block.window
-            extents.append((out.row_off, out.row_off + out.height, win.row_off + win.height))
-    return extents
+    column = replace(grid, width=grid.tile_width)  # rows do not depend on the width
+    return [(b.output.row_off, b.output.row_off + b.output.height,
+             b.window.row_off + b.window.height) for b in column.blocks(block_tiles)]
 
 
 @dataclass
@@ -231,7 +228,7 @@ class _Engine:
         self.block_rows, self.first_row, self.out_rows = range(10**9), 0, (0, info.height)
         if config.region is not None:
             self._limit_to_region(config.region)
-        self.tile_total = sum(len(b.tiles) for b in self._blocks())
+        self.tile_total = grid.tile_count if config.region is None else self._region_tiles()
 
     def _limit_to_region(self, region: tuple[int, int]) -> None:
         """Compute block rows ``region`` and the earlier ones whose tiles reach into them."""
@@ -321,6 +318,11 @@ class _Engine:
                         f"probably truncated or corrupt ({first_line(exc)})"
                     ) from exc
                 yield block, normalize(data, valid, self.meta.mean, self.meta.std), valid
+
+    def _region_tiles(self) -> int:
+        column = replace(self.grid, width=self.grid.tile_width)
+        rows = [len(b.tiles) for b in column.blocks(self.config.block_tiles)]
+        return sum(rows[k] for k in self.block_rows) * len(self.grid.col_starts)
 
     def _blocks(self) -> Iterator[Block]:
         return (b for b in self.grid.blocks(self.config.block_tiles) if b.row in self.block_rows)

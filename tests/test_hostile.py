@@ -238,12 +238,7 @@ VECTORIZE_READ = ("export.write_layer: `raise source.error from None` drops the 
                   "RasterioIOError's GDAL cause, which names the file, leaving 'Error while "
                   "accessing batch from stream.'; use `raise source.error` (or wrap block reads "
                   "in vectorize.py in an InputError naming the mask, as predict does)")
-HUGE_GRID = ("predict.py: _Engine.__init__ sums the tiles of every block before streaming "
-             "(tile_total), and TileGrid.tile recomputes axis_starts per tile: quadratic, a "
-             "1e6 x 1e6 px raster never starts; count tiles as grid.tile_count (or per region "
-             "from the block-row extents) and cache row_starts/col_starts")
 XFAIL_FILES = {("header claims 1e6 x 1e6 px", "evaluate PRED"): NOT_INTEGRATED,
-               ("header claims 1e6 x 1e6 px", "predict"): HUGE_GRID,
                ("header claims 1e6 x 1e6 px", "vectorize"): VECTORIZE_READ,
                ("truncated GeoTIFF", "vectorize"): VECTORIZE_READ}
 
@@ -323,9 +318,7 @@ def interrupt_after(monkeypatch, module, name: str, calls: int) -> None:
     monkeypatch.setattr(module, name, counting)
 
 
-@pytest.mark.parametrize("command", [
-    pytest.param("predict", marks=pytest.mark.xfail(strict=True, reason=HUGE_GRID)),
-    "vectorize"])
+@pytest.mark.parametrize("command", ["predict", "vectorize"])
 def test_huge_sparse_raster_is_streamed_in_blocks(world, monkeypatch, command):
     """A 1e6 x 1e6 px (1 TB) raster: the streamed commands hold blocks only; stopped after a
     few blocks with Ctrl-C, they leave nothing behind."""
