@@ -87,6 +87,8 @@ def main() -> None:
     print(f"worker CPU seconds: 1 worker {cpu[1]}, 2 workers {cpu[2]} (CPU-s per wall-s: "
           f"{sum(cpu[1]) / times[1]:.2f} vs {sum(cpu[2]) / times[2]:.2f}; below 2 means "
           "the cores were shared)")
+    print(f"projected ratio with a free core per worker (1-worker CPU s / busiest of the 2 "
+          f"workers' CPU s): {sum(cpu[1]) / max(cpu[2]):.2f}x")
     print(f"outputs identical to local: 1 worker {same1}, 2 workers {same2}")
 
     # One raster split into row regions across the 2 workers.
@@ -113,6 +115,7 @@ def main() -> None:
           f"{identical(ROOT / 'big_local', ROOT / 'big_split')}")
     print(json.dumps({"local_s": round(local, 2), "dask1_s": round(times[1], 2),
                       "dask2_s": round(times[2], 2), "ratio": round(ratio, 3),
+                      "cpu_projected_ratio": round(sum(cpu[1]) / max(cpu[2]), 3),
                       "identical": same1 and same2, "split_regions": regions,
                       "split_identical": identical(ROOT / "big_local", ROOT / "big_split")}))
 
