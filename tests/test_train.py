@@ -289,3 +289,25 @@ def test_time_limit_stops_before_an_epoch_that_would_overrun(scene, tmp_path):
                                  max_minutes=1e-6), tmp_path / "t.safetensors", progress=False)
     assert result.epochs == 1 and result.stopped.startswith("time limit")
     assert last_paths(tmp_path / "t.safetensors")[0].exists()
+
+
+def test_windowed_reads_of_large_images_train_exactly_like_in_memory(scene, tmp_path,
+                                                                     monkeypatch):
+    """Images above the in-memory limit are read window by window: same batches, weights."""
+    image_path, mask_path, _, _ = scene
+    config = _config(images=[image_path], labels=[mask_path], epochs=1)
+    train_model(config, tmp_path / "memory.safetensors", progress=False)
+    monkeypatch.setattr(train_module, "IN_MEMORY_PIXELS", 0)
+    train_model(config, tmp_path / "windows.safetensors", progress=False)
+    memory, windows = _weights(tmp_path / "memory.last.safetensors"), _weights(
+        tmp_path / "windows.last.safetensors")
+    for key in memory:
+        assert torch.equal(memory[key], windows[key]), key
+
+
+def test_early_stopping_after_patience_epochs_without_improvement(scene, tmp_path):
+    image_path, mask_path, _, _ = scene
+    frozen = _config(images=[image_path], labels=[mask_path], epochs=6, patience=2, lr=1e-12)
+    result = train_model(frozen, tmp_path / "p.safetensors", progress=False)
+    assert result.epochs == 3 and result.best["epoch"] == 1
+    assert result.stopped.startswith("early stop")
