@@ -326,7 +326,9 @@ def write_vectors(item: Item, workflow: Workflow, mask: Path | None) -> dict[str
     if vector is None:
         return pixel_summary(mask)
     opts = workflow.vectorize
-    config = VectorizeConfig(**opts.model_dump(exclude={"crs"}))
+    # A Dask task is one core's work (and Dask's worker processes may not start children).
+    single = {"workers": 1} if workflow.executor.kind == "dask" else {}
+    config = VectorizeConfig(**opts.model_dump(exclude={"crs"}), **single)
     vectorize_raster(mask, vector, config, workflow.outputs.vector_format, opts.crs,
                      overwrite=True, probabilities=item.outputs["probabilities"],
                      centerlines_output=centerlines)

@@ -102,3 +102,25 @@ def test_dask_item_failure_is_reported_and_others_finish(scenes, tmp_path):
     assert report.counts == {"done": 4, "skipped": 0, "failed": 1}
     failed = next(r for r in report.items if r.status == "failed")
     assert failed.input.name == "broken.tif" and "broken.tif" in failed.reason
+
+
+def test_dask_tasks_vectorize_in_their_own_process(scenes, monkeypatch):
+    """Dask's worker processes are daemonic and may not start the polygonizing processes
+    vectorize uses on large masks: each task vectorizes in-process."""
+    from geounet import runner
+    from geounet.vectorize import VectorizeConfig
+
+    seen = []
+
+    def capture(mask, vector, config, *args, **kwargs):
+        seen.append(config.workers)
+        raise RuntimeError("captured")
+
+    monkeypatch.setattr("geounet.vectorize.vectorize_raster", capture)
+    default = VectorizeConfig().workers   # the local executor keeps vectorize's default
+    for executor, workers in (("", default), (DASK % "", 1)):
+        workflow = load_workflow(scenes("w", executor))
+        item = runner.plan_items(workflow, runner.discover_inputs(workflow))[0]
+        with pytest.raises(RuntimeError, match="captured"):
+            runner.write_vectors(item, workflow, item.input)
+        assert seen[-1] == workers
