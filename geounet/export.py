@@ -113,7 +113,7 @@ def write_layer(frames: Iterable[gpd.GeoDataFrame], path: Path, driver: str, crs
             os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:  # pyogrio's errors are RuntimeErrors
         if source.error is not None:      # the features failed, not the writer
-            raise source.error from None
+            raise source.error from source.error.__cause__
         raise write_failed(path, exc) from exc
     finally:
         for part in parts:

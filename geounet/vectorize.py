@@ -21,6 +21,7 @@ blocks by construction.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import math
 import multiprocessing
@@ -38,6 +39,7 @@ import pyproj
 import rasterio
 import shapely
 from rasterio import features
+from rasterio.errors import RasterioError
 from rasterio.windows import Window
 from tqdm import tqdm
 
@@ -51,13 +53,14 @@ from geounet.export import (
     vector_format,
     write_layer,
 )
-from geounet.io import RasterInfo, check_output, open_raster
+from geounet.io import RasterInfo, check_output, first_line, open_raster
 
 log = logging.getLogger(__name__)
 
 MAX_CENTERLINE_PATCH_PX = 64_000_000   # a feature's bounding box, for its skeleton
 PARALLEL_MIN_PIXELS = 32_000_000   # below this, blocks are polygonized in-process
 GDAL_CACHE_MB = 32   # each block is read once: a large raster cache only holds memory
+POLYGONIZE_DTYPES = ("uint8", "uint16", "int16", "int32")
 
 
 @dataclass(frozen=True)
@@ -76,8 +79,9 @@ class VectorizeConfig:
         linear_classes: class ids that get centerlines; ``None``: every vectorized class.
         spur_length: prune skeleton branches shorter than this (map units); ``None``: twice
             the feature's local radius.
-        workers: processes polygonizing blocks ahead of the merge; ``None``: one per CPU
-            for masks of 32 Mpx or more, none (in-process) for smaller ones.
+        workers: processes polygonizing blocks ahead of the merge (1: in this process);
+            0: one per CPU for masks of 32 Mpx or more, in-process for smaller ones. More
+            than one needs multiprocessing's ``if __name__ == "__main__":`` guard in scripts.
     """
 
     connectivity: int = 4
@@ -90,14 +94,14 @@ class VectorizeConfig:
     centerlines: bool = False
     linear_classes: tuple[int, ...] | None = None
     spur_length: float | None = None
-    workers: int | None = None
+    workers: int = 1
 
     def __post_init__(self) -> None:
         if self.connectivity not in (4, 8):
             raise ConfigError(f"connectivity must be 4 or 8, got {self.connectivity}")
         if self.block_size < 2:
             raise ConfigError(f"block size must be >= 2 pixels, got {self.block_size}")
-        for name in ("min_area", "min_pixels", "fill_holes", "simplify"):
+        for name in ("min_area", "min_pixels", "fill_holes", "simplify", "workers"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name.replace('_', ' ')} must be >= 0")
 
@@ -168,13 +172,15 @@ def _polygonized(mask_path, probabilities, windows: list[Window], config: Vector
     """The pieces of each window, in order: in this process, or polygonized by
     ``config.workers`` processes a few blocks ahead (GDAL's polygonizer holds the GIL)."""
     workers = config.workers
-    if workers is None:   # starting processes pays off on large masks only
+    if workers == 0:   # auto: starting processes pays off on large masks only
         pixels = sum(w.width * w.height for w in windows)
         workers = len(os.sched_getaffinity(0)) if pixels >= PARALLEL_MIN_PIXELS else 1
     workers = min(workers, len(windows))
-    if workers <= 1:
-        _open_sources(mask_path, probabilities)
-        yield from (_worker_block(w, config) for w in windows)
+    if workers <= 1:   # datasets of this call only: callers may run in several threads
+        with rasterio.open(mask_path) as src, (
+                rasterio.open(probabilities) if probabilities is not None
+                else contextlib.nullcontext()) as prob_src:
+            yield from (_block_pieces(src, prob_src, w, config) for w in windows)
         return
     context = multiprocessing.get_context("spawn")   # no fork of a threaded process
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_open_sources,
@@ -188,14 +194,11 @@ def _polygonized(mask_path, probabilities, windows: list[Window], config: Vector
             yield ahead.popleft().result()
 
 
-_sources: dict[str, rasterio.DatasetReader | None] = {}
+_sources: dict[str, rasterio.DatasetReader | None] = {}   # of a worker process
 
 
 def _open_sources(mask_path, probabilities) -> None:
-    """Open the mask (and probabilities) once per process, with a small GDAL block cache."""
-    for src in _sources.values():
-        if src is not None:
-            src.close()
+    """Open the mask (and probabilities) once per worker process, with a small GDAL cache."""
     rasterio.env.set_gdal_config("GDAL_CACHEMAX", GDAL_CACHE_MB)
     _sources["mask"] = rasterio.open(mask_path)
     _sources["prob"] = rasterio.open(probabilities) if probabilities is not None else None
@@ -217,8 +220,17 @@ def check_same_grid(mask: RasterInfo, probabilities: RasterInfo) -> None:
 
 def _block_pieces(src, prob_src, window: Window, config: VectorizeConfig) -> _Pieces | None:
     """All polygons of one block in raster pixel coordinates, with probability sums."""
-    values = src.read(1, window=window)
-    keep = src.read_masks(1, window=window) > 0
+    try:
+        values = src.read(1, window=window)
+        keep = src.read_masks(1, window=window) > 0
+    except RasterioError as exc:   # named here: worker processes do not carry GDAL's cause
+        raise InputError(f"{src.name}: cannot read pixels {window.col_off},{window.row_off} "
+                         f"+{window.width}x{window.height}; the file looks truncated or corrupt "
+                         f"(GDAL: {first_line(exc)})") from exc
+    if values.dtype.kind == "f":
+        keep &= np.isfinite(values)
+    if values.dtype.name not in POLYGONIZE_DTYPES:   # class ids as GDAL's polygonizer takes
+        values = np.where(keep, values, 0).astype(np.int32)
     keep &= values != 0
     if config.classes is not None:
         keep &= np.isin(values, config.classes)
@@ -491,8 +503,9 @@ def vectorize_raster(mask_path: str | Path, output: str | Path,
                        probabilities is not None, crs)
     frames = (outputs.polygons(pieces) for pieces in polygonize_blocks(
         mask_path, config, probabilities, progress) if len(pieces.ids))
-    write_layer(frames, output, fmt, target, "MultiPolygon",
-                polygon_fields(probabilities is not None, config.centerlines))
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+        write_layer(frames, output, fmt, target, "MultiPolygon",
+                    polygon_fields(probabilities is not None, config.centerlines))
     if lines_path is not None:
         write_layer(iter(outputs.lines), lines_path, lines_fmt, target, "LineString",
                     CENTERLINE_FIELDS)

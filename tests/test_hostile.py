@@ -234,13 +234,8 @@ FILES = {
 }
 SLOT_BANDS = {"predict": 3, "train --image": 3}
 # The 1e6 x 1e6 header is under MAX_PIXELS: whole-raster readers must refuse it on memory.
-VECTORIZE_READ = ("export.write_layer: `raise source.error from None` drops the "
-                  "RasterioIOError's GDAL cause, which names the file, leaving 'Error while "
-                  "accessing batch from stream.'; use `raise source.error` (or wrap block reads "
-                  "in vectorize.py in an InputError naming the mask, as predict does)")
 XFAIL_FILES = {("header claims 1e6 x 1e6 px", "evaluate PRED"): NOT_INTEGRATED,
-               ("header claims 1e6 x 1e6 px", "vectorize"): VECTORIZE_READ,
-               ("truncated GeoTIFF", "vectorize"): VECTORIZE_READ}
+               }
 
 
 @contextlib.contextmanager
@@ -689,10 +684,7 @@ def expected_polygon(odd: Odd) -> shapely.Polygon:
 
 
 @pytest.mark.parametrize("case", _odd({
-    "tiled JPEG": "lossy compression changes class ids: not a mask format"}, {
-    "NaN and inf": "vectorize.py: a float mask with NaN/inf pixels and no nodata crashes "
-                   "(OverflowError: cannot convert float infinity to integer); treat "
-                   "non-finite pixels as nodata (keep &= np.isfinite(values))"}))
+    "tiled JPEG": "lossy compression changes class ids: not a mask format"}))
 def test_vectorize_odd_mask_keeps_georeferencing(tmp_path, case):
     odd = ODD[case]
     mask = odd.labels(tmp_path / "labels.tif")

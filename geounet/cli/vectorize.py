@@ -42,6 +42,8 @@ vector_options = [
                  "the local half-width)."),
     _option("--block-size", default=2048, show_default=True, type=click.IntRange(2),
             help="Mask block edge in pixels: the unit of memory."),
+    _option("--workers", default=0, show_default=True, type=click.IntRange(0),
+            help="Processes polygonizing blocks (0: one per CPU on masks of 32 Mpx or more)."),
     _option("--crs", help="Reproject to this CRS (declares it for a raster without one)."),
     _option("--pixel-coordinates", is_flag=True,
             help="Accept a raster without a CRS and write pixel coordinates."),
@@ -78,7 +80,7 @@ def vector_request(ctx: click.Context) -> VectorRequest:
         connectivity=int(o["connectivity"]), block_size=o["block_size"],
         min_area=o["min_area"], min_pixels=o["min_pixels"], fill_holes=o["fill_holes"],
         simplify=o["simplify"], centerlines=o["centerlines"] is not None,
-        spur_length=o["spur_length"],
+        spur_length=o["spur_length"], workers=o["workers"],
     )
     return VectorRequest(config, o["driver"], o["crs"], o["pixel_coordinates"],
                          o["centerlines"])
