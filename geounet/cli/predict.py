@@ -9,10 +9,10 @@ import click
 
 from geounet.cli.options import overwrite, parse_bands, verbosity
 from geounet.cli.summary import Column, emit, fixed
-from geounet.cli.vectorize import vector_config, with_vector_options
+from geounet.cli.vectorize import summary as vector_summary
+from geounet.cli.vectorize import vector_request, with_vector_options
 from geounet.errors import ConfigError
 from geounet.io import check_output, temporary_sibling
-from geounet.vectorize import vectorize_raster
 
 
 @click.command("predict")
@@ -42,21 +42,25 @@ from geounet.vectorize import vectorize_raster
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
 @overwrite
 @verbosity
-def command(input_path: Path, model: Path, output: Path | None, probabilities: Path | None,
-            bands, tile_size, overlap, batch_size, block_tiles, window, device, no_amp,
-            threshold, threads, cog, vector, driver, connectivity, min_area, simplify, crs,
-            pixel_coordinates, as_json, overwrite, quiet, verbose) -> None:
+@click.pass_context
+def command(ctx: click.Context, input_path: Path, model: Path, output: Path | None,
+            probabilities: Path | None, bands, tile_size, overlap, batch_size, block_tiles,
+            window, device, no_amp, threshold, threads, cog, vector, as_json, overwrite, quiet,
+            verbose) -> None:
     """Segment IN.tif tile by tile and write a georeferenced mask and/or probabilities.
 
     With --vector, the mask is also turned into polygons (a temporary mask is used when no
-    -o is given).
+    -o is given), scored by their mean probability when --probabilities is given.
     """
     if output is None and probabilities is None and vector is None:
         raise ConfigError("give -o MASK.tif, --probabilities PROB.tif and/or --vector OUT.gpkg")
     with contextlib.ExitStack() as stack:
         temporary_mask = vector is not None and output is None
+        request = vector_request(ctx)
         if vector is not None:
             check_output(vector, [input_path], overwrite)
+            if request.centerlines is not None:
+                check_output(request.centerlines, [input_path], overwrite)
             if output is None:  # a mask only for the polygons: removed in any case
                 output = temporary_sibling(vector, ".mask.tif")
                 output.unlink()
@@ -66,9 +70,7 @@ def command(input_path: Path, model: Path, output: Path | None, probabilities: P
                           cog, overwrite, quiet)
         vectors = None
         if vector is not None:
-            vectors = vectorize_raster(output, vector,
-                                       vector_config(connectivity, min_area, simplify),
-                                       driver, crs, pixel_coordinates, overwrite)
+            vectors = request.run(output, vector, overwrite, quiet or as_json, probabilities)
         _summarize(result, vectors, temporary_mask, as_json, quiet)
 
 
@@ -106,10 +108,9 @@ def _summarize(result, vectors, temporary_mask: bool, as_json: bool, quiet: bool
     columns += [Column(f"px:{name}", f"{name} px", fixed(0)) for name in result.class_pixels]
     written = [p for p in (mask, result.probabilities) if p]
     if vectors is not None:
-        summary["vector"] = {"output": str(vectors.output), "features": vectors.features,
-                             "area_m2": round(vectors.area_m2, 3), "format": vectors.driver}
-        row |= {"features": vectors.features, "area": vectors.area_m2}
-        columns += [Column("features", "features"), Column("area", "area m2", fixed(1))]
-        written.append(vectors.output)
+        summary["vector"], vector_row, vector_columns = vector_summary(vectors)
+        row |= {k: v for k, v in vector_row.items() if k not in ("output", "seconds")}
+        columns += [c for c in vector_columns if c.key not in ("output", "seconds")]
+        written += [p for p in (vectors.output, vectors.centerlines) if p]
     emit(summary, [row], columns, as_json=as_json, quiet=quiet,
          footer=[f"wrote {path}" for path in written])
