@@ -27,7 +27,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from tqdm import tqdm
 
 from geounet.errors import InputError
-from geounet.io import RasterInfo
+from geounet.io import RasterInfo, require_in_memory
 from geounet.labels import IGNORE, LabelConfig, image_info, load_target, read_raster_target
 from geounet.metrics import (
     Counts,
@@ -167,6 +167,7 @@ def _read_prediction(info: RasterInfo, threshold: float) -> tuple[np.ndarray, np
 
     Integer rasters are read like label masks (a 0/255 mask is binary).
     """
+    require_in_memory(info, 24, "evaluate")
     if not np.issubdtype(np.dtype(info.dtype), np.floating):
         return read_raster_target(info.path, info), None
     with warnings.catch_warnings():

@@ -26,7 +26,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.features import rasterize
 
 from geounet.errors import InputError
-from geounet.io import RasterInfo, open_raster
+from geounet.io import RasterInfo, open_raster, require_in_memory
 
 IGNORE = 255
 VECTOR_SUFFIXES = (".gpkg", ".geojson", ".json", ".shp", ".fgb", ".gml", ".kml", ".sqlite")
@@ -75,6 +75,7 @@ def read_raster_target(mask: str | Path, image: RasterInfo) -> np.ndarray:
         raise InputError(f"{mask}: {info.width}x{info.height} px does not match image "
                          f"{image.path} {image.width}x{image.height} px; labels must be on "
                          "the image's grid")
+    require_in_memory(info, 12, "reading the labels")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(mask) as src:

@@ -396,9 +396,10 @@ def _load_data(config: TrainConfig) -> tuple[list[_Scene], list[_Scene]]:
         pairs = [p for i, p in enumerate(ordered) if i not in chosen]
     train = [_open_scene(image, label, config, labels) for image, label in pairs]
     val = [_open_scene(image, label, config, labels) for image, label in val_pairs]
-    if any(s.bands != train[0].bands for s in train + val):
-        raise InputError("training images have different band counts; choose the same "
-                         "bands for all with `bands`")
+    if any(len(s.bands) != len(train[0].bands) for s in train + val):
+        counts = ", ".join(f"{s.path} has {len(s.bands)}" for s in train + val)
+        raise InputError(f"training images have different band counts ({counts}); choose "
+                         "the same number of bands for all with --bands")
     if not any(len(s.positives) for s in train):
         raise InputError(f"the labels of {len(train)} training image(s) (first "
                          f"{pairs[0][1]}) mark no foreground pixel: there is nothing to "
@@ -429,6 +430,9 @@ def _open_scene(image: Path, label: Path, config: TrainConfig, labels: LabelConf
     scene = _Scene(image, src, bands, target)
     if info.width * info.height <= IN_MEMORY_PIXELS:
         scene.data, scene.valid = read_masked(src, bands, Window(0, 0, info.width, info.height))
+        if not scene.valid.any():
+            raise InputError(f"{image}: no valid pixel (all nodata or masked); there is "
+                             "nothing to learn from it: drop it or fix its nodata value")
         scene.target[~scene.valid] = IGNORE
     rows, cols = np.nonzero(scene.target == 1)
     scene.positives = np.stack([rows, cols], axis=1)
@@ -468,12 +472,13 @@ def _band_statistics(scenes: list[_Scene]) -> tuple[tuple[float, ...], tuple[flo
             valid = np.isfinite(data).all(axis=0) & (src.read_masks(
                 list(scene.bands), out_shape=shape, resampling=Resampling.nearest) > 0
             ).all(axis=0)
+        if not valid.any():
+            raise InputError(f"{scene.path}: no valid pixel (all nodata or masked); there "
+                             "is nothing to learn from it: drop it or fix its nodata value")
         values = data[:, valid].astype(np.float64)
         total = values.sum(axis=1) + (0 if total is None else total)
         squares = (values**2).sum(axis=1) + (0 if squares is None else squares)
         n += values.shape[1]
-    if not n:
-        raise InputError("the training images have no valid pixel (all nodata)")
     mean = total / n
     std = np.sqrt(np.maximum(squares / n - mean**2, 0))
     return tuple(mean.tolist()), tuple(np.maximum(std, 1e-6).tolist())

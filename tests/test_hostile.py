@@ -14,6 +14,7 @@ root) run in one child process that drops to ``nobody``; a full disk is simulate
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import logging
 import math
@@ -53,8 +54,6 @@ CRS = "EPSG:32633"
 TRANSFORM = from_origin(500000.0, 5000000.0, 0.5, 0.5)
 TRAIN_FAST = ("--patch", "16", "--width", "4", "--depth", "2", "--batch-size", "2",
               "--epochs", "1", "--steps-per-epoch", "2", "--device", "cpu", "-q")
-NOT_INTEGRATED = ("train.py/evaluate.py do not yet call io.require_in_memory before their "
-                  "whole-raster reads (integration listed in the issue-6 report)")
 
 
 # -- harness -------------------------------------------------------------------------------
@@ -234,8 +233,6 @@ FILES = {
 }
 SLOT_BANDS = {"predict": 3, "train --image": 3}
 # The 1e6 x 1e6 header is under MAX_PIXELS: whole-raster readers must refuse it on memory.
-XFAIL_FILES = {("header claims 1e6 x 1e6 px", "evaluate PRED"): NOT_INTEGRATED,
-               }
 
 
 @contextlib.contextmanager
@@ -252,29 +249,24 @@ def address_space_margin(margin: int = 4 * 2**30):
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
-def _file_cases() -> list:
-    return [pytest.param(case, target, id=f"{case}-{target}", marks=[
-        pytest.mark.xfail(strict=True, reason=XFAIL_FILES[case, target])]
-        if (case, target) in XFAIL_FILES else []) for case in FILES for target in INPUT_TARGETS]
-
-
-@pytest.mark.parametrize("case,target", _file_cases())
+@pytest.mark.parametrize("case,target", [pytest.param(case, target, id=f"{case}-{target}")
+                                         for case in FILES for target in INPUT_TARGETS])
 def test_bad_input_file_is_refused_in_one_line(world, case, target):
     make, cause = FILES[case]
     bad = make(world.root / ("bad" if case in ("directory", "nonexistent") else "bad.tif"),
                SLOT_BANDS.get(target, 1))
     before = snapshot(world.root)
     with address_space_margin():
-        result = invoke(*INPUT_TARGETS[target](world, bad),
-                        seconds=10 if (case, target) in XFAIL_FILES else 60)
+        result = invoke(*INPUT_TARGETS[target](world, bad), seconds=60)
     assert_refused(result, bad, cause)
     assert snapshot(world.root) == before
 
 
-@pytest.mark.xfail(strict=True, reason=NOT_INTEGRATED)
 def test_huge_header_is_refused_before_allocating_by_whole_raster_readers(world):
     """Both inputs claim 1e6 x 1e6 px (a TB): refused on memory, not after trying."""
     huge = huge_header(world.root / "huge.tif", 1_000_000, 1_000_000)
+    importlib.import_module("geounet.train")  # imports are not what this test measures
+    importlib.import_module("geounet.evaluate")
     tracemalloc.start()
     try:
         with address_space_margin():
@@ -349,12 +341,7 @@ def test_existing_output_without_overwrite_is_kept(world, target):
     assert snapshot(world.root) == before
 
 
-@pytest.mark.parametrize("target", [pytest.param(t, marks=pytest.mark.xfail(
-    strict=True, reason="cli/evaluate.py: -o is never checked against the inputs: "
-                        "`evaluate A B -o A --overwrite` replaces the input raster A with "
-                        "the JSON report; call io.check_output(output, [prediction, truth], "
-                        "overwrite) before evaluating")) if t == "evaluate -o" else t
-    for t in OUTPUT_TARGETS])
+@pytest.mark.parametrize("target", OUTPUT_TARGETS)
 def test_output_equal_to_input_is_refused(world, target):
     source = world.labels if target in ("vectorize", "evaluate -o") else world.image
     before = snapshot(world.root)
@@ -649,11 +636,9 @@ ODD = {
 TOO_SMALL_TO_TRAIN = {"1x1", "1x300", "300x1", "smaller than a tile"}
 
 
-def _odd(skip: dict[str, str], xfail: dict[str, str] | None = None) -> list:
-    """The ODD cases a command applies to (``skip``: case -> why not), some expected to fail."""
-    xfail = xfail or {}
-    return [pytest.param(case, id=case, marks=[pytest.mark.xfail(strict=True, reason=xfail[case])]
-                         if case in xfail else []) for case in ODD if case not in skip]
+def _odd(skip: dict[str, str]) -> list:
+    """The ODD cases a command applies to (``skip``: case -> why not)."""
+    return [case for case in ODD if case not in skip]
 
 
 def invalid_pixels(case: Odd) -> np.ndarray:
@@ -746,10 +731,7 @@ def test_evaluate_odd_mask_ignores_invalid_pixels(tmp_path, case):
 
 @pytest.mark.parametrize("case", _odd({
     "100000x64": "validation runs 6250 16-px windows one at a time: too slow for the suite",
-    "tiled JPEG": "same pixels path as the other compressions"}, {
-    "all nodata": "train.py: an all-nodata image is refused as 'the labels of 1 training "
-                  "image(s) (first labels.tif) mark no foreground pixel', naming the labels "
-                  "and the wrong cause; refuse an image without a valid pixel by its name"}))
+    "tiled JPEG": "same pixels path as the other compressions"}))
 def test_train_odd_image(tmp_path, case):
     odd = ODD[case]
     image = odd.image(tmp_path / "image.tif")
@@ -766,11 +748,7 @@ def test_train_odd_image(tmp_path, case):
     assert all(math.isfinite(v) for v in meta.mean + meta.std)
 
 
-@pytest.mark.parametrize("command", [
-    pytest.param("train", marks=pytest.mark.xfail(
-        strict=True, reason="train.py: 'training images have different band counts' names "
-                            "no file; name each image and its band count")),
-    "evaluate"])
+@pytest.mark.parametrize("command", ["train", "evaluate"])
 def test_mismatched_pairs_are_refused(world, command):
     if command == "train":  # two training images with different band counts
         one = write_raster(world.root / "one.tif", noise((1, 48, 40)))

@@ -63,7 +63,7 @@ def command(prediction, truth, model, images, labels, split_file, split, toleran
     else:
         source, target = prediction, truth
     if output is not None:
-        check_output(output, [], overwrite)
+        check_output(output, [p for p in (source, target, model) if p is not None], overwrite)
     for path in (source, target):
         if not path.exists():
             raise ConfigError(f"{path}: no such file")
