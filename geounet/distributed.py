@@ -34,9 +34,9 @@ from geounet.runner import (
     attempt_item,
     cached_model,
     failure_reason,
+    finish_item,
     predict_config,
     remove_stale_temporaries,
-    write_vectors,
 )
 from geounet.workflow import Workflow
 
@@ -180,7 +180,7 @@ def assemble_regions(item: Item, workflow: Workflow,
             if item.outputs["probabilities"] is not None:
                 stack_rows([p for _, p, _ in parts], info, item.outputs["probabilities"], "prob",
                            workflow.outputs.cog)
-            summary = write_vectors(item, workflow, mask)
+            summary = finish_item(item, workflow, mask)
         seconds = time.perf_counter() - start + sum(s for _, _, s in parts)
         return ItemResult(item.input, "done", None, 1, seconds, item.outputs, summary)
     finally:

@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 MANIFEST = ".geounet_manifest.json"
 LOCK = ".geounet.lock"
 REPORT = "run_report.json"
+HTML_REPORT = "report.html"
 HASH_CHUNK = 1 << 20
 # Errors that a second attempt cannot fix: not retried.
 PERMANENT = (InputError, ModelError, ConfigError)
@@ -144,7 +145,7 @@ def plan_items(workflow: Workflow, inputs: list[Path]) -> list[Item]:
     items, owners = [], {}
     for path in inputs:
         names = {"mask": out.mask, "probabilities": out.probabilities, "vector": out.vector,
-                 "centerlines": out.centerlines}
+                 "centerlines": out.centerlines, "preview": out.preview}
         outputs = {kind: None if t is None else out.folder / t.format(stem=path.stem,
                                                                         name=path.name)
                    for kind, t in names.items()}
@@ -267,7 +268,7 @@ def remove_stale_temporaries(items: list[Item], folder: Path | None = None) -> i
     removed = 0
     targets = [t for item in items for t in item.outputs.values() if t is not None]
     if folder is not None:
-        targets += [folder / MANIFEST, folder / REPORT]
+        targets += [folder / MANIFEST, folder / REPORT, folder / HTML_REPORT]
     for target in targets:
         for tmp in target.parent.glob(f".{target.name}.*"):
             tmp.unlink(missing_ok=True)
@@ -315,7 +316,20 @@ def process_item(item: Item, workflow: Workflow, model_sha256: str) -> dict[str,
             stack.callback(mask.unlink, missing_ok=True)
         model = cached_model(workflow.model, model_sha256)
         predict_raster(item.input, model, mask, prob, predict_config(workflow))
-        return write_vectors(item, workflow, mask)
+        return finish_item(item, workflow, mask)
+
+
+def finish_item(item: Item, workflow: Workflow, mask: Path | None) -> dict[str, Any] | None:
+    """From the item's mask, write its vectors and its preview; summarize the vectors."""
+    summary = write_vectors(item, workflow, mask)
+    if item.outputs["preview"] is not None:
+        from geounet.preview import render_preview
+
+        outlines = [p for p in (item.outputs["vector"], item.outputs["centerlines"]) if p]
+        render_preview(item.input, item.outputs["preview"], mask=mask, vector=outlines,
+                       bands=workflow.bands if workflow.bands and len(workflow.bands) in (1, 3)
+                       else None, overwrite=True)
+    return summary
 
 
 def write_vectors(item: Item, workflow: Workflow, mask: Path | None) -> dict[str, Any]:
@@ -542,6 +556,9 @@ def _executor(workflow: Workflow):
 
 
 def _write_report(report: RunReport) -> Path:
+    """``run_report.json`` and its page ``report.html`` in the output folder (atomically)."""
+    from geounet.report import write_html_report
+
     path = report.workflow.outputs.folder / REPORT
     tmp = temporary_sibling(path, ".part")
     try:
@@ -549,5 +566,6 @@ def _write_report(report: RunReport) -> Path:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    write_html_report(path, path.parent / HTML_REPORT)
     return path
 

@@ -78,11 +78,12 @@ class OutputsConfig(_Strict):
     probabilities: str | None = None
     vector: str | None = "{stem}.gpkg"
     centerlines: str | None = None
+    preview: str | None = "{stem}_preview.png"
     vector_format: Literal["gpkg", "geojson", "shapefile", "parquet"] | None = None
     cog: bool = False
     overwrite: Literal["changed", "always", "never"] = "changed"
 
-    @field_validator("mask", "probabilities", "vector", "centerlines")
+    @field_validator("mask", "probabilities", "vector", "centerlines", "preview")
     @classmethod
     def _template_inside_folder(cls, value: str | None) -> str | None:
         if value is not None:

@@ -249,7 +249,7 @@ def test_foreign_files_are_not_overwritten_unless_always(batch, tmp_path):
 def test_dry_run_lists_and_writes_nothing(batch, tmp_path):
     result = CliRunner().invoke(main, ["run", str(batch()), "--dry-run"])
     assert result.exit_code == 0, result.output
-    assert result.output.count("(new input)") == 3 and "3 would run" in result.output
+    assert result.output.count("new input") == 3 and "3 would run" in result.output
     assert not (tmp_path / "out").exists()
 
 

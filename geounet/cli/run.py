@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import click
 
 from geounet.cli.options import verbosity
+from geounet.cli.summary import Column, emit, fixed
 
 
 @click.command("run")
@@ -29,23 +29,35 @@ def command(workflow_file: Path, dry_run: bool, wait: float, as_json: bool, quie
 
     workflow = load_workflow(workflow_file)
     report = run_workflow(workflow, dry_run=dry_run, wait=wait, progress=not quiet)
-    if as_json:
-        click.echo(json.dumps(report.to_json(), indent=2))
-    elif not quiet or report.failed:
-        print_summary(report, verbose)
+    print_summary(report, verbose, as_json=as_json, quiet=quiet and not report.failed)
     if report.failed:
         sys.exit(1)
 
 
-def print_summary(report, verbose: int) -> None:
-    """One line per item that ran, failed or would run (skipped ones with -v); then totals."""
+COLUMNS = (Column("input", "input", align="<"), Column("status", "status", align="<"),
+           Column("seconds", "s", fixed(1)), Column("features", "features", fixed(0)),
+           Column("area_m2", "area m2", fixed(1)), Column("length_m", "centerline m", fixed(1)),
+           Column("reason", "reason", align="<"))
+
+
+def print_summary(report, verbose: int, as_json: bool = False, quiet: bool = False) -> None:
+    """A row per item that ran, failed or would run (skipped ones too with -v), then totals;
+    with ``as_json`` the whole run report as JSON on stdout."""
+    from geounet.runner import HTML_REPORT
+
+    rows = []
     for result in report.items:
         if result.status == "skipped" and not verbose:
             continue
-        detail = f" ({result.reason})" if result.reason else ""
-        timing = f" in {result.seconds:.1f} s" if result.status in ("done", "failed") else ""
-        click.echo(f"{result.status:>9}  {result.input}{timing}{detail}", err=True)
+        summary = result.summary or {}
+        rows.append({"input": result.input.name, "status": result.status,
+                     "seconds": result.seconds if result.status in ("done", "failed") else None,
+                     "features": summary.get("features"), "area_m2": summary.get("area_m2"),
+                     "length_m": summary.get("centerline_length_m"), "reason": result.reason})
     counts = ", ".join(f"{v} {k}" for k, v in report.counts.items())
     seconds = (report.finished - report.started).total_seconds()
-    where = "" if report.dry_run else f"; report in {report.workflow.outputs.folder}"
-    click.echo(f"{report.workflow.name}: {counts} ({seconds:.1f} s){where}", err=True)
+    footer = [f"{report.workflow.name}: {counts} ({seconds:.1f} s)"]
+    if not report.dry_run:
+        footer.append(f"report: {report.workflow.outputs.folder / HTML_REPORT}")
+    columns = COLUMNS if not report.dry_run else (COLUMNS[0], COLUMNS[1], COLUMNS[-1])
+    emit(report.to_json(), rows, columns, as_json=as_json, quiet=quiet, footer=footer)
