@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from geounet.cli.options import overwrite, verbosity
 from geounet.cli.summary import Column, emit, fixed
-from geounet.vectorize import VectorizeConfig, VectorizeResult, vectorize_raster
+
+if TYPE_CHECKING:  # geopandas and scikit-image load only when a command vectorizes
+    from geounet.vectorize import VectorizeConfig, VectorizeResult
 
 _VECTOR_KEY = "vector_options"
 
@@ -68,6 +71,8 @@ class VectorRequest:
 
     def run(self, mask: Path, output: Path, overwrite: bool, quiet: bool,
             probabilities: Path | None = None) -> VectorizeResult:
+        from geounet.vectorize import vectorize_raster
+
         return vectorize_raster(mask, output, self.config, self.driver, self.crs,
                                 self.pixel_coordinates, overwrite, probabilities,
                                 self.centerlines, progress=not quiet)
@@ -75,6 +80,8 @@ class VectorRequest:
 
 def vector_request(ctx: click.Context) -> VectorRequest:
     """Build the request from the options gathered by :func:`with_vector_options`."""
+    from geounet.vectorize import VectorizeConfig
+
     o = ctx.meta[_VECTOR_KEY]
     config = VectorizeConfig(
         connectivity=int(o["connectivity"]), block_size=o["block_size"],
