@@ -1,15 +1,26 @@
-"""``geounet demo``: run the bundled models on the bundled sample scenes and score them."""
+"""``geounet demo``: the whole job on the bundled sample scenes, scored against their labels.
+
+Each scene goes through the workflow runner (as ``geounet run`` would): mask, probabilities,
+polygons with centerlines and scores, a preview PNG and ``report.html``; the mask is then
+scored against the scene's labels. A second demo finds everything done and skips it.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
 
 from geounet.cli.options import verbosity
+from geounet.cli.summary import Column, emit, fixed
 
 # Scene kind -> the score that matters for it (roads: area overlap; cracks: tolerant F1).
 SCENES = {"roads": ("pixel", "iou"), "cracks": ("tolerant", "f1")}
+COLUMNS = (Column("scene", "scene", align="<"), Column("status", "status", align="<"),
+           Column("seconds", "s", fixed(1)), Column("features", "features", fixed(0)),
+           Column("length_m", "centerline m", fixed(1)), Column("metric", "score", align="<"),
+           Column("score", "value", fixed(3)), Column("report", "report", align="<"))
 
 
 @click.command("demo")
@@ -19,24 +30,43 @@ SCENES = {"roads": ("pixel", "iou"), "cracks": ("tolerant", "f1")}
 @click.option("-o", "--output", "out_dir", default="demo_output", show_default=True,
               type=click.Path(file_okay=False, path_type=Path))
 @click.option("--device", default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @verbosity
-def command(data: Path, out_dir: Path, device: str, quiet, verbose) -> None:
-    """Segment every sample scene with its bundled model; write masks and print scores."""
+def command(data: Path, out_dir: Path, device: str, as_json: bool, quiet, verbose) -> None:
+    """Segment and vectorize every sample scene with its bundled model; score the masks."""
+    from geounet.errors import InputError
     from geounet.evaluate import evaluate_masks
-    from geounet.predict import PredictConfig, predict_raster  # torch: loaded on use
+    from geounet.runner import HTML_REPORT, run_workflow
+    from geounet.workflow import Workflow
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for kind, (family, metric) in SCENES.items():
-        image, truth = data / f"{kind}_image.tif", data / f"{kind}_mask.tif"
-        mask = out_dir / f"{kind}_mask.tif"
-        config = PredictConfig(device=device, overwrite=True, progress=not quiet)
-        result = predict_raster(image, data / "models" / f"{kind}.safetensors", mask,
-                                out_dir / f"{kind}_probabilities.tif", config)
-        score = evaluate_masks(mask, truth)[family][metric]
-        rows.append((kind, result, f"{family} {metric}", score))
-    click.echo(f"{'scene':<8}{'size':>12}{'tiles':>7}{'seconds':>9}  {'score':<14}{'value':>7}"
-               "  output")
-    for kind, r, name, score in rows:
-        click.echo(f"{kind:<8}{f'{r.width}x{r.height}':>12}{r.tiles:>7}{r.seconds:>9.1f}  "
-                   f"{name:<14}{score:>7.3f}  {r.mask}")
+        image, truth = (data / f"{kind}_image.tif").resolve(), data / f"{kind}_mask.tif"
+        model = (data / "models" / f"{kind}.safetensors").resolve()
+        for path in (image, truth, model):
+            if not path.is_file():
+                raise InputError(f"{path}: no such file; run the demo from the project root "
+                                 "or give --data")
+        folder = (out_dir / kind).resolve()
+        folder.mkdir(parents=True, exist_ok=True)
+        workflow = Workflow(
+            name=f"demo-{kind}", inputs={"list": [image]}, model=model, device=device,
+            threads=os.cpu_count() or 1,
+            outputs={"folder": folder, "mask": "{stem}_mask.tif",
+                     "probabilities": "{stem}_prob.tif", "vector": "{stem}.gpkg",
+                     "centerlines": "{stem}_centerlines.gpkg"},
+            vectorize={"connectivity": 8, "centerlines": True})
+        report = run_workflow(workflow, progress=not quiet and not as_json)
+        result = report.items[0]
+        if result.status == "failed":
+            raise InputError(f"{image}: {result.reason}")
+        summary = result.summary or {}
+        score = evaluate_masks(result.outputs["mask"], truth)[family][metric]
+        rows.append({"scene": kind, "status": result.status, "seconds": result.seconds,
+                     "features": summary.get("features"),
+                     "length_m": summary.get("centerline_length_m"),
+                     "metric": f"{family} {metric}", "score": score,
+                     "report": str(folder / HTML_REPORT)})
+    emit(rows, rows, COLUMNS, as_json=as_json, quiet=quiet,
+         footer=[f"outputs in {out_dir}/<scene>/: masks, probabilities, polygons, "
+                 "centerlines, previews and report.html"])
