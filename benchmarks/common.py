@@ -30,3 +30,35 @@ def mosaic(source: Path, out: Path, size: int) -> Path:
                     dst.write(src.read(window=Window(sc, sr, w, h)), window=Window(c, r, w, h))
     tmp.replace(out)
     return out
+
+
+def union_difference(ours, theirs) -> tuple[float, float]:
+    """(relative difference of total area, area of the symmetric difference of the unions)
+    of two polygon sets, in the CRS's units.
+
+    Features are paired by their bounds and area; paired features are compared one to one
+    (fast), and only those left unpaired or unequal are unioned and compared.
+    """
+    import numpy as np
+    import shapely
+
+    def repaired(geoms):   # gdal_polygonize's 8-connected rings touch themselves
+        geoms = np.asarray(geoms).copy()
+        invalid = ~shapely.is_valid(geoms)
+        geoms[invalid] = shapely.make_valid(geoms[invalid], method="structure")
+        return geoms
+
+    ours, theirs = repaired(ours), repaired(theirs)
+    total_ours, total_theirs = shapely.area(ours).sum(), shapely.area(theirs).sum()
+
+    def order(geoms):
+        key = np.column_stack([shapely.bounds(geoms), shapely.area(geoms)]).round(6)
+        return geoms[np.lexsort(key.T[::-1])]
+
+    a, b = order(ours), order(theirs)
+    n = min(len(a), len(b))
+    same = shapely.equals(a[:n], b[:n])
+    rest_a = np.concatenate([a[:n][~same], a[n:]])
+    rest_b = np.concatenate([b[:n][~same], b[n:]])
+    sym = shapely.union_all(rest_a).symmetric_difference(shapely.union_all(rest_b)).area
+    return abs(total_ours - total_theirs) / total_theirs, sym

@@ -17,9 +17,8 @@ import sys
 from pathlib import Path
 
 import geopandas as gpd
-import shapely
 
-from benchmarks.common import SAMPLE, WORK
+from benchmarks.common import SAMPLE, WORK, union_difference
 from benchmarks.vectorize_speed import blob_mask
 
 GEOUNET = Path(sys.executable).with_name("geounet")
@@ -34,9 +33,7 @@ def compare(mask: Path, connectivity: int, block_size: int, polygonize: str) -> 
     subprocess.run([polygonize, "-q", *(["-8"] if connectivity == 8 else []), "-mask",
                     str(mask), str(mask), "-f", "GPKG", str(theirs)], check=True)
     a, b = gpd.read_file(ours), gpd.read_file(theirs)
-    sym = shapely.union_all(a.geometry.values).symmetric_difference(
-        shapely.union_all(b.geometry.values)).area
-    rel = abs(a.area.sum() - b.area.sum()) / b.area.sum()
+    rel, sym = union_difference(a.geometry.values, b.geometry.values)
     return (f"{mask.name:<18}{connectivity:>5}{block_size:>7}{len(a):>10}{len(b):>10}"
             f"{rel:>12.1e}{sym:>12.6f}")
 

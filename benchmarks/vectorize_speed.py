@@ -20,11 +20,10 @@ from pathlib import Path
 import geopandas as gpd
 import numpy as np
 import rasterio
-import shapely
 from rasterio.transform import from_origin
 from scipy import ndimage
 
-from benchmarks.common import WORK
+from benchmarks.common import WORK, union_difference
 
 GEOUNET = Path(sys.executable).with_name("geounet")
 
@@ -81,11 +80,9 @@ def main() -> None:
         print(f"{pair:<6}{a:>11.2f}{b:>9.2f}{a / b:>14.3f}")
     print(f"median ratio geounet/gdal_polygonize: {float(np.median(ratios)):.3f}")
     a, b = gpd.read_file(ours), gpd.read_file(theirs)
-    sym = shapely.union_all(a.geometry.values).symmetric_difference(
-        shapely.union_all(b.geometry.values)).area
+    rel, sym = union_difference(a.geometry.values, b.geometry.values)
     print(f"features: geounet {len(a)}, gdal {len(b)}; area: geounet {a.area.sum():.2f}, "
-          f"gdal {b.area.sum():.2f} m2; relative difference "
-          f"{abs(a.area.sum() - b.area.sum()) / b.area.sum():.2e}; union symmetric "
+          f"gdal {b.area.sum():.2f} m2; relative difference {rel:.2e}; union symmetric "
           f"difference {sym:.6f} m2")
 
 
