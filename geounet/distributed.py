@@ -8,9 +8,10 @@ is a task that computes its tiles plus the halo tiles it shares with the region 
 stacks the regions into the output, atomically, and vectorizes it. No two tasks ever write the
 same file, so there are no races, and the result equals a whole-raster run bit for bit.
 
-Workers run one task at a time with ``workflow.threads`` torch threads (1 by default), so
-``workers x threads`` never oversubscribes the cores, and results are reproducible: torch's CPU
-kernels give bit-identical results only at equal thread counts.
+Workers run one task at a time with ``workflow.threads`` torch threads (1 by default; GDAL
+compresses outputs with as many), so ``workers x threads`` never oversubscribes the cores, and
+results are reproducible: torch's CPU kernels give bit-identical results only at equal thread
+counts.
 """
 
 from __future__ import annotations
@@ -45,10 +46,12 @@ COPY_ROWS = 512   # rows copied at a time when stacking regions
 
 
 def limit_threads(threads: int) -> None:
-    """Set torch's CPU threads in this (worker) process."""
+    """Set torch's CPU threads and GDAL's compression threads in this (worker) process."""
+    import rasterio
     import torch
 
     torch.set_num_threads(threads)
+    rasterio.env.set_gdal_config("GDAL_NUM_THREADS", str(threads))
 
 
 @contextlib.contextmanager

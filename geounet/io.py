@@ -316,7 +316,10 @@ def write_failed(path: Path, exc: BaseException) -> OutputError:
 
 
 def gtiff_profile(info: RasterInfo, count: int, dtype: str, nodata: float) -> dict:
-    """A tiled, compressed GeoTIFF profile on the input's grid, CRS and transform."""
+    """A tiled, compressed GeoTIFF profile on the input's grid, CRS and transform.
+
+    Compression uses GDAL_NUM_THREADS threads where that is set (Dask workers set it to
+    their share of the cores), else all CPUs."""
     block = 512 if min(info.width, info.height) >= 512 else 256
     return {
         "driver": "GTiff", "width": info.width, "height": info.height, "count": count,
@@ -324,7 +327,8 @@ def gtiff_profile(info: RasterInfo, count: int, dtype: str, nodata: float) -> di
         "tiled": True, "blockxsize": block, "blockysize": block, "compress": "deflate",
         # Floating-point predictor for probabilities; none for categorical class ids.
         "predictor": 3 if dtype.startswith("float") else 1, "zlevel": 6,
-        "bigtiff": "if_safer", "num_threads": "all_cpus",
+        "bigtiff": "if_safer",
+        "num_threads": rasterio.env.get_gdal_config("GDAL_NUM_THREADS") or "all_cpus",
     }
 
 

@@ -124,3 +124,29 @@ def test_dask_tasks_vectorize_in_their_own_process(scenes, monkeypatch):
         with pytest.raises(RuntimeError, match="captured"):
             runner.write_vectors(item, workflow, item.input)
         assert seen[-1] == workers
+
+
+
+def test_worker_thread_limit_covers_gdal_compression():
+    """A Dask worker limited to N threads also compresses its GeoTIFFs with N threads, so two
+    workers on two cores do not each start a compressor thread per core."""
+    import torch
+    from rasterio._env import del_gdal_config
+
+    from geounet.distributed import limit_threads
+    from geounet.io import RasterInfo, gtiff_profile
+
+    info = RasterInfo(Path("x.tif"), 64, 64, 1, "uint8", None, rasterio.Affine.identity(), None)
+    threads, gdal_threads = torch.get_num_threads(), rasterio.env.get_gdal_config(
+        "GDAL_NUM_THREADS")
+    try:
+        del_gdal_config("GDAL_NUM_THREADS")
+        assert gtiff_profile(info, 1, "uint8", 0)["num_threads"] == "all_cpus"
+        limit_threads(1)
+        assert str(gtiff_profile(info, 1, "uint8", 0)["num_threads"]) == "1"
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+        del_gdal_config("GDAL_NUM_THREADS")
+        if gdal_threads is not None:
+            rasterio.env.set_gdal_config("GDAL_NUM_THREADS", gdal_threads)
