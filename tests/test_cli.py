@@ -251,3 +251,24 @@ def test_evaluate_json_reports_an_empty_prediction(make_raster, masks):
 def test_version():
     result = _invoke("--version")
     assert result.exit_code == 0 and "0.1.0" in result.stdout
+
+
+def test_predict_on_a_plain_png_writes_a_pixel_grid_mask_without_warnings(checkpoint, tmp_path):
+    """A plain image (no CRS, no geotransform) is a normal input: the mask is on its pixel
+    grid, and rasterio's NotGeoreferencedWarning shows only with -v."""
+    from PIL import Image
+
+    png, out = tmp_path / "photo.png", tmp_path / "photo_mask.tif"
+    rgb = np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(png)
+    done = subprocess.run([*_geounet_command(), "predict", str(png), "-m", str(checkpoint),
+                           "-o", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "Warning" not in done.stderr, done.stderr
+    with rasterio.open(out) as mask:
+        assert (mask.width, mask.height, mask.crs) == (56, 40, None)
+        assert mask.transform == rasterio.Affine.identity()
+    verbose = subprocess.run([*_geounet_command(), "predict", str(png), "-m", str(checkpoint),
+                              "-o", str(out), "--overwrite", "-v"], capture_output=True,
+                             text=True)
+    assert verbose.returncode == 0 and "NotGeoreferencedWarning" in verbose.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable
 
 import click
@@ -22,6 +23,10 @@ def verbosity(func: Callable) -> Callable:
         # GDAL's warnings (e.g. on odd TIFF tags) only with -v: errors are one line.
         logging.getLogger("rasterio").setLevel(logging.CRITICAL if level >= logging.WARNING
                                                else logging.NOTSET)
+        # So are rasterio's Python warnings, e.g. that a plain PNG/JPEG has no geotransform
+        # (its outputs are on its pixel grid, which is what a user of plain images expects).
+        warnings.filterwarnings("ignore" if level >= logging.WARNING else "default",
+                                module=r"rasterio(\..*)?$")
         return value
 
     func = click.option("-q", "--quiet", is_flag=True, callback=configure, expose_value=True,
