@@ -7,7 +7,7 @@ runs ``geounet evaluate`` on the eastern half against the tile's raster mask and
 buffered centrelines. Also reports how far the vector labels and the raster mask agree.
 The labels are incomplete (a visible road in the centre is not labelled): IoU is capped below 1.
 
-Usage: ``python -m benchmarks.vegas_roads [--skip-train] [--minutes 20]``.
+Usage: ``python -m benchmarks.vegas_roads [--skip-train] [--minutes 40]``.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def label_agreement() -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-train", action="store_true")
-    parser.add_argument("--minutes", type=float, default=20.0)
+    parser.add_argument("--minutes", type=float, default=40.0)
     parser.add_argument("--output", default=str(WORK / "vegas.safetensors"))
     args = parser.parse_args()
     if not DATA.is_dir():
