@@ -126,7 +126,6 @@ def test_dask_tasks_vectorize_in_their_own_process(scenes, monkeypatch):
         assert seen[-1] == workers
 
 
-
 def test_worker_thread_limit_covers_gdal_compression():
     """A Dask worker limited to N threads also compresses its GeoTIFFs with N threads, so two
     workers on two cores do not each start a compressor thread per core."""
