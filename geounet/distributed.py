@@ -11,13 +11,16 @@ same file, so there are no races, and the result equals a whole-raster run bit f
 Workers run one task at a time with ``workflow.threads`` torch threads (1 by default; GDAL
 compresses outputs with as many), so ``workers x threads`` never oversubscribes the cores, and
 results are reproducible: torch's CPU kernels give bit-identical results only at equal thread
-counts.
+counts. Each worker also gets glibc's malloc heuristics back (:func:`restore_malloc_heuristics`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import logging
+import os
 import time
 from collections.abc import Iterator
 from functools import partial
@@ -43,15 +46,37 @@ from geounet.workflow import Workflow
 
 log = logging.getLogger(__name__)
 COPY_ROWS = 512   # rows copied at a time when stacking regions
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3   # mallopt parameters of glibc's malloc.h
 
 
-def limit_threads(threads: int) -> None:
-    """Set torch's CPU threads and GDAL's compression threads in this (worker) process."""
+def prepare_worker(threads: int) -> None:
+    """Set up a (worker) process: torch's CPU threads, GDAL's compression threads, and
+    glibc's malloc heuristics (see :func:`restore_malloc_heuristics`)."""
     import rasterio
     import torch
 
     torch.set_num_threads(threads)
     rasterio.env.set_gdal_config("GDAL_NUM_THREADS", str(threads))
+    restore_malloc_heuristics()
+
+
+def restore_malloc_heuristics() -> bool:
+    """Let glibc reuse freed array memory again in a process started with
+    ``MALLOC_TRIM_THRESHOLD_`` set (Dask's nanny sets 65536 by default).
+
+    Setting that variable also fixes glibc's mmap threshold at 128 KiB, so every array over
+    128 KiB (a 1024^2 float32 block is 4 MiB) is mmapped fresh and zero-filled by the kernel,
+    then unmapped when freed: 25-30 % more CPU per item here, and more when two workers
+    fault pages at once. This sets the limits glibc's own dynamic rule reaches (mmap above
+    32 MiB, trim above 64 MiB free). Returns whether anything was changed (glibc only)."""
+    if "MALLOC_TRIM_THRESHOLD_" not in os.environ:
+        return False
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    if libc is None or not hasattr(libc, "mallopt"):
+        return False
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20) and
+                libc.mallopt(M_TRIM_THRESHOLD, 64 << 20))
 
 
 @contextlib.contextmanager
@@ -77,7 +102,7 @@ def dask_executor(workflow: Workflow) -> Iterator:
         raise ConfigError(f"executor.scheduler: cannot reach the Dask scheduler "
                           f"{config.scheduler or 'LocalCluster'} ({exc})") from None
     try:
-        client.run(limit_threads, workflow.threads)
+        client.run(prepare_worker, workflow.threads)
         yield partial(_execute, client)
     finally:
         client.close()
