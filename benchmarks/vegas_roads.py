@@ -4,7 +4,8 @@ Cuts the 1300x1300 EPSG:4326 panchromatic tile (uint16, 11-bit) into its western
 eastern halves (same CRS and pixel grid, via rasterio windows), trains with
 ``workflows/train_vegas.yaml`` (vector labels: the road centrelines buffered to 4 m), then
 runs ``geounet evaluate`` on the eastern half against the tile's raster mask and against the
-buffered centrelines. Also reports how far the vector labels and the raster mask agree.
+buffered centrelines, plainly and with ``--tta`` (8 orientations per tile). Also reports how
+far the vector labels and the raster mask agree, and the centreline lengths.
 The labels are incomplete (a visible road in the centre is not labelled): IoU is capped below 1.
 
 Usage: ``python -m benchmarks.vegas_roads [--skip-train] [--minutes 40]``.
@@ -13,6 +14,7 @@ Usage: ``python -m benchmarks.vegas_roads [--skip-train] [--minutes 40]``.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import subprocess
 import sys
@@ -93,27 +95,33 @@ def main() -> None:
               "centrelines buffered 4 m": (str(DATA / "sample_roads_for_masking.geojson"),
                                            ["--line-width", "4", "--line-width-units",
                                             "metres"])}
-    for name, (label, extra) in labels.items():
+    for (name, (label, extra)), tta in itertools.product(labels.items(), (False, True)):
         command = [*geounet, "evaluate", "-m", args.output, "--images",
                    str(halves["east_image"]), "--labels", label, *extra, "--json", "-q",
-                   "--thresholds", "19"]
+                   "--thresholds", "19", "--threads", "1", *(["--tta"] if tta else [])]
         print("$", " ".join(command[2:]), flush=True)
         report = json.loads(subprocess.run(command, cwd=ROOT, check=True, capture_output=True,
                                            text=True).stdout)
-        (WORK / f"vegas_east_{'vector' if extra else 'raster'}.json").write_text(
+        kind = "vector" if extra else "raster"
+        (WORK / f"vegas_east_{kind}{'_tta' if tta else ''}.json").write_text(
             json.dumps(report, indent=1))
         p, t = report["pixel"], report["tolerant"]
-        print(f"eastern half vs {name}: road IoU {p['iou']:.3f}, P {p['precision']:.3f}, "
-              f"R {p['recall']:.3f}, F1 {p['f1']:.3f}; tolerant (2 px) F1 {t['f1']:.3f}; "
-              f"ODS F1 {report['ods_ois']['ods_f1']:.3f}")
-    lengths = centerline_lengths(Path(args.output), halves)
-    print(f"eastern half centreline length: predicted mask {lengths['predicted_m']:.0f} m, "
-          f"label mask (same skeleton code) {lengths['label_mask_m']:.0f} m, labelled "
-          f"centrelines (GeoJSON clipped to the half) {lengths['labelled_m']:.0f} m")
-    (WORK / "vegas_centerlines.json").write_text(json.dumps(lengths, indent=1))
+        print(f"eastern half vs {name}{' (tta)' if tta else ''}: road IoU {p['iou']:.3f}, "
+              f"P {p['precision']:.3f}, R {p['recall']:.3f}, F1 {p['f1']:.3f}; tolerant (2 px) "
+              f"F1 {t['f1']:.3f}; ODS F1 {report['ods_ois']['ods_f1']:.3f} "
+              f"(t={report['ods_ois']['ods_threshold']:.2f})")
+    for tta in (False, True):
+        lengths = centerline_lengths(Path(args.output), halves, tta)
+        print(f"eastern half centreline length{' (tta)' if tta else ''}: predicted mask "
+              f"{lengths['predicted_m']:.0f} m, label mask (same skeleton code) "
+              f"{lengths['label_mask_m']:.0f} m, labelled centrelines (GeoJSON clipped to the "
+              f"half) {lengths['labelled_m']:.0f} m")
+        (WORK / f"vegas_centerlines{'_tta' if tta else ''}.json").write_text(
+            json.dumps(lengths, indent=1))
 
 
-def centerline_lengths(checkpoint: Path, halves: dict[str, Path]) -> dict[str, float]:
+def centerline_lengths(checkpoint: Path, halves: dict[str, Path],
+                       tta: bool = False) -> dict[str, float]:
     """Skeleton length (m) of the predicted and labelled road masks of the eastern half."""
     import geopandas as gpd
     from shapely.geometry import box
@@ -123,7 +131,7 @@ def centerline_lengths(checkpoint: Path, halves: dict[str, Path]) -> dict[str, f
 
     predicted = FOLDER / "east_predicted.tif"
     predict_raster(halves["east_image"], checkpoint, predicted, None,
-                   PredictConfig(progress=False, overwrite=True, threads=1))
+                   PredictConfig(progress=False, overwrite=True, threads=1, tta=tta))
     out = {}
     for name, mask in (("predicted_m", predicted), ("label_mask_m", halves["east_mask"])):
         polygons = FOLDER / f"{mask.stem}_roads.gpkg"

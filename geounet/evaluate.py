@@ -128,8 +128,10 @@ def evaluate_pairs(pairs: Sequence[tuple[str | Path, str | Path]],
 
 def evaluate_model(model: str | Path, pairs: Sequence[tuple[str | Path, str | Path]],
                    config: EvaluateConfig = EvaluateConfig(), device: str = "auto",
-                   threads: int | None = None, progress: bool = False) -> dict:
-    """Run ``model`` on each (image, label) pair with ``predict_raster``, then score it.
+                   threads: int | None = None, progress: bool = False, tta: bool = False
+                   ) -> dict:
+    """Run ``model`` on each (image, label) pair with ``predict_raster`` (with test-time
+    augmentation if ``tta``), then score it.
 
     A binary model is scored from its probabilities (so ODS/OIS are reported too), a
     multi-class one from its class mask. Predictions go to a temporary folder.
@@ -140,7 +142,7 @@ def evaluate_model(model: str | Path, pairs: Sequence[tuple[str | Path, str | Pa
     loaded = load_checkpoint(model, "cpu")
     meta = loaded[1]
     binary = meta.arch.classes == 1
-    settings = PredictConfig(device=device, threads=threads, progress=False)
+    settings = PredictConfig(device=device, threads=threads, progress=False, tta=tta)
     with tempfile.TemporaryDirectory(prefix="geounet-evaluate-") as tmp:
         predicted = []
         for i, (image, label) in enumerate(tqdm(pairs, disable=not progress, desc="predict",
@@ -158,7 +160,7 @@ def evaluate_model(model: str | Path, pairs: Sequence[tuple[str | Path, str | Pa
         report = evaluate_pairs(predicted, config, progress)
     for item, (image, _) in zip(report["per_image"], pairs):
         item["prediction"] = f"{model} on {image}"
-    report["model"] = str(model)
+    report["model"], report["tta"] = str(model), tta
     return report
 
 

@@ -18,6 +18,11 @@ partition the block rows, computed anywhere and stacked, equal the whole-raster 
 
 Nodata travels: pixels that are nodata or not finite in any input band are written as nodata
 (255 in the mask, NaN in probabilities), and tiles with no valid pixel are never computed.
+
+With ``tta`` (test-time augmentation), each tile is run in its 8 orientations (4 quarter turns,
+each also mirrored), every output is turned back, and the 8 probability maps are averaged
+before blending: about 8x the model time, same memory, usually cleaner roads and fewer
+isolated false detections on imagery whose content has no preferred orientation.
 """
 
 from __future__ import annotations
@@ -81,6 +86,8 @@ class PredictConfig:
         cog: write Cloud-Optimized GeoTIFFs with overviews.
         overwrite: replace existing outputs.
         progress: show a progress bar on stderr.
+        tta: average the probabilities of the 8 flips and quarter turns of each tile
+            (test-time augmentation; ~8x the model time).
         region: ``(first, stop)`` block rows of the global grid to compute; the outputs then
             hold only the pixel rows these block rows complete (see the module docstring and
             :func:`block_row_extents`).
@@ -99,6 +106,7 @@ class PredictConfig:
     cog: bool = False
     overwrite: bool = False
     progress: bool = True
+    tta: bool = False
     region: tuple[int, int] | None = None
 
 
@@ -366,8 +374,12 @@ class _Engine:
         with torch.inference_mode(), torch.autocast(
             device_type=self.device.type, dtype=torch.float16, enabled=self.amp
         ):
-            probs = logits_to_probabilities(self.net(x).float())
-        return probs.cpu().numpy()
+            if not self.config.tta:
+                return logits_to_probabilities(self.net(x).float()).cpu().numpy()
+            probs = sum(undo_orientation(
+                logits_to_probabilities(self.net(orient(x, turns, mirror)).float()),
+                turns, mirror) for turns in range(4) for mirror in (False, True))
+        return (probs / 8).cpu().numpy()
 
     # -- output -----------------------------------------------------------------------
     def _open_output(self, stack, path: Path | None, count: int, dtype: str, nodata: float):
@@ -418,6 +430,18 @@ class _Engine:
         if prob_dst is not None:
             probs[:, ~valid] = np.nan
             prob_dst.write(probs, window=window)
+
+
+def orient(x: torch.Tensor, turns: int, mirror: bool) -> torch.Tensor:
+    """``x`` (N, C, H, W) mirrored left-right if ``mirror``, then turned ``turns`` quarter
+    turns counter-clockwise."""
+    return torch.rot90(torch.flip(x, (3,)) if mirror else x, turns, (2, 3))
+
+
+def undo_orientation(y: torch.Tensor, turns: int, mirror: bool) -> torch.Tensor:
+    """The inverse of :func:`orient`: ``undo_orientation(orient(x, t, m), t, m) == x``."""
+    y = torch.rot90(y, -turns, (2, 3))
+    return torch.flip(y, (3,)) if mirror else y
 
 
 def _prefetch(items: Iterator, depth: int = 1) -> Iterator:

@@ -301,7 +301,7 @@ def predict_config(workflow: Workflow, **changes):
         tile_size=t.tile_size, overlap=t.overlap, batch_size=t.batch_size,
         block_tiles=t.block_tiles, window=t.window, device=workflow.device, amp=True,
         bands=workflow.bands, threshold=t.threshold, threads=workflow.threads,
-        cog=workflow.outputs.cog, overwrite=True, progress=False)
+        cog=workflow.outputs.cog, tta=t.tta, overwrite=True, progress=False)
     return PredictConfig(**(settings | changes))
 
 

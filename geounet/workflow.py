@@ -63,6 +63,7 @@ class TilingConfig(_Strict):
     block_tiles: PositiveInt = 2
     window: Literal["hann", "average"] = "hann"
     threshold: Annotated[float, Field(ge=0, le=1)] | None = None
+    tta: bool = False   # test-time augmentation: 8 orientations per tile, ~8x the model time
 
 
 class OutputsConfig(_Strict):

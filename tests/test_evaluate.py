@@ -113,3 +113,24 @@ def scene_for_model(make_raster, checkpoint):
     truth = np.zeros((1, 50, 70), np.uint8)
     truth[0, 20:30, :] = 1
     return image, make_raster(truth, name="lab.tif"), checkpoint
+
+
+def test_evaluate_with_tta_scores_what_predict_tta_writes(scene_for_model, tmp_path):
+    """`evaluate -m --tta` scores the probabilities `predict --tta` writes, and says so."""
+    image, label, checkpoint = scene_for_model
+    prob = tmp_path / "prob.tif"
+    done = CliRunner().invoke(main, ["predict", str(image), "-m", str(checkpoint),
+                                     "--probabilities", str(prob), "--tta", "-q"])
+    assert done.exit_code == 0, done.output
+    config = EvaluateConfig(threshold=0.444, thresholds=4, class_names=("background", "thing"))
+    direct = evaluate_pairs([(prob, label)], config)
+    result = CliRunner().invoke(main, ["evaluate", "-m", str(checkpoint), "--images",
+                                       str(image), "--labels", str(label), "--tta", "--json",
+                                       "--threshold", "0.444", "--thresholds", "4"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["tta"] is True
+    assert report["pixel"] == direct["classes"]["thing"]["pixel"]
+    plain = evaluate_model(checkpoint, [(image, label)], config)
+    assert plain["tta"] is False
+    assert plain["classes"]["thing"]["pixel"] != report["pixel"]

@@ -602,3 +602,43 @@ def test_predict_config_defaults_come_from_the_checkpoint(odd_rgb, tiny_model, q
                             quiet(tile_size=64, overlap=0))
     assert result.tiles == 3 * 4
     assert PredictConfig().tile_size is None and PredictConfig().overlap is None
+
+
+@pytest.mark.parametrize("rows,cols", [(64, 64), (37, 53)])
+def test_tta_probabilities_turn_and_mirror_with_the_image(make_raster, checkpoint, quiet,
+                                                          tmp_path, rows, cols):
+    """With tta the prediction of a turned or mirrored image is the turned or mirrored
+    prediction (one 64 px tile, and a tile clipped to a raster smaller than it); the plain
+    run of the same random model is not, so the check can fail."""
+    image = np.random.default_rng(3).integers(0, 255, (3, rows, cols), dtype=np.uint8)
+
+    def probabilities(array: np.ndarray, name: str, tta: bool) -> np.ndarray:
+        path = make_raster(np.ascontiguousarray(array), name=f"{name}.tif")
+        out = tmp_path / f"{name}_{tta}.tif"
+        predict_raster(path, checkpoint, None, out, quiet(tta=tta))
+        with rasterio.open(out) as src:
+            return src.read(1)
+
+    for tta in (True, False):
+        base = probabilities(image, "base", tta)
+        turned = probabilities(np.rot90(image, 1, (1, 2)), "turned", tta)
+        mirrored = probabilities(image[:, :, ::-1], "mirrored", tta)
+        assert base.shape == (rows, cols) and np.isfinite(base).all()
+        equivariant = (np.allclose(turned, np.rot90(base), atol=1e-5)
+                       and np.allclose(mirrored, base[:, ::-1], atol=1e-5))
+        assert equivariant == tta
+
+
+def test_tta_averages_the_eight_orientations_of_each_tile(odd_rgb, checkpoint, quiet,
+                                                          tmp_path):
+    """On a raster of several overlapping tiles, tta blends the same tiles into the same
+    grid and georeferencing: probabilities in [0, 1], but not a plain run's."""
+    plain, tta = tmp_path / "plain.tif", tmp_path / "tta.tif"
+    predict_raster(odd_rgb, checkpoint, None, plain, quiet())
+    result = predict_raster(odd_rgb, checkpoint, None, tta, quiet(tta=True))
+    with rasterio.open(plain) as a, rasterio.open(tta) as b:
+        assert (a.transform, a.crs, a.shape) == (b.transform, b.crs, b.shape)
+        p, q = a.read(1), b.read(1)
+    assert result.tiles == TileGrid(137, 229, 64, 16).tile_count
+    assert np.isfinite(q).all() and ((q >= 0) & (q <= 1)).all()
+    assert np.abs(p - q).max() > 1e-3

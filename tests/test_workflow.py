@@ -174,6 +174,23 @@ def test_changed_settings_redo_every_item(batch):
     assert set(statuses(run_workflow(changed, progress=False)).values()) == {"done"}
 
 
+def test_tta_in_the_workflow_redoes_items_and_equals_predict_tta(batch, tmp_path, checkpoint):
+    """``tiling.tta`` changes the outputs' bytes: it is a setting (items are redone) and a run
+    writes what ``predict_raster(..., tta=True)`` writes."""
+    from geounet.predict import PredictConfig, predict_raster
+
+    path = batch()
+    run_workflow(load_workflow(path), progress=False)
+    path.write_text(path.read_text().replace("{threshold: 0.444}",
+                                             "{threshold: 0.444, tta: true}"))
+    assert set(statuses(run_workflow(load_workflow(path), progress=False)).values()) == {"done"}
+    expected = tmp_path / "expected_prob.tif"
+    predict_raster(tmp_path / "in/s1.tif", checkpoint, None, expected,
+                   PredictConfig(device="cpu", threads=1, progress=False, tta=True))
+    with rasterio.open(expected) as a, rasterio.open(tmp_path / "out/s1_prob.tif") as b:
+        assert np.array_equal(a.read(), b.read())
+
+
 def test_a_failing_item_does_not_stop_the_others(batch, tmp_path):
     (tmp_path / "in/broken.tif").write_bytes(b"II*\x00 not really a tiff")
     result = CliRunner().invoke(main, ["run", str(batch("retries: 2\n")), "-q"])

@@ -37,13 +37,15 @@ from geounet.io import atomic_path, check_output
               type=click.Choice(["pixels", "map", "metres"]))
 @click.option("--device", default="auto", show_default=True, help="For --model.")
 @click.option("--threads", type=click.IntRange(1), help="CPU threads for --model.")
+@click.option("--tta", is_flag=True, help="For --model: average the 8 flips/quarter turns of "
+              "each tile, as `geounet predict --tta`.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("-o", "--output", type=click.Path(path_type=Path),
               help="Also write the full JSON report (with per-image scores) here.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --output.")
 @verbosity
 def command(prediction, truth, model, images, labels, split_file, split, tolerance,
-            threshold, thresholds, line_width, line_width_units, device, threads, as_json,
+            threshold, thresholds, line_width, line_width_units, device, threads, tta, as_json,
             output, overwrite, quiet, verbose) -> None:
     """Precision, recall, F1 and IoU per class of PREDICTION against TRUTH.
 
@@ -76,7 +78,8 @@ def command(prediction, truth, model, images, labels, split_file, split, toleran
     config = EvaluateConfig(tolerance, threshold, thresholds,
                             LabelConfig(line_width, line_width_units))
     if model is not None:
-        report = evaluate_model(model, pairs, config, device, threads, progress=not quiet)
+        report = evaluate_model(model, pairs, config, device, threads, progress=not quiet,
+                                tta=tta)
     else:
         report = evaluate_pairs(pairs, config, progress=not quiet and len(pairs) > 1)
     foreground = [name for name in report["classes"] if name != _background(report)]

@@ -36,6 +36,8 @@ from geounet.io import check_output, temporary_sibling
 @click.option("--threshold", type=click.FloatRange(0, 1), help="Binary foreground cut.")
 @click.option("--threads", type=click.IntRange(1), help="CPU threads for the model.")
 @click.option("--cog", is_flag=True, help="Write Cloud-Optimized GeoTIFFs with overviews.")
+@click.option("--tta", is_flag=True,
+              help="Average the 8 flips/quarter turns of each tile (~8x the model time).")
 @click.option("--vector", type=click.Path(path_type=Path),
               help="Also polygonize the mask into this vector file (.gpkg, .geojson, ...).")
 @with_vector_options
@@ -45,8 +47,8 @@ from geounet.io import check_output, temporary_sibling
 @click.pass_context
 def command(ctx: click.Context, input_path: Path, model: Path, output: Path | None,
             probabilities: Path | None, bands, tile_size, overlap, batch_size, block_tiles,
-            window, device, no_amp, threshold, threads, cog, vector, as_json, overwrite, quiet,
-            verbose) -> None:
+            window, device, no_amp, threshold, threads, cog, tta, vector, as_json, overwrite,
+            quiet, verbose) -> None:
     """Segment IN.tif tile by tile and write a georeferenced mask and/or probabilities.
 
     With --vector, the mask is also turned into polygons (a temporary mask is used when no
@@ -67,7 +69,7 @@ def command(ctx: click.Context, input_path: Path, model: Path, output: Path | No
                 stack.callback(output.unlink, missing_ok=True)
         result = _predict(input_path, model, output, probabilities, bands, tile_size, overlap,
                           batch_size, block_tiles, window, device, no_amp, threshold, threads,
-                          cog, overwrite, quiet)
+                          cog, tta, overwrite, quiet)
         vectors = None
         if vector is not None:
             vectors = request.run(output, vector, overwrite, quiet or as_json, probabilities)
@@ -75,13 +77,13 @@ def command(ctx: click.Context, input_path: Path, model: Path, output: Path | No
 
 
 def _predict(input_path, model, output, probabilities, bands, tile_size, overlap, batch_size,
-             block_tiles, window, device, no_amp, threshold, threads, cog, overwrite, quiet):
+             block_tiles, window, device, no_amp, threshold, threads, cog, tta, overwrite, quiet):
     from geounet.predict import PredictConfig, predict_raster  # torch: loaded on use
 
     config = PredictConfig(
         tile_size=tile_size, overlap=overlap, batch_size=batch_size, block_tiles=block_tiles,
         window=window, device=device, amp=not no_amp, bands=bands, threshold=threshold,
-        threads=threads, cog=cog, overwrite=overwrite, progress=not quiet,
+        threads=threads, cog=cog, overwrite=overwrite, progress=not quiet, tta=tta,
     )
     return predict_raster(input_path, model, output, probabilities, config)
 
