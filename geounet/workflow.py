@@ -183,8 +183,10 @@ class Workflow(_Strict):
         overwrite policy, input discovery) so that, for example, moving a workflow onto a
         Dask cluster does not redo finished items.
         """
+        # tta only when on: manifests written before it existed stay valid (same bytes).
+        tiling = self.tiling.model_dump(exclude=None if self.tiling.tta else {"tta"})
         return {
-            "bands": self.bands, "tiling": self.tiling.model_dump(), "device": self.device,
+            "bands": self.bands, "tiling": tiling, "device": self.device,
             "threads": self.threads,
             "outputs": self.outputs.model_dump(exclude={"folder", "overwrite"}),
             "vectorize": self.vectorize.model_dump(),
