@@ -325,8 +325,9 @@ def _fit(config: TrainConfig, output: Path, train: list[_Scene], val: list[_Scen
         if config.patience is not None and since_best >= config.patience:
             stopped = f"early stop: no better {config.monitor} for {since_best} epochs"
             break
-        if config.max_minutes is not None and seconds * (epoch + 1) / epoch \
-                > config.max_minutes * 60:   # another epoch of the mean length would overrun
+        if config.max_minutes is not None and epoch < config.epochs \
+                and seconds * (epoch + 1) / epoch > config.max_minutes * 60:
+            # another epoch of the mean length would overrun
             stopped = (f"time limit: {seconds / 60:.1f} min done, another epoch would end "
                        f"past {config.max_minutes:g} min")
             break

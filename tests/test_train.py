@@ -289,6 +289,10 @@ def test_time_limit_stops_before_an_epoch_that_would_overrun(scene, tmp_path):
                                  max_minutes=1e-6), tmp_path / "t.safetensors", progress=False)
     assert result.epochs == 1 and result.stopped.startswith("time limit")
     assert last_paths(tmp_path / "t.safetensors")[0].exists()
+    # With every planned epoch done, the run ended because its epochs did, not the clock.
+    done = train_model(_config(images=[image_path], labels=[mask_path], epochs=1,
+                               max_minutes=1e-6), tmp_path / "u.safetensors", progress=False)
+    assert done.epochs == 1 and done.stopped == "epochs"
 
 
 def test_windowed_reads_of_large_images_train_exactly_like_in_memory(scene, tmp_path,
