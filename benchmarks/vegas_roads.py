@@ -110,8 +110,9 @@ def main() -> None:
               f"P {p['precision']:.3f}, R {p['recall']:.3f}, F1 {p['f1']:.3f}; tolerant (2 px) "
               f"F1 {t['f1']:.3f}; ODS F1 {report['ods_ois']['ods_f1']:.3f} "
               f"(t={report['ods_ois']['ods_threshold']:.2f})")
+    labelled = labelled_lengths(halves)   # the same for both predictions
     for tta in (False, True):
-        lengths = centerline_lengths(Path(args.output), halves, tta)
+        lengths = {"predicted_m": predicted_length(Path(args.output), halves, tta), **labelled}
         print(f"eastern half centreline length{' (tta)' if tta else ''}: predicted mask "
               f"{lengths['predicted_m']:.0f} m, label mask (same skeleton code) "
               f"{lengths['label_mask_m']:.0f} m, labelled centrelines (GeoJSON clipped to the "
@@ -120,28 +121,38 @@ def main() -> None:
             json.dumps(lengths, indent=1))
 
 
-def centerline_lengths(checkpoint: Path, halves: dict[str, Path],
-                       tta: bool = False) -> dict[str, float]:
-    """Skeleton length (m) of the predicted and labelled road masks of the eastern half."""
+def skeleton_length(mask: Path) -> float:
+    """Total centreline length (m) of a road mask, by ``geounet vectorize --centerlines``."""
     import geopandas as gpd
-    from shapely.geometry import box
 
-    from geounet.predict import PredictConfig, predict_raster
     from geounet.vectorize import VectorizeConfig, vectorize_raster
+
+    polygons = FOLDER / f"{mask.stem}_roads.gpkg"
+    vectorize_raster(mask, polygons, VectorizeConfig(centerlines=True), overwrite=True)
+    return float(gpd.read_file(polygons)["length_m"].sum())
+
+
+def predicted_length(checkpoint: Path, halves: dict[str, Path], tta: bool) -> float:
+    """Skeleton length (m) of the road mask ``checkpoint`` predicts on the eastern half."""
+    from geounet.predict import PredictConfig, predict_raster
 
     predicted = FOLDER / "east_predicted.tif"
     predict_raster(halves["east_image"], checkpoint, predicted, None,
                    PredictConfig(progress=False, overwrite=True, threads=1, tta=tta))
-    out = {}
-    for name, mask in (("predicted_m", predicted), ("label_mask_m", halves["east_mask"])):
-        polygons = FOLDER / f"{mask.stem}_roads.gpkg"
-        vectorize_raster(mask, polygons, VectorizeConfig(centerlines=True), overwrite=True)
-        out[name] = float(gpd.read_file(polygons)["length_m"].sum())
+    return skeleton_length(predicted)
+
+
+def labelled_lengths(halves: dict[str, Path]) -> dict[str, float]:
+    """Eastern half: skeleton length (m) of the label mask, and length of the labelled
+    centrelines clipped to it (measured in their UTM zone)."""
+    import geopandas as gpd
+    from shapely.geometry import box
+
     with rasterio.open(halves["east_image"]) as src:
         east = box(*src.bounds)
     lines = gpd.read_file(DATA / "sample_roads_for_masking.geojson").clip(east)
-    out["labelled_m"] = float(lines.to_crs(lines.estimate_utm_crs()).length.sum())
-    return out
+    return {"label_mask_m": skeleton_length(halves["east_mask"]),
+            "labelled_m": float(lines.to_crs(lines.estimate_utm_crs()).length.sum())}
 
 
 if __name__ == "__main__":
