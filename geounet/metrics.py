@@ -54,15 +54,15 @@ def tolerant_scores(pred: np.ndarray, truth: np.ndarray, tolerance: float = 2.0,
                     valid: np.ndarray | None = None) -> Scores:
     """Precision/recall/F1 with a localisation tolerance in pixels; IoU is the exact one."""
     pred, truth = _check(pred, truth, valid)
-    near_truth = _within(truth, tolerance)
-    near_pred = _within(pred, tolerance)
+    near_truth = within(truth, tolerance)
+    near_pred = within(pred, tolerance)
     n_pred, n_true = np.count_nonzero(pred), np.count_nonzero(truth)
     precision = _ratio(np.count_nonzero(pred & near_truth), n_pred)
     recall = _ratio(np.count_nonzero(truth & near_pred), n_true)
     return Scores(precision, recall, _f1(precision, recall), pixel_scores(pred, truth).iou)
 
 
-def _within(mask: np.ndarray, tolerance: float) -> np.ndarray:
+def within(mask: np.ndarray, tolerance: float) -> np.ndarray:
     """Pixels within ``tolerance`` (Euclidean, pixels) of any True pixel of ``mask``."""
     if not mask.any():
         return np.zeros_like(mask)
@@ -121,11 +121,11 @@ def count(pred: np.ndarray, truth: np.ndarray, tolerance: float = 2.0,
     """
     pred, truth = _check(pred, truth, valid)
     if near_truth is None:
-        near_truth = _within(truth, tolerance)
+        near_truth = within(truth, tolerance)
     return Counts(
         tp=np.count_nonzero(pred & truth), fp=np.count_nonzero(pred & ~truth),
         fn=np.count_nonzero(~pred & truth), pred_near=np.count_nonzero(pred & near_truth),
-        pred=np.count_nonzero(pred), truth_near=np.count_nonzero(truth & _within(pred, tolerance)),
+        pred=np.count_nonzero(pred), truth_near=np.count_nonzero(truth & within(pred, tolerance)),
         truth=np.count_nonzero(truth))
 
 
@@ -133,7 +133,7 @@ def threshold_sweep(prob: np.ndarray, truth: np.ndarray, thresholds: np.ndarray,
                     tolerance: float = 2.0, valid: np.ndarray | None = None) -> list[Counts]:
     """:class:`Counts` of ``prob > t`` against ``truth`` for every threshold ``t``."""
     truth = truth.astype(bool) & (True if valid is None else valid)
-    near_truth = _within(truth, tolerance)
+    near_truth = within(truth, tolerance)
     return [count(prob > t, truth, tolerance, valid, near_truth) for t in thresholds]
 
 

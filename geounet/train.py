@@ -10,8 +10,9 @@ name order) are held out whole; with one pair, the strip of ``val_fraction`` of 
 richest in foreground is held out, and training windows never touch it. Explicit
 ``val_images``/``val_labels`` replace both. The test split is never used for any choice.
 
-Each step draws ``batch_size`` random windows (``pos_fraction`` of them centred on a
-foreground pixel, so thin rare classes are seen), scaled by a random factor in
+Each step draws ``batch_size`` random windows (``hard_fraction`` of them centred on a pixel
+the model got wrong after the previous epoch, ``pos_fraction`` of the others on a foreground
+pixel, so thin rare classes are seen), scaled by a random factor in
 ``scale_range``, rotated by a multiple of 90 degrees, maybe mirrored (overhead and inspection
 imagery has no preferred orientation) and jittered in brightness and contrast. The loss (BCE
 or focal, plus soft Dice) ignores pixels that are nodata in the image or unlabelled in the
@@ -64,13 +65,15 @@ from geounet.labels import (
     pair_folders,
     read_split,
 )
-from geounet.metrics import Counts, count
+from geounet.metrics import Counts, count, within
 from geounet.model import UNet, UNetConfig
 
 log = logging.getLogger(__name__)
 
 IN_MEMORY_PIXELS = 64 * 2**20     # images up to this many pixels are read once, into memory
 VAL_TILE = 1024                   # validation windows are at most this many pixels a side
+MINE_PIXELS = 16 * 2**20          # hard-pixel mining looks at most at this many pixels an epoch
+MAX_HARD = 2**16                  # hard pixels kept per image (a random sample beyond)
 STATE_FORMAT = "geounet-train-state"
 # Keys a resumed run may change; any other difference from the saved run is refused.
 RESUMABLE_CHANGES = {"epochs", "patience", "max_minutes", "threads", "device", "source"}
@@ -112,6 +115,8 @@ class TrainConfig(BaseModel):
     warmup: float = Field(0.05, ge=0, lt=1, description="share of steps with rising lr")
     loss: Literal["bce_dice", "focal_dice", "bce"] = "bce_dice"
     pos_fraction: float = Field(0.5, ge=0, le=1)
+    hard_fraction: float = Field(0.0, ge=0, le=1, description="share of windows centred on "
+                                 "pixels the model got wrong after the previous epoch")
     scale_range: tuple[float, float] = (0.8, 1.25)
     brightness: float = Field(0.2, ge=0)
     contrast: float = Field(0.2, ge=0, lt=1)
@@ -218,6 +223,7 @@ class _Scene:
     valid: np.ndarray | None = None    # bool (rows, cols)
     held_rows: tuple[int, int] = (0, 0)   # [first, end) rows kept for validation
     positives: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
+    hard: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -275,6 +281,8 @@ def _fit(config: TrainConfig, output: Path, train: list[_Scene], val: list[_Scen
     epoch, history, best = 0, [], {config.monitor: -1.0}
     if resume:
         epoch, history, best = _restore(output, config, model, optimizer, scaler, rng)
+        if config.hard_fraction and epoch:
+            _mine_hard_pixels(model, train, mean, std, config, device, epoch)
     total = config.epochs * config.steps_per_epoch
     metadata = ModelMetadata(
         arch=arch, bands=bands, mean=mean, std=std, class_names=tuple(config.class_names),
@@ -308,6 +316,8 @@ def _fit(config: TrainConfig, output: Path, train: list[_Scene], val: list[_Scen
             bar.update()
             bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
         epoch += 1
+        if config.hard_fraction:
+            _mine_hard_pixels(model, train, mean, std, config, device, epoch)
         scores = _validate(model, val, val_windows, mean, std, config, device)
         seconds += time.perf_counter() - start
         history.append({"epoch": epoch, "loss": float(np.mean(losses)), **scores,
@@ -490,12 +500,23 @@ def _training_batch(scenes: list[_Scene], mean, std, config: TrainConfig,
     p = config.patch
     xs, ys = [], []
     low, high = np.log(config.scale_range[0]), np.log(config.scale_range[1])
+    hard_counts = np.array([len(s.hard) for s in scenes], dtype=np.float64)
     for _ in range(config.batch_size):
-        scene = scenes[rng.integers(len(scenes))]
+        on_hard = hard_counts.sum() > 0 and rng.random() < config.hard_fraction
+        if on_hard:  # images weighted by how much the model got wrong in them
+            scene = scenes[rng.choice(len(scenes), p=hard_counts / hard_counts.sum())]
+        else:
+            scene = scenes[rng.integers(len(scenes))]
         rows, cols = scene.shape
         size = min(int(round(p * np.exp(rng.uniform(low, high)))), cols,
                    max(scene.held_rows[0], rows - scene.held_rows[1]))
-        r0, c0 = _window_origin(scene, size, config.pos_fraction, rng)
+        if on_hard:
+            centres = scene.hard
+        elif len(scene.positives) and rng.random() < config.pos_fraction:
+            centres = scene.positives
+        else:
+            centres = None
+        r0, c0 = _window_origin(scene, size, centres, rng)
         window = Window(c0, r0, size, size)
         data, valid = scene.read(window)
         x = normalize(data, valid, mean, std)
@@ -517,14 +538,14 @@ def _training_batch(scenes: list[_Scene], mean, std, config: TrainConfig,
     return np.stack(xs), np.stack(ys)
 
 
-def _window_origin(scene: _Scene, size: int, pos_fraction: float, rng: np.random.Generator,
-                   ) -> tuple[int, int]:
-    """Top-left of a ``size`` window clear of the validation strip (maybe on a positive)."""
+def _window_origin(scene: _Scene, size: int, centres: np.ndarray | None,
+                   rng: np.random.Generator) -> tuple[int, int]:
+    """Top-left of a ``size`` window clear of the validation strip, holding one of the
+    ``centres`` (row, col) pixels if given, else anywhere."""
     rows, cols = scene.shape
-    centred = len(scene.positives) and rng.random() < pos_fraction
     while True:  # rejection sampling: most draws already miss the strip
-        if centred:
-            r, c = scene.positives[rng.integers(len(scene.positives))]
+        if centres is not None:
+            r, c = centres[rng.integers(len(centres))]
             r0 = int(np.clip(r - rng.integers(size), 0, rows - size))
             c0 = int(np.clip(c - rng.integers(size), 0, cols - size))
         else:
@@ -555,17 +576,79 @@ def _loss(logits: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor
 # ---------------------------------------------------------------------------- validation
 
 
+def _covering_windows(scene: _Scene, first: int, end: int) -> list[Window]:
+    """Windows (<= VAL_TILE a side) covering rows ``[first, end)`` of ``scene``."""
+    cols = scene.shape[1]
+    return [Window(c0, r0, min(VAL_TILE, cols - c0), min(VAL_TILE, end - r0))
+            for r0 in range(first, end, VAL_TILE) for c0 in range(0, cols, VAL_TILE)]
+
+
 def _validation_windows(scenes: list[_Scene]) -> list[tuple[_Scene, Window]]:
-    """Windows (<= VAL_TILE a side) covering each validation image or held-out strip."""
+    """Windows covering each validation image or held-out strip."""
+    return [(scene, window) for scene in scenes
+            for window in _covering_windows(scene, *(scene.held_rows if scene.held_rows[1]
+                                                     else (0, scene.shape[0])))]
+
+
+def _training_windows(scenes: list[_Scene]) -> list[tuple[_Scene, Window]]:
+    """Windows covering the training rows of each scene (all but its validation strip)."""
     out = []
     for scene in scenes:
-        rows, cols = scene.shape
-        first, end = scene.held_rows if scene.held_rows[1] else (0, rows)
-        for r0 in range(first, end, VAL_TILE):
-            for c0 in range(0, cols, VAL_TILE):
-                out.append((scene, Window(c0, r0, min(VAL_TILE, cols - c0),
-                                          min(VAL_TILE, end - r0))))
+        first, end = scene.held_rows
+        out += [(scene, w) for w in _covering_windows(scene, 0, first)
+                + _covering_windows(scene, end, scene.shape[0])]
     return out
+
+
+def _scored_window(model: UNet, scene: _Scene, window: Window, mean, std,
+                   device: torch.device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Foreground probability, target and labelled-and-valid pixels of one window."""
+    data, valid = scene.read(window)
+    x = torch.from_numpy(normalize(data, valid, mean, std))[None].to(device)
+    prob = torch.sigmoid(model(x)[0, 0].float()).cpu().numpy()
+    rows, cols = window.toslices()
+    target = scene.target[rows, cols]
+    return prob, target, valid & (target != IGNORE)
+
+
+def _mine_hard_pixels(model: UNet, scenes: list[_Scene], mean, std, config: TrainConfig,
+                      device: torch.device, epoch: int) -> None:
+    """Set each scene's ``hard`` pixels: where the model is wrong beyond the tolerance.
+
+    False positives farther than ``tolerance`` from the foreground and foreground pixels
+    farther than it from any prediction, over the training rows (at most MINE_PIXELS an
+    epoch, in random windows beyond that); at most MAX_HARD per scene. Its random choices
+    depend only on the seed and epoch, so a resumed run mines the same pixels.
+    """
+    rng = np.random.default_rng([config.seed, epoch])
+    windows = _training_windows(scenes)
+    order = rng.permutation(len(windows))
+    budget, chosen = MINE_PIXELS, []
+    for index in order:
+        area = windows[index][1].width * windows[index][1].height
+        if area <= budget or not chosen:
+            chosen.append(index)
+            budget -= area
+    found: dict[int, list[np.ndarray]] = {id(s): [] for s in scenes}
+    model.eval()
+    with torch.inference_mode():
+        for index in sorted(chosen):
+            scene, window = windows[index]
+            prob, target, keep = _scored_window(model, scene, window, mean, std, device)
+            pred, truth = (prob > config.threshold) & keep, (target == 1) & keep
+            wrong = (pred & ~within(truth, config.tolerance)) \
+                | (truth & ~within(pred, config.tolerance))
+            rows, cols = np.nonzero(wrong)
+            found[id(scene)].append(np.stack([rows + window.row_off,
+                                              cols + window.col_off], axis=1))
+    for scene in scenes:
+        hard = np.concatenate(found[id(scene)]) if found[id(scene)] \
+            else np.zeros((0, 2), np.int64)
+        if len(hard) > MAX_HARD:
+            hard = hard[np.sort(rng.choice(len(hard), MAX_HARD, replace=False))]
+        scene.hard = hard
+    log.info("epoch %d: %d hard pixels mined in %d windows", epoch,
+             sum(len(s.hard) for s in scenes), len(chosen))
 
 
 def _validate(model: UNet, scenes: list[_Scene], windows, mean, std, config: TrainConfig,
@@ -575,12 +658,7 @@ def _validate(model: UNet, scenes: list[_Scene], windows, mean, std, config: Tra
     total = Counts()
     with torch.inference_mode():
         for scene, window in windows:
-            data, valid = scene.read(window)
-            x = torch.from_numpy(normalize(data, valid, mean, std))[None].to(device)
-            prob = torch.sigmoid(model(x)[0, 0].float()).cpu().numpy()
-            rows, cols = window.toslices()
-            target = scene.target[rows, cols]
-            keep = valid & (target != IGNORE)
+            prob, target, keep = _scored_window(model, scene, window, mean, std, device)
             total += count(prob > config.threshold, target == 1, config.tolerance, keep)
     pixel, tolerant = total.pixel(), total.tolerant()
     scores = {"iou": pixel.iou, "precision": pixel.precision, "recall": pixel.recall,
@@ -631,7 +709,9 @@ def _restore(output: Path, config: TrainConfig, model: UNet, optimizer, scaler,
         raise ConfigError(f"{state_path}: not a geounet training state")
     state = json.loads(header["state"])
     saved, now = state["config"], config.model_dump(mode="json")
-    changed = sorted(k for k in now if now[k] != saved.get(k) and k not in RESUMABLE_CHANGES)
+    defaults = TrainConfig.model_construct().model_dump(mode="json")  # keys added later
+    changed = sorted(k for k in now if now[k] != saved.get(k, defaults.get(k))
+                     and k not in RESUMABLE_CHANGES)
     if changed:
         raise ConfigError(f"cannot resume {last}: the run was made with other "
                           f"{', '.join(changed)}; use the same config (only "

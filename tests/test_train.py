@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
@@ -12,6 +13,8 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 from rasterio.transform import from_origin
+from safetensors import safe_open
+from safetensors.torch import save_file
 from shapely.geometry import LineString, box
 
 import geounet.train as train_module
@@ -130,10 +133,16 @@ def test_same_seed_gives_identical_weights_and_metrics(scene, tmp_path):
     assert not all(torch.equal(runs["a"][k], runs["c"][k]) for k in runs["a"])
 
 
-def test_a_killed_run_resumes_to_the_same_result(scene, tmp_path, monkeypatch):
-    """Killed during epoch 3 of 4, resumed from the epoch-2 checkpoint: same as unbroken."""
+@pytest.mark.parametrize("hard_fraction", [0.0, 0.5])
+def test_a_killed_run_resumes_to_the_same_result(scene, tmp_path, monkeypatch, hard_fraction):
+    """Killed during epoch 3 of 4, resumed from the epoch-2 checkpoint: same as unbroken.
+
+    With hard-example mining the resumed run mines the same pixels again from the epoch-2
+    weights, so its windows and weights are still those of the unbroken run.
+    """
     image_path, mask_path, _, _ = scene
-    config = _config(images=[image_path], labels=[mask_path], epochs=4)
+    config = _config(images=[image_path], labels=[mask_path], epochs=4,
+                     hard_fraction=hard_fraction)
     unbroken = train_model(config, tmp_path / "whole.safetensors", progress=False)
 
     validate, calls = train_module._validate, []
@@ -150,6 +159,8 @@ def test_a_killed_run_resumes_to_the_same_result(scene, tmp_path, monkeypatch):
         train_model(config, out, progress=False)
     monkeypatch.setattr(train_module, "_validate", validate)
     assert read_metadata(last_paths(out)[0]).source["epoch"] == 2
+    if not hard_fraction:  # a state saved before hard_fraction existed still resumes
+        _drop_from_saved_config(last_paths(out)[1], "hard_fraction")
 
     resumed = train_model(config, out, resume=True, progress=False)
     assert resumed.epochs == 4 and [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
@@ -162,8 +173,7 @@ def test_a_killed_run_resumes_to_the_same_result(scene, tmp_path, monkeypatch):
         assert torch.equal(whole[key], again[key]), key
 
     with pytest.raises(ConfigError, match="other lr"):
-        train_model(_config(images=[image_path], labels=[mask_path], epochs=4, lr=0.5), out,
-                    resume=True, progress=False)
+        train_model(config.model_copy(update={"lr": 0.5}), out, resume=True, progress=False)
     with pytest.raises(ConfigError, match="nothing to resume"):
         train_model(config, tmp_path / "never.safetensors", resume=True, progress=False)
 
@@ -219,10 +229,12 @@ def test_cli_trains_from_a_config_with_flag_overrides(scene, tmp_path):
         "batch_size: 2\nepochs: 3\nsteps_per_epoch: 2\nthreads: 1\ntile_size: 64\n"
         "overlap: 16\n")
     out = tmp_path / "cli.safetensors"
-    args = ["train", "--config", str(config_file), "--epochs", "1", "-o", str(out), "-q"]
+    args = ["train", "--config", str(config_file), "--epochs", "1", "--hard-fraction", "0.25",
+            "-o", str(out), "-q"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert read_metadata(out).source["config"]["epochs"] == 1
+    assert read_metadata(out).source["config"]["hard_fraction"] == 0.25
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 1 and "already exists" in again.output
     verbose = CliRunner().invoke(main, [*args[:-1], "--overwrite"])
@@ -281,6 +293,67 @@ def test_losses_ignore_unlabelled_pixels(kind):
     assert train_module._loss(changed, target, kind) == pytest.approx(loss.item(), rel=1e-6)
     perfect = torch.where(target[:, None] == 1, 20.0, -20.0)
     assert train_module._loss(perfect, target, kind) < loss
+
+
+def _drop_from_saved_config(state_path, key):
+    with safe_open(str(state_path), framework="pt") as f:
+        header = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a mapping)
+    state = json.loads(header["state"])
+    del state["config"][key]
+    save_file(tensors, state_path, metadata={**header, "state": json.dumps(state)})
+
+
+class _FixedLogits(torch.nn.Module):
+    """Stands in for a U-Net: the top-left part of one logit map, whatever the input."""
+
+    def __init__(self, logits: np.ndarray):
+        super().__init__()
+        self.logits = torch.as_tensor(logits, dtype=torch.float32)
+
+    def forward(self, x):
+        return self.logits[None, None, : x.shape[2], : x.shape[3]]
+
+
+def _memory_scene(target, held_rows=(0, 0), value=0.0):
+    rows, cols = target.shape
+    return train_module._Scene(Path(f"scene{value}"), None, (1,), target,
+                               np.full((1, rows, cols), value, np.float32),
+                               np.ones((rows, cols), bool), held_rows)
+
+
+def test_hard_pixels_are_the_errors_beyond_the_tolerance():
+    target = np.zeros((64, 64), np.uint8)
+    target[:, 10] = 1
+    target[0:4, 30:34] = train_module.IGNORE
+    pred = np.zeros((64, 64), bool)
+    pred[:50, 11] = True          # one pixel beside the truth: within the 2 px tolerance
+    pred[40:44, 40:44] = True     # a false positive far from any truth
+    pred[0:4, 30:34] = True       # unlabelled pixels are never wrong
+    scene = _memory_scene(target, held_rows=(56, 64))  # rows 56-63 are for validation
+    model = _FixedLogits(np.where(pred, 5.0, -5.0))
+    train_module._mine_hard_pixels(model, [scene], (0.0,), (1.0,), _config(), torch.device("cpu"),
+                                   epoch=1)
+    blob = {(r, c) for r in range(40, 44) for c in range(40, 44)}
+    # Truth from row 51 on is more than 2 px from the last predicted pixel (49, 11).
+    missed = {(r, 10) for r in range(51, 56)}
+    assert {tuple(p) for p in scene.hard.tolist()} == blob | missed
+
+
+def test_hard_windows_hold_a_hard_pixel_of_the_images_that_have_them():
+    bright, dark = np.zeros((96, 96), np.uint8), np.zeros((96, 96), np.uint8)
+    bright[60:63, 70:73] = 1
+    scenes = [_memory_scene(dark, value=0.0), _memory_scene(bright, value=1.0)]
+    scenes[1].hard = np.array([[60, 70]])
+    config = _config(hard_fraction=1.0, scale_range=(1.0, 1.0), batch_size=16)
+    x, y = train_module._training_batch(scenes, (0.0,), (1.0,), config,
+                                        np.random.default_rng(0))
+    assert (x.reshape(16, -1).min(axis=1) > 0.5).all()   # all from the bright image
+    assert (y.reshape(16, -1).sum(axis=1) >= 1).all()     # each holds the hard pixel
+    for _ in range(200):
+        r0, c0 = train_module._window_origin(scenes[1], 32, scenes[1].hard,
+                                             np.random.default_rng(_))
+        assert r0 <= 60 < r0 + 32 and c0 <= 70 < c0 + 32
 
 
 def test_time_limit_stops_before_an_epoch_that_would_overrun(scene, tmp_path):

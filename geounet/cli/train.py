@@ -42,6 +42,11 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 @click.option("--steps-per-epoch", type=click.IntRange(1))
 @click.option("--lr", type=click.FloatRange(0, min_open=True))
 @click.option("--loss", type=click.Choice(["bce_dice", "focal_dice", "bce"]))
+@click.option("--pos-fraction", type=click.FloatRange(0, 1),
+              help="Share of windows centred on a foreground pixel (default 0.5).")
+@click.option("--hard-fraction", type=click.FloatRange(0, 1),
+              help="Share of windows centred on pixels the model got wrong after the "
+                   "previous epoch (hard-example mining; default 0: off).")
 @click.option("--line-width", type=click.FloatRange(0), help="Full width of vector lines.")
 @click.option("--line-width-units", type=click.Choice(["pixels", "map", "metres"]))
 @click.option("--monitor", type=click.Choice(["iou", "f1", "tolerant_f1"]),
