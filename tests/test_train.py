@@ -340,6 +340,23 @@ def test_hard_pixels_are_the_errors_beyond_the_tolerance():
     assert {tuple(p) for p in scene.hard.tolist()} == blob | missed
 
 
+def test_hard_pixel_mining_of_large_images_looks_at_a_pixel_budget(monkeypatch):
+    """Beyond MINE_PIXELS an epoch, mining looks at random windows (other ones next epoch)."""
+    pred = np.ones((64, 64), bool)            # wrong everywhere: every mined pixel is hard
+    scene = _memory_scene(np.zeros((64, 64), np.uint8))
+    model = _FixedLogits(np.where(pred, 5.0, -5.0))
+    monkeypatch.setattr(train_module, "VAL_TILE", 32)
+    monkeypatch.setattr(train_module, "MINE_PIXELS", 2 * 32 * 32)
+    seen = []
+    for epoch in (1, 2, 3):
+        train_module._mine_hard_pixels(model, [scene], (0.0,), (1.0,), _config(),
+                                       torch.device("cpu"), epoch)
+        windows = {(r // 32, c // 32) for r, c in scene.hard.tolist()}
+        assert len(scene.hard) == 2 * 32 * 32 and len(windows) == 2
+        seen.append(windows)
+    assert len(set().union(*seen)) > 2
+
+
 def test_hard_windows_hold_a_hard_pixel_of_the_images_that_have_them():
     bright, dark = np.zeros((96, 96), np.uint8), np.zeros((96, 96), np.uint8)
     bright[60:63, 70:73] = 1
