@@ -86,6 +86,15 @@ def test_folders_of_masks_with_vector_labels_and_class_ids(make_raster, tmp_path
     saved = json.loads((tmp_path / "report.json").read_text())
     assert [item["class 1"]["pixel"]["iou"] for item in saved["per_image"]] == pytest.approx(
         [1.0, 50 / 150])
+    # The printed table names every row in full and lines the figures up.
+    table = CliRunner().invoke(main, ["evaluate", str(preds), str(labels)]).stdout.splitlines()
+    row = next(line for line in table if line.startswith("class 1 tolerant (2 px) "))
+    tolerant = report["classes"]["class 1"]["tolerant"]
+    assert row.split()[-4:] == [f"{tolerant[k]:.4f}" for k in ("precision", "recall", "f1",
+                                                                 "iou")]
+    lined_up = [line for line in table if line.startswith(("scores ", "pixel ", "tolerant ",
+                                                            "class "))]
+    assert len(lined_up) == 6 and len({len(line) for line in lined_up}) == 1
 
 
 def test_evaluate_runs_a_model_on_images(scene_for_model, tmp_path):

@@ -112,19 +112,19 @@ def _strict(value):
 
 
 def _print_table(report: dict, tolerance: float) -> None:
-    def row(label: str, s: dict) -> None:
-        click.echo(f"{label:<22}{s['precision']:>10.4f}{s['recall']:>10.4f}"
-                   f"{s['f1']:>10.4f}{s['iou']:>10.4f}")
-
-    click.echo(f"{'scores':<22}{'precision':>10}{'recall':>10}{'F1':>10}{'IoU':>10}")
     tolerant = f"tolerant ({tolerance:g} px)"
+    rows = []
     if "pixel" in report:
-        row("pixel", report["pixel"])
-        row(tolerant, report["tolerant"])
+        rows += [("pixel", report["pixel"]), (tolerant, report["tolerant"])]
     for name, scores in report["classes"].items():
-        row(f"{name} pixel"[:21], scores["pixel"])
+        rows.append((f"{name} pixel", scores["pixel"]))
         if "tolerant" in scores:
-            row(f"{name} {tolerant}"[:21], scores["tolerant"])
+            rows.append((f"{name} {tolerant}", scores["tolerant"]))
+    width = max(len(label) for label, _ in [("scores", None), *rows]) + 2
+    click.echo(f"{'scores':<{width}}{'precision':>10}{'recall':>10}{'F1':>10}{'IoU':>10}")
+    for label, s in rows:
+        click.echo(f"{label:<{width}}{s['precision']:>10.4f}{s['recall']:>10.4f}"
+                   f"{s['f1']:>10.4f}{s['iou']:>10.4f}")
     if "ods_ois" in report:
         o = report["ods_ois"]
         click.echo(f"ODS tolerant F1 {o['ods_f1']:.4f} (threshold {o['ods_threshold']:.2f}, "
