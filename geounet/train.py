@@ -281,8 +281,6 @@ def _fit(config: TrainConfig, output: Path, train: list[_Scene], val: list[_Scen
     epoch, history, best = 0, [], {config.monitor: -1.0}
     if resume:
         epoch, history, best = _restore(output, config, model, optimizer, scaler, rng)
-        if config.hard_fraction and epoch:
-            _mine_hard_pixels(model, train, mean, std, config, device, epoch)
     total = config.epochs * config.steps_per_epoch
     metadata = ModelMetadata(
         arch=arch, bands=bands, mean=mean, std=std, class_names=tuple(config.class_names),
@@ -298,6 +296,8 @@ def _fit(config: TrainConfig, output: Path, train: list[_Scene], val: list[_Scen
                file=sys.stderr, unit="step", desc="train", dynamic_ncols=True)
     while epoch < config.epochs:
         start = time.perf_counter()
+        if config.hard_fraction and epoch:  # from the weights of the epoch just done
+            _mine_hard_pixels(model, train, mean, std, config, device, epoch)
         model.train()
         losses = []
         for i in range(config.steps_per_epoch):
@@ -316,8 +316,6 @@ def _fit(config: TrainConfig, output: Path, train: list[_Scene], val: list[_Scen
             bar.update()
             bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
         epoch += 1
-        if config.hard_fraction:
-            _mine_hard_pixels(model, train, mean, std, config, device, epoch)
         scores = _validate(model, val, val_windows, mean, std, config, device)
         seconds += time.perf_counter() - start
         history.append({"epoch": epoch, "loss": float(np.mean(losses)), **scores,
@@ -501,10 +499,11 @@ def _training_batch(scenes: list[_Scene], mean, std, config: TrainConfig,
     xs, ys = [], []
     low, high = np.log(config.scale_range[0]), np.log(config.scale_range[1])
     hard_counts = np.array([len(s.hard) for s in scenes], dtype=np.float64)
+    hard_total = hard_counts.sum()
     for _ in range(config.batch_size):
-        on_hard = hard_counts.sum() > 0 and rng.random() < config.hard_fraction
+        on_hard = hard_total > 0 and rng.random() < config.hard_fraction
         if on_hard:  # images weighted by how much the model got wrong in them
-            scene = scenes[rng.choice(len(scenes), p=hard_counts / hard_counts.sum())]
+            scene = scenes[rng.choice(len(scenes), p=hard_counts / hard_total)]
         else:
             scene = scenes[rng.integers(len(scenes))]
         rows, cols = scene.shape
