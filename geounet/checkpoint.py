@@ -11,7 +11,6 @@ training and inference: ``geounet predict`` needs no other flag for a checkpoint
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from geounet.errors import ConfigError, ModelError
-from geounet.io import temporary_sibling, write_failed
 from geounet.model import UNet, UNetConfig
+from geounet.outputs import atomic_path, write_failed
 
 FORMAT = "geounet-checkpoint"
 VERSION = 1
@@ -104,14 +103,11 @@ def save_checkpoint(path: str | Path, model: UNet, metadata: ModelMetadata) -> P
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     header = {"format": FORMAT, "version": str(VERSION), "geounet": metadata.to_json()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_sibling(path, ".tmp")
-    try:
-        save_file(tensors, tmp, metadata=header)
-        os.replace(tmp, path)
-    except (OSError, SafetensorError) as exc:
-        raise write_failed(path, exc) from exc
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp:
+        try:
+            save_file(tensors, tmp, metadata=header)
+        except SafetensorError as exc:
+            raise write_failed(path, exc) from exc
     return path
 
 

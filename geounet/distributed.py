@@ -30,7 +30,9 @@ import rasterio
 from rasterio.windows import Window
 
 from geounet.errors import ConfigError, GeoUNetError
-from geounet.io import atomic_path, gtiff_profile, open_raster, temporary_sibling
+from geounet.geotiff import MODEL_SOURCE_TAG, describe, finish, open_output, read_class_names
+from geounet.io import open_raster
+from geounet.outputs import atomic_path, temporary_sibling
 from geounet.runner import (
     PERMANENT,
     Item,
@@ -169,10 +171,9 @@ def predict_region(item: Item, workflow: Workflow, model_sha256: str,
     from geounet.predict import predict_raster
 
     anchor = item.outputs["mask"] or item.outputs["vector"] or item.outputs["probabilities"]
-    tag = f".rows{region[0]}-{region[1]}.tif"
     for attempt in range(workflow.retries + 1):
-        mask = temporary_sibling(anchor, tag)
-        prob = (temporary_sibling(item.outputs["probabilities"], tag)
+        mask = temporary_sibling(anchor, ".tif")
+        prob = (temporary_sibling(item.outputs["probabilities"])
                 if item.outputs["probabilities"] else None)
         try:
             model = cached_model(workflow.model, model_sha256)
@@ -202,7 +203,7 @@ def assemble_regions(item: Item, workflow: Workflow,
         mask = item.outputs["mask"]
         with contextlib.ExitStack() as stack:
             if mask is None:   # only the vectors want it
-                mask = temporary_sibling(item.outputs["vector"], ".mask.tif")
+                mask = temporary_sibling(item.outputs["vector"], ".tif")
                 stack.callback(mask.unlink, missing_ok=True)
             stack_rows(masks, info, mask, "mask", workflow.outputs.cog)
             if item.outputs["probabilities"] is not None:
@@ -219,21 +220,16 @@ def assemble_regions(item: Item, workflow: Workflow,
 
 
 def stack_rows(parts: list[Path], info, output: Path, kind: str, cog: bool) -> None:
-    """Write the row regions ``parts`` (top to bottom) as one GeoTIFF on ``info``'s grid."""
-    from geounet.predict import _convert_to_cog
-
+    """Write the row regions ``parts`` (top to bottom) as one GeoTIFF on ``info``'s grid,
+    described and finished as :mod:`geounet.predict` does a whole raster (same bytes)."""
     with rasterio.open(parts[0]) as first:
         count, dtype, nodata = first.count, first.dtypes[0], first.nodata
-        tags, descriptions = first.tags(), first.descriptions
-    profile = gtiff_profile(info, count, dtype, nodata)
+        names, source = read_class_names(first), first.tags().get(MODEL_SOURCE_TAG, "")
+        descriptions = [d or "" for d in first.descriptions]
     with atomic_path(output) as tmp:
-        with rasterio.open(tmp, "w", **profile) as dst:
-            if info.gcps[0]:
-                dst.gcps = (list(info.gcps[0]), info.gcps[1])
-            dst.update_tags(**tags)
-            for band, text in enumerate(descriptions, start=1):
-                if text:
-                    dst.set_band_description(band, text)
+        with contextlib.ExitStack() as stack:
+            dst = open_output(stack, tmp, info, count, dtype, nodata)
+            describe(dst, names, source, descriptions)
             row = 0
             for part in parts:
                 with rasterio.open(part) as src:
@@ -244,5 +240,4 @@ def stack_rows(parts: list[Path], info, output: Path, kind: str, cog: bool) -> N
                     row += src.height
         if row != info.height:
             raise RuntimeError(f"regions cover {row} rows of {info.height}")
-        if cog:
-            _convert_to_cog(tmp, kind)
+        finish(tmp, kind, cog)

@@ -14,7 +14,6 @@ a valid, empty layer with the full schema.
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -28,11 +27,10 @@ import shapely
 from pyproj import CRS
 
 from geounet.errors import ConfigError
-from geounet.io import temporary_sibling, write_failed
+from geounet.outputs import atomic_outputs, write_failed
 
 FORMATS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON",
            ".shp": "ESRI Shapefile", ".parquet": "Parquet"}
-SHAPEFILE_PARTS = (".shp", ".shx", ".dbf", ".prj", ".cpg")
 # Attribute columns and their Arrow types.
 POLYGON_FIELDS = {"feature_id": pa.int64(), "class_id": pa.int32(), "class_name": pa.string(),
                   "area_m2": pa.float64(), "perim_m": pa.float64()}
@@ -51,18 +49,26 @@ def polygon_fields(score: bool, linear: bool) -> dict[str, pa.DataType]:
 
 def vector_format(path: Path, name: str | None = None) -> str:
     """The driver for ``path`` from ``name`` (a --format value) or the extension."""
-    if name:
-        by_name = {v.lower(): v for v in FORMATS.values()} | {"shapefile": "ESRI Shapefile",
-                                                               "geoparquet": "Parquet"}
-        if name.lower() not in by_name:
-            raise ConfigError(f"unknown vector format {name!r}; choose gpkg, geojson, "
-                              "shapefile or parquet")
-        return by_name[name.lower()]
-    try:
-        return FORMATS[path.suffix.lower()]
-    except KeyError:
-        raise ConfigError(f"{path}: cannot tell the format from {path.suffix!r}; use one of "
-                          f"{', '.join(FORMATS)} or --format") from None
+    by_extension = FORMATS.get(path.suffix.lower())
+    if not name:
+        if by_extension is None:
+            raise ConfigError(f"{path}: cannot tell the format from {path.suffix!r}; use one "
+                              f"of {', '.join(FORMATS)} or --format")
+        return by_extension
+    by_name = {v.lower(): v for v in FORMATS.values()} | {
+        "gpkg": "GPKG", "shapefile": "ESRI Shapefile", "shp": "ESRI Shapefile",
+        "geoparquet": "Parquet"}
+    if name.lower() not in by_name:
+        raise ConfigError(f"unknown vector format {name!r}; choose gpkg, geojson, "
+                          "shapefile or parquet")
+    driver = by_name[name.lower()]
+    wanted = ".shp" if driver == "ESRI Shapefile" else None
+    if (by_extension is not None and by_extension != driver) or (
+            wanted and path.suffix.lower() != wanted):
+        extension = wanted or next(e for e, d in FORMATS.items() if d == driver)
+        raise ConfigError(f"{path}: the name's extension does not match the format {name!r}; "
+                          f"name the file {path.with_suffix(extension).name}")
+    return driver
 
 
 def measure(geometries: np.ndarray, crs: CRS | None) -> tuple[np.ndarray, np.ndarray]:
@@ -96,28 +102,17 @@ def write_layer(frames: Iterable[gpd.GeoDataFrame], path: Path, driver: str, crs
                         pa.field("geometry", pa.binary())])
     source = _Source(frames, schema, geometry_type)
     batches = iter(source)
-    suffix = ".shp" if driver == "ESRI Shapefile" else path.suffix
-    tmp = temporary_sibling(path, suffix)
-    tmp.unlink()
-    parts = [tmp.with_suffix(ext) for ext in SHAPEFILE_PARTS] if suffix == ".shp" else [tmp]
-    try:
-        if driver == "Parquet":
-            _write_geoparquet(batches, tmp, schema, crs, geometry_type)
-        else:
-            _write_ogr(batches, tmp, schema, driver, crs, geometry_type, path.stem)
-        if suffix == ".shp":   # sidecars first, the .shp last: it is what readers open
-            for part in parts[1:] + parts[:1]:
-                if part.exists():
-                    os.replace(part, path.with_suffix(part.suffix))
-        else:
-            os.replace(tmp, path)
-    except (OSError, RuntimeError) as exc:  # pyogrio's errors are RuntimeErrors
-        if source.error is not None:      # the features failed, not the writer
-            raise source.error from source.error.__cause__
-        raise write_failed(path, exc) from exc
-    finally:
-        for part in parts:
-            part.unlink(missing_ok=True)
+    with atomic_outputs([path]) as (tmp,):
+        assert tmp is not None
+        try:
+            if driver == "Parquet":
+                _write_geoparquet(batches, tmp, schema, crs, geometry_type)
+            else:
+                _write_ogr(batches, tmp, schema, driver, crs, geometry_type, path.stem)
+        except (OSError, RuntimeError) as exc:  # pyogrio's errors are RuntimeErrors
+            if source.error is not None:      # the features failed, not the writer
+                raise source.error from source.error.__cause__
+            raise write_failed(path, exc) from exc
 
 
 class _Source:

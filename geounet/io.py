@@ -1,38 +1,33 @@
-"""Raster input and output: validation, band selection, masked reads, atomic writes.
+"""Raster input: validation, band selection, masked reads, memory checks.
 
 Reads return float32 arrays shaped ``(bands, rows, cols)`` plus a boolean ``valid`` mask
 ``(rows, cols)`` that is False where any selected band is nodata (the dataset's nodata value,
-internal or sidecar mask, alpha) or not finite (NaN, infinity). Outputs are written under a
-temporary name in the destination folder and renamed into place when complete, so a crash
-never leaves a partial file at the final path.
+internal or sidecar mask, alpha) or not finite (NaN, infinity). Outputs are written by
+:mod:`geounet.outputs` (checks, atomic renames) and :mod:`geounet.geotiff` (the GeoTIFF
+contract between stages).
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import logging
 import os
-import re
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import rasterio
 from rasterio.enums import MaskFlags
-from rasterio.errors import RasterioError, RasterioIOError
+from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
-from geounet.errors import GeoUNetError, InputError, OutputError
+from geounet.errors import InputError
+from geounet.outputs import first_line
 
 SUPPORTED_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 # Refuse rasters whose header claims more than this many pixels per band before allocating.
 MAX_PIXELS = 2**40
 # Share of the available memory a whole-raster reader may take before it is refused.
 MEMORY_SHARE = 0.8
-DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 
 @dataclass(frozen=True)
@@ -177,163 +172,3 @@ def normalize(data: np.ndarray, valid: np.ndarray, mean: Sequence[float],
     if not valid.all():
         data[:, ~valid] = 0.0
     return data
-
-
-def check_output(path: str | Path, inputs: Sequence[str | Path], overwrite: bool) -> Path:
-    """Refuse an output that exists (without overwrite), equals an input, or can't be made."""
-    path = Path(path)
-    for item in inputs:
-        if Path(item).exists() and path.exists() and path.samefile(item):
-            raise OutputError(f"{path}: output is the same file as the input; choose another")
-        if path.resolve() == Path(item).resolve():
-            raise OutputError(f"{path}: output is the same file as the input; choose another")
-    if path.is_dir():
-        raise OutputError(f"{path}: is a directory; give an output file name")
-    if path.exists() and not overwrite:
-        raise OutputError(f"{path}: already exists; pass --overwrite to replace it")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputError(f"{parent}: output folder does not exist; create it first")
-    if not os.access(parent, os.W_OK):
-        raise OutputError(f"{parent}: output folder is not writable")
-    return path
-
-
-def temporary_sibling(path: Path, suffix: str) -> Path:
-    """Create an empty, uniquely named hidden file beside ``path`` with umask permissions."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent or ".")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    return Path(tmp)
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
-
-    A failed write to the temporary file (disk full, I/O error) becomes an
-    :class:`OutputError` naming ``path``; whatever was at ``path`` before is left untouched.
-    """
-    tmp_path = temporary_sibling(path, ".part")
-    try:
-        try:
-            with _gdal_write_errors() as errors:
-                yield tmp_path
-            if errors:  # e.g. the final flush on close failed: GDAL only logs it
-                raise OSError(errors[0])
-            _check_tiff_complete(tmp_path)
-            os.replace(tmp_path, path)
-        except (OSError, RasterioError) as exc:
-            if isinstance(exc, GeoUNetError) or not _is_write_error(exc, tmp_path):
-                raise
-            raise write_failed(path, exc) from exc
-    finally:
-        tmp_path.unlink(missing_ok=True)
-        for sidecar in tmp_path.parent.glob(tmp_path.name + ".*"):
-            sidecar.unlink(missing_ok=True)
-
-
-class _WriteErrors(logging.Handler):
-    """Collects the write errors GDAL signals without rasterio raising them."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        found = re.search(r"GDAL signalled an error: .*msg='(.*)'", record.getMessage())
-        if found and _says_write_failed(found.group(1)):
-            self.messages.append(found.group(1))
-
-
-@contextlib.contextmanager
-def _gdal_write_errors() -> Iterator[list[str]]:
-    """Within a rasterio environment, yield the list of GDAL write errors signalled in it.
-
-    rasterio raises on failed block writes but only logs (at INFO) what fails when a dataset
-    is closed, such as flushing its last blocks to a full disk.
-    """
-    logger = logging.getLogger("rasterio._env")
-    saved = logger.level, logger.propagate
-    if not logger.isEnabledFor(logging.INFO):  # hear INFO records without showing them
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
-    handler = _WriteErrors()
-    logger.addHandler(handler)
-    try:
-        with rasterio.Env():
-            yield handler.messages
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(saved[0])
-        logger.propagate = saved[1]
-
-
-def _check_tiff_complete(path: Path) -> None:
-    """Raise OSError if the GeoTIFF at ``path`` misses a block (a write that failed silently,
-    as GDAL's short writes on a full disk can be): every block must lie inside the file."""
-    with open(path, "rb") as file:
-        if file.read(4) not in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-            return
-    size = path.stat().st_size
-    with rasterio.open(path) as src:
-        for band in src.indexes:
-            for (row, col), _ in src.block_windows(band):
-                offset, length = (src.get_tag_item(f"BLOCK_{what}_{col}_{row}", "TIFF", band)
-                                  for what in ("OFFSET", "SIZE"))
-                if not offset or not length or int(offset) + int(length) > size:
-                    raise OSError(f"the write of block ({col}, {row}) of band {band} failed")
-
-
-def _says_write_failed(text: str) -> bool:
-    return "write" in text.lower() or any(os.strerror(n) in text for n in DISK_FULL)
-
-
-def _is_write_error(exc: BaseException, tmp_path: Path) -> bool:
-    """True when ``exc`` comes from writing ``tmp_path`` (and not, say, from reading inputs)."""
-    return any((isinstance(e, OSError) and e.errno in DISK_FULL) or tmp_path.name in str(e)
-               or _says_write_failed(str(e)) for e in exception_chain(exc))
-
-
-def exception_chain(exc: BaseException | None) -> Iterator[BaseException]:
-    """``exc`` and the exceptions behind it, outermost first (as a traceback shows them)."""
-    while exc is not None:
-        yield exc
-        exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
-
-
-def write_failed(path: Path, exc: BaseException) -> OutputError:
-    """The one-line error for a write to (a temporary sibling of) ``path`` that failed."""
-    full = any((isinstance(e, OSError) and e.errno in DISK_FULL)
-               or any(os.strerror(n) in str(e) for n in DISK_FULL) for e in exception_chain(exc))
-    with contextlib.suppress(OSError):
-        full = full or os.statvfs(path.parent).f_bavail == 0
-    cause = "the disk is full" if full else f"the write failed ({first_line(exc)})"
-    return OutputError(f"{path}: could not be written: {cause}; nothing was changed there, "
-                       "free some space or choose another folder")
-
-
-def gtiff_profile(info: RasterInfo, count: int, dtype: str, nodata: float) -> dict:
-    """A tiled, compressed GeoTIFF profile on the input's grid, CRS and transform.
-
-    Compression uses GDAL_NUM_THREADS threads where that is set (Dask workers set it to
-    their share of the cores), else all CPUs."""
-    block = 512 if min(info.width, info.height) >= 512 else 256
-    return {
-        "driver": "GTiff", "width": info.width, "height": info.height, "count": count,
-        "dtype": dtype, "nodata": nodata, "crs": info.crs, "transform": info.transform,
-        "tiled": True, "blockxsize": block, "blockysize": block, "compress": "deflate",
-        # Floating-point predictor for probabilities; none for categorical class ids.
-        "predictor": 3 if dtype.startswith("float") else 1, "zlevel": 6,
-        "bigtiff": "if_safer",
-        "num_threads": rasterio.env.get_gdal_config("GDAL_NUM_THREADS") or "all_cpus",
-    }
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of the innermost cause of ``exc`` (GDAL's own words, when it has them)."""
-    *_, exc = exception_chain(exc)
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -48,23 +48,14 @@ from tqdm import tqdm
 from geounet.blend import WindowProfile, axis_overlaps, resolve_window, tile_weights
 from geounet.checkpoint import ModelMetadata, load_checkpoint
 from geounet.errors import ConfigError, InputError
-from geounet.io import (
-    RasterInfo,
-    atomic_path,
-    check_output,
-    first_line,
-    gtiff_profile,
-    normalize,
-    open_raster,
-    read_masked,
-    select_bands,
-)
+from geounet.geotiff import MASK_NODATA, describe, finish, open_output
+from geounet.io import RasterInfo, normalize, open_raster, read_masked, select_bands
 from geounet.model import UNet, logits_to_probabilities
+from geounet.outputs import atomic_outputs, check_outputs, first_line
 from geounet.tiling import Block, TileGrid
 
 log = logging.getLogger(__name__)
 
-MASK_NODATA = 255
 GDAL_CACHE_MB = 32
 
 
@@ -172,11 +163,8 @@ def predict_raster(
     mask_path = Path(mask_path) if mask_path is not None else None
     probabilities_path = Path(probabilities_path) if probabilities_path is not None else None
     info = open_raster(input_path)
-    outputs = [p for p in (mask_path, probabilities_path) if p is not None]
-    for out in outputs:
-        check_output(out, [input_path], config.overwrite)
-    if len(set(o.resolve() for o in outputs)) < len(outputs):
-        raise ConfigError("mask and probabilities outputs must be different files")
+    inputs = [input_path] if isinstance(model, tuple) else [input_path, model]
+    check_outputs([mask_path, probabilities_path], inputs, config.overwrite)
 
     device = resolve_device(config.device)
     if isinstance(model, tuple):
@@ -254,25 +242,24 @@ class _Engine:
 
     # -- the block loop ---------------------------------------------------------------
     def run(self, mask_path: Path | None, prob_path: Path | None) -> None:
-        with contextlib.ExitStack() as stack:
-            mask_tmp = stack.enter_context(atomic_path(mask_path)) if mask_path else None
-            prob_tmp = stack.enter_context(atomic_path(prob_path)) if prob_path else None
-            mask_dst = self._open_output(stack, mask_tmp, 1, "uint8", MASK_NODATA)
-            prob_bands = 1 if self.channels == 1 else self.channels
-            prob_dst = self._open_output(stack, prob_tmp, prob_bands, "float32", float("nan"))
-            self._describe(mask_dst, prob_dst)
-            bar = stack.enter_context(tqdm(
-                total=self.tile_total, unit="tile", disable=not self.config.progress,
-                file=sys.stderr, desc=self.info.path.name, dynamic_ncols=True, leave=False,
-            ))
-            self._stream(mask_dst, prob_dst, bar)
-            for dst in (mask_dst, prob_dst):
-                if dst is not None:
-                    dst.close()
-            if self.config.cog:
+        with atomic_outputs([mask_path, prob_path]) as (mask_tmp, prob_tmp):
+            with contextlib.ExitStack() as stack:
+                mask_dst = self._open_output(stack, mask_tmp, 1, "uint8", MASK_NODATA)
+                prob_bands = 1 if self.channels == 1 else self.channels
+                prob_dst = self._open_output(stack, prob_tmp, prob_bands, "float32",
+                                             float("nan"))
+                self._describe(mask_dst, prob_dst)
+                bar = stack.enter_context(tqdm(
+                    total=self.tile_total, unit="tile", disable=not self.config.progress,
+                    file=sys.stderr, desc=self.info.path.name, dynamic_ncols=True,
+                    leave=False,
+                ))
+                self._stream(mask_dst, prob_dst, bar)
+            # A region is one part of a raster: the assembled whole is finished instead.
+            if self.config.region is None:
                 for tmp, kind in ((mask_tmp, "mask"), (prob_tmp, "prob")):
                     if tmp is not None:
-                        _convert_to_cog(tmp, kind)
+                        finish(tmp, kind, self.config.cog)
 
     def _stream(self, mask_dst, prob_dst, bar: tqdm) -> None:
         with contextlib.closing(_prefetch(self._read_blocks())) as prefetched:
@@ -385,23 +372,15 @@ class _Engine:
     def _open_output(self, stack, path: Path | None, count: int, dtype: str, nodata: float):
         if path is None:
             return None
-        profile = gtiff_profile(self.out_info, count, dtype, nodata)
-        dst = stack.enter_context(rasterio.open(path, "w", **profile))
-        if self.out_info.gcps[0]:  # georeferenced by ground control points: carry them over
-            dst.gcps = (list(self.out_info.gcps[0]), self.out_info.gcps[1])
-        return dst
+        return open_output(stack, path, self.out_info, count, dtype, nodata)
 
     def _describe(self, mask_dst, prob_dst) -> None:
-        tags = {"GEOUNET_CLASSES": ",".join(self.class_names),
-                "GEOUNET_MODEL_SOURCE": str(self.meta.source.get("name", ""))}
+        source = str(self.meta.source.get("name", ""))
         if mask_dst is not None:
-            mask_dst.update_tags(**tags)
-            mask_dst.set_band_description(1, "class")
+            describe(mask_dst, self.class_names, source, ["class"])
         if prob_dst is not None:
-            prob_dst.update_tags(**tags)
             names = self.class_names[1:] if self.channels == 1 else self.class_names
-            for i, name in enumerate(names, start=1):
-                prob_dst.set_band_description(i, f"probability {name}")
+            describe(prob_dst, self.class_names, source, [f"probability {n}" for n in names])
 
     def _write(self, window, region: np.ndarray, valid: np.ndarray, mask_dst, prob_dst) -> None:
         top, bottom = self.out_rows
@@ -490,18 +469,3 @@ def _prefetch(items: Iterator, depth: int = 1) -> Iterator:
     finally:
         stop.set()
         thread.join(timeout=5)
-
-
-def _convert_to_cog(path: Path, kind: str) -> None:
-    """Rewrite ``path`` in place (still a temporary name) as a COG with overviews."""
-    from rasterio.shutil import copy as rio_copy
-
-    cog = path.with_name(path.name + ".cog")
-    try:
-        rio_copy(
-            path, cog, driver="COG", compress="DEFLATE", blocksize=512, bigtiff="IF_SAFER",
-            predictor="YES", overview_resampling="nearest" if kind == "mask" else "average",
-        )
-        cog.replace(path)
-    finally:
-        cog.unlink(missing_ok=True)

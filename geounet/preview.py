@@ -38,7 +38,9 @@ from rasterio.transform import from_gcps
 from rasterio.windows import Window
 
 from geounet.errors import InputError
-from geounet.io import atomic_path, check_output, first_line, open_raster
+from geounet.geotiff import read_class_names
+from geounet.io import open_raster
+from geounet.outputs import atomic_path, check_output, first_line
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +91,11 @@ def decimate_mask(path: str | Path, shape: tuple[int, int]) -> tuple[np.ndarray,
     """Reduce a class mask to ``shape`` with *any* (see the module docstring).
 
     Returns the decimated class ids (uint8, 0 = background or nodata) and the class names
-    from the mask's ``GEOUNET_CLASSES`` tag (empty when absent).
+    from the mask's tags (:func:`geounet.geotiff.read_class_names`) (empty when absent).
     """
     rows, cols = shape
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), rasterio.open(path) as src:
-        names = [n for n in src.tags().get("GEOUNET_CLASSES", "").split(",") if n]
+        names = read_class_names(src)
         row_starts, col_starts = cell_starts(src.height, rows), cell_starts(src.width, cols)
         out = np.zeros(shape, dtype=np.uint8)
         strip = max(1, MASK_STRIP_BYTES // max(1, src.width))

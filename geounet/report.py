@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import quote
 
 from geounet.errors import InputError
-from geounet.io import atomic_path
+from geounet.outputs import atomic_path
 
 STATUSES = ("done", "skipped", "failed")
 

@@ -38,7 +38,8 @@ import numpy as np
 from tqdm import tqdm
 
 from geounet.errors import ConfigError, GeoUNetError, InputError, ModelError, OutputError
-from geounet.io import first_line, temporary_sibling
+from geounet.outputs import atomic_path, first_line, temporary_sibling
+from geounet.outputs import remove_stale_temporaries as remove_output_temporaries
 from geounet.workflow import Workflow, read_input_list
 
 log = logging.getLogger(__name__)
@@ -219,16 +220,11 @@ class Manifest:
         return self.entries.get(str(item.input), {}).get("summary")
 
     def save(self) -> None:
-        tmp = temporary_sibling(self.path, ".part")
-        try:
-            with open(tmp, "w") as f:
-                json.dump({"version": 1, "model": self.model, "items": self.entries}, f,
-                          indent=1, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_path(self.path) as tmp, open(tmp, "w") as f:
+            json.dump({"version": 1, "model": self.model, "items": self.entries}, f,
+                      indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
 
     def _names(self, item: Item) -> dict[str, str | None]:
         return {k: (os.path.relpath(p, self.path.parent) if p else None)
@@ -265,15 +261,10 @@ def output_lock(folder: Path, wait: float) -> Iterator[None]:
 def remove_stale_temporaries(items: list[Item], folder: Path | None = None) -> int:
     """Delete hidden temporary files left beside outputs (and the manifest and report of
     ``folder``) by a killed run; call it holding the lock."""
-    removed = 0
     targets = [t for item in items for t in item.outputs.values() if t is not None]
     if folder is not None:
         targets += [folder / MANIFEST, folder / REPORT, folder / HTML_REPORT]
-    for target in targets:
-        for tmp in target.parent.glob(f".{target.name}.*"):
-            tmp.unlink(missing_ok=True)
-            removed += 1
-    return removed
+    return remove_output_temporaries(targets, any_process=True)
 
 
 # -- one item -----------------------------------------------------------------------------
@@ -312,7 +303,7 @@ def process_item(item: Item, workflow: Workflow, model_sha256: str) -> dict[str,
     mask, prob = item.outputs["mask"], item.outputs["probabilities"]
     with contextlib.ExitStack() as stack:
         if mask is None and item.outputs["vector"] is not None:
-            mask = temporary_sibling(item.outputs["vector"], ".mask.tif")
+            mask = temporary_sibling(item.outputs["vector"], ".tif")
             stack.callback(mask.unlink, missing_ok=True)
         model = cached_model(workflow.model, model_sha256)
         predict_raster(item.input, model, mask, prob, predict_config(workflow))
@@ -395,13 +386,15 @@ def pixel_summary(mask: Path | None) -> dict[str, Any] | None:
 
     if mask is None:
         return None
+    from geounet.geotiff import metres_per_unit, read_class_names
+
     with rasterio.open(mask) as src:
-        names = [n for n in src.tags().get("GEOUNET_CLASSES", "").split(",") if n]
+        names = read_class_names(src)
         counts = np.zeros(256, np.int64)
         for _, window in src.block_windows(1):
             counts += np.bincount(src.read(1, window=window).ravel(), minlength=256)
         t = src.transform
-        unit = src.crs.linear_units_factor[1] if src.crs and src.crs.is_projected else None
+        unit = metres_per_unit(src.crs)
     pixel_m2 = abs(t.a * t.e - t.b * t.d) * unit**2 if unit else None
     classes = {(names[i] if i < len(names) else str(i)): {
         "features": None, "area_m2": round(float(counts[i] * pixel_m2), 3) if pixel_m2 else None,
@@ -560,12 +553,8 @@ def _write_report(report: RunReport) -> Path:
     from geounet.report import write_html_report
 
     path = report.workflow.outputs.folder / REPORT
-    tmp = temporary_sibling(path, ".part")
-    try:
+    with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(report.to_json(), indent=2))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     write_html_report(path, path.parent / HTML_REPORT)
     return path
 

@@ -31,7 +31,6 @@ from the same distribution; counts of roads, parcels, buildings and trees scale 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +47,8 @@ from shapely import affinity
 from shapely.geometry import LineString, MultiPoint, Point, Polygon, box
 from shapely.geometry.base import BaseGeometry
 from shapely.ops import substring
+
+from geounet.outputs import atomic_path
 
 CRS = "EPSG:32633"
 ORIGIN = (500000.0, 5000000.0)  # top-left corner (m E, m N)
@@ -98,29 +99,19 @@ def _rasterize(shapes: Iterable, size: int, transform: Affine, dtype: str = "uin
 
 def _write_gtiff(path: Path, array: np.ndarray, transform: Affine, **options) -> None:
     """Write ``array`` (bands, rows, cols) as a GeoTIFF tiled 512 in EPSG:32633, atomically."""
-    tmp = path.with_name(f".{path.name}.part")
     profile = {"driver": "GTiff", "width": array.shape[2], "height": array.shape[1],
                "count": array.shape[0], "dtype": array.dtype.name, "crs": CRS,
                "transform": transform, "tiled": True, "blockxsize": _BLOCK,
                "blockysize": _BLOCK, **options}
-    try:
-        with rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(array)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+        dst.write(array)
 
 
 def _write_labels(path: Path, layers: dict[str, gpd.GeoDataFrame]) -> None:
     """Write the layers into one GeoPackage, atomically."""
-    tmp = path.with_name(f".{path.stem}.part.gpkg")
-    tmp.unlink(missing_ok=True)
-    try:
+    with atomic_path(path) as tmp:
         for name, frame in layers.items():
             frame.to_file(tmp, layer=name, driver="GPKG", engine="pyogrio")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _write_scene(out_dir: Path, kind: str, image: np.ndarray, mask: np.ndarray,

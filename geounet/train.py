@@ -56,7 +56,7 @@ from tqdm import tqdm
 from geounet import __version__
 from geounet.checkpoint import ModelMetadata, load_checkpoint, save_checkpoint
 from geounet.errors import ConfigError, InputError
-from geounet.io import normalize, read_masked, temporary_sibling
+from geounet.io import normalize, read_masked
 from geounet.labels import (
     IGNORE,
     LabelConfig,
@@ -67,6 +67,7 @@ from geounet.labels import (
 )
 from geounet.metrics import Counts, count, within
 from geounet.model import UNet, UNetConfig
+from geounet.outputs import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -683,14 +684,9 @@ def _save_last(output: Path, model: UNet, metadata: ModelMetadata,
     state = {"epoch": epoch, "history": history, "best": best, "param_groups": groups,
              "numpy_rng": rng.bit_generator.state, "grad_scaler": scaler.state_dict(),
              "config": config.model_dump(mode="json")}
-    tmp = temporary_sibling(state_path, ".tmp")
-    try:
+    with atomic_path(state_path) as tmp:
         save_file(tensors, tmp, metadata={"format": STATE_FORMAT, "version": "1",
                                           "state": json.dumps(state)})
-        os.replace(tmp, state_path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _restore(output: Path, config: TrainConfig, model: UNet, optimizer, scaler,

@@ -53,7 +53,9 @@ from geounet.export import (
     vector_format,
     write_layer,
 )
-from geounet.io import RasterInfo, check_output, first_line, open_raster
+from geounet.geotiff import read_class_names
+from geounet.io import RasterInfo, open_raster
+from geounet.outputs import check_outputs, first_line
 
 log = logging.getLogger(__name__)
 
@@ -444,6 +446,38 @@ def _fill_holes(geometries: np.ndarray, max_area: float) -> np.ndarray:
     return out
 
 
+@dataclass(frozen=True)
+class VectorOutputs:
+    """Checked vector outputs of one command: names, formats and the CRS asked for."""
+
+    polygons: Path
+    polygons_format: str
+    centerlines: Path | None
+    centerlines_format: str | None
+    crs: pyproj.CRS | None
+
+
+def check_vector_outputs(output: str | Path, centerlines: str | Path | None,
+                         driver: str | None, crs: str | None,
+                         inputs: list[str | Path], overwrite: bool) -> VectorOutputs:
+    """Check the vector outputs of a command before any work: formats that agree with the
+    names, every file (and Shapefile part) free to write, distinct from each other and
+    from the inputs, and a CRS that pyproj knows."""
+    output = Path(output)
+    lines = Path(centerlines) if centerlines is not None else None
+    check_outputs([output, lines], inputs, overwrite)
+    fmt = vector_format(output, driver)
+    lines_fmt = vector_format(lines, driver) if lines is not None else None
+    requested = None
+    if crs is not None:
+        try:
+            requested = pyproj.CRS.from_user_input(crs)
+        except pyproj.exceptions.CRSError as exc:
+            raise ConfigError(f"--crs {crs!r} is not a CRS pyproj knows ({first_line(exc)}); "
+                              "give one like EPSG:32633") from None
+    return VectorOutputs(output, fmt, lines, lines_fmt, requested)
+
+
 @dataclass
 class VectorizeResult:
     """What a vectorization run wrote."""
@@ -489,27 +523,19 @@ def vectorize_raster(mask_path: str | Path, output: str | Path,
     inputs = [mask_path] + ([probabilities] if probabilities is not None else [])
     if probabilities is not None:
         check_same_grid(info, open_raster(probabilities))
-    check_output(output, inputs, overwrite)
-    fmt = vector_format(output, driver)
-    lines_path = lines_fmt = None
-    if centerlines_output is not None:
-        lines_path = Path(centerlines_output)
-        check_output(lines_path, inputs, overwrite)
-        lines_fmt = vector_format(lines_path, driver)
-        if lines_path.resolve() == output.resolve():
-            raise ConfigError("polygons and centerlines must go to different files")
+    plan = check_vector_outputs(output, centerlines_output, driver, crs, inputs, overwrite)
+    fmt, lines_path, lines_fmt = plan.polygons_format, plan.centerlines, plan.centerlines_format
     source_crs = info.crs
     if source_crs is None:
         if crs is not None:
-            source_crs, crs = rasterio.crs.CRS.from_user_input(crs), None
+            source_crs, crs = rasterio.crs.CRS.from_user_input(plan.crs.to_wkt()), None
         elif not pixel_coordinates:
             raise InputError(f"{mask_path}: raster has no CRS; declare it with --crs EPSG:XXXX "
                              "or accept pixel coordinates with --pixel-coordinates")
     with rasterio.open(mask_path) as src:
-        names = src.tags().get("GEOUNET_CLASSES", "")
-    class_names = dict(enumerate(n for n in names.split(",") if n)) if names else {}
+        class_names = dict(enumerate(read_class_names(src)))
     pyproj_crs = pyproj.CRS.from_user_input(source_crs.to_wkt()) if source_crs else None
-    target = pyproj.CRS.from_user_input(crs) if crs else pyproj_crs
+    target = plan.crs if crs else pyproj_crs
     outputs = _Outputs(info.transform, pyproj_crs, class_names, config,
                        probabilities is not None, crs)
     frames = (outputs.polygons(pieces) for pieces in polygonize_blocks(

@@ -136,7 +136,8 @@ def test_worker_thread_limit_covers_gdal_compression():
     from rasterio._env import del_gdal_config
 
     from geounet.distributed import prepare_worker
-    from geounet.io import RasterInfo, gtiff_profile
+    from geounet.geotiff import profile as gtiff_profile
+    from geounet.io import RasterInfo
 
     info = RasterInfo(Path("x.tif"), 64, 64, 1, "uint8", None, rasterio.Affine.identity(), None)
     threads, gdal_threads = torch.get_num_threads(), rasterio.env.get_gdal_config(

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from geounet import runner
 from geounet.cli import main
 from geounet.errors import ConfigError, OutputError
+from geounet.outputs import temporary_sibling
 from geounet.runner import MANIFEST, REPORT, output_lock, run_workflow
 from geounet.workflow import load_workflow
 
@@ -233,7 +234,7 @@ def test_an_interrupted_item_is_redone_and_its_temporaries_removed(batch, tmp_pa
 
     def killed(item, workflow, mask):
         if item.input.name == "s1.tif":
-            (mask.parent / f".{item.outputs['vector'].name}.x1y2.part").write_bytes(b"half")
+            temporary_sibling(item.outputs["vector"]).write_bytes(b"half")
             raise KeyboardInterrupt  # like a kill between the mask and the vectors
         return real(item, workflow, mask)
 
@@ -243,10 +244,10 @@ def test_an_interrupted_item_is_redone_and_its_temporaries_removed(batch, tmp_pa
     out = tmp_path / "out"
     assert (out / "s1_mask.tif").exists() and not (out / "s1.gpkg").exists()
     monkeypatch.setattr(runner, "write_vectors", real)
-    (out / f".{MANIFEST}.k9.part").write_text("{")   # killed while saving the manifest
+    temporary_sibling(out / MANIFEST).write_text("{")   # killed while saving the manifest
     report = run_workflow(workflow, progress=False)
     assert statuses(report) == {"s0.tif": "skipped", "s1.tif": "done", "s2.tif": "done"}
-    assert not [p for p in out.iterdir() if p.name.endswith(".part")]
+    assert not [p for p in out.iterdir() if ".geounet-" in p.name]
 
 
 def test_foreign_files_are_not_overwritten_unless_always(batch, tmp_path):

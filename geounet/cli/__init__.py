@@ -16,7 +16,7 @@ from rasterio.errors import RasterioError
 
 from geounet import __version__
 from geounet.errors import GeoUNetError
-from geounet.io import exception_chain, first_line
+from geounet.outputs import exception_chain, first_line
 
 log = logging.getLogger("geounet")
 

@@ -10,7 +10,7 @@ import click
 
 from geounet.cli.options import verbosity
 from geounet.errors import ConfigError
-from geounet.io import atomic_path, check_output
+from geounet.outputs import atomic_path, check_output
 
 
 @click.command("evaluate")

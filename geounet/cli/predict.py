@@ -12,7 +12,7 @@ from geounet.cli.summary import Column, emit, fixed
 from geounet.cli.vectorize import summary as vector_summary
 from geounet.cli.vectorize import vector_request, with_vector_options
 from geounet.errors import ConfigError
-from geounet.io import check_output, temporary_sibling
+from geounet.outputs import check_outputs, temporary_sibling
 
 
 @click.command("predict")
@@ -59,13 +59,16 @@ def command(ctx: click.Context, input_path: Path, model: Path, output: Path | No
     with contextlib.ExitStack() as stack:
         temporary_mask = vector is not None and output is None
         request = vector_request(ctx)
+        # Every output is checked before the model runs.
+        inputs = [input_path, model]
+        check_outputs([output, probabilities, vector, request.centerlines], inputs, overwrite)
         if vector is not None:
-            check_output(vector, [input_path], overwrite)
-            if request.centerlines is not None:
-                check_output(request.centerlines, [input_path], overwrite)
+            from geounet.vectorize import check_vector_outputs
+
+            check_vector_outputs(vector, request.centerlines, request.driver, request.crs,
+                                 inputs, overwrite)
             if output is None:  # a mask only for the polygons: removed in any case
-                output = temporary_sibling(vector, ".mask.tif")
-                output.unlink()
+                output = temporary_sibling(vector, ".tif", create=False)
                 stack.callback(output.unlink, missing_ok=True)
         result = _predict(input_path, model, output, probabilities, bands, tile_size, overlap,
                           batch_size, block_tiles, window, device, no_amp, threshold, threads,

@@ -9,7 +9,7 @@ import click
 
 from geounet.cli.options import overwrite, verbosity
 from geounet.errors import ConfigError
-from geounet.io import check_output
+from geounet.outputs import check_output
 
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 _DIR = click.Path(exists=True, file_okay=False, path_type=Path)

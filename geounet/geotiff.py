@@ -1,0 +1,208 @@
+"""The GeoTIFF contract between stages: how masks and probabilities are written and read back.
+
+``predict`` (and the Dask assembly of split rasters) write, and ``vectorize``, ``preview``,
+``evaluate`` and the workflow summaries read:
+
+- **Grid**: the input's size, CRS and geotransform; ground control points are carried over
+  for GCP-georeferenced inputs (:func:`open_output`).
+- **Layout** (:func:`profile`): tiled 512 x 512 (256 for rasters smaller than 512),
+  DEFLATE, the floating-point predictor for probabilities, BigTIFF when needed. Masks are
+  uint8 class ids with nodata 255; probabilities float32 with nodata NaN.
+- **Tags**: ``GEOUNET_CLASS_NAMES``, the class names as a JSON list (any text, commas
+  included), which :func:`read_class_names` reads; ``GEOUNET_CLASSES``, the names joined by
+  commas, for scripts and geounet versions that read that tag (files written before the JSON
+  tag only have this one; read it only when the JSON tag is absent);
+  ``GEOUNET_MODEL_SOURCE``, the checkpoint's name.
+- **Bytes**: streaming writes may store a block twice (a block finished in two windows is
+  flushed, then rewritten at the end of the file), so :func:`finish` rewrites each output
+  once, block by block in order (``gdal_translate`` with the same options, or a COG): equal
+  pixels give byte-identical files, no larger than needed, however they were computed.
+
+It also holds :func:`metres_per_unit`, the one conversion from CRS units to metres.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import rasterio
+from rasterio.io import DatasetReader, DatasetWriter
+
+from geounet.io import RasterInfo
+from geounet.outputs import says_write_failed, temporary_sibling
+
+CLASS_NAMES_TAG = "GEOUNET_CLASS_NAMES"
+LEGACY_CLASSES_TAG = "GEOUNET_CLASSES"
+MODEL_SOURCE_TAG = "GEOUNET_MODEL_SOURCE"
+MASK_NODATA = 255
+STREAM_ZLEVEL = 1     # while streaming: fast; the final rewrite compresses at ZLEVEL
+ZLEVEL = 6
+
+
+def profile(info: RasterInfo, count: int, dtype: str, nodata: float) -> dict[str, Any]:
+    """The creation profile of an output on ``info``'s grid, CRS and transform.
+
+    Compression uses GDAL_NUM_THREADS threads where that is set (Dask workers set it to
+    their share of the cores), else all CPUs."""
+    block = 512 if min(info.width, info.height) >= 512 else 256
+    return {
+        "driver": "GTiff", "width": info.width, "height": info.height, "count": count,
+        "dtype": dtype, "nodata": nodata, "crs": info.crs, "transform": info.transform,
+        "tiled": True, "blockxsize": block, "blockysize": block, "compress": "deflate",
+        # Floating-point predictor for probabilities; none for categorical class ids.
+        "predictor": 3 if dtype.startswith("float") else 1, "zlevel": ZLEVEL,
+        "bigtiff": "if_safer",
+        "num_threads": rasterio.env.get_gdal_config("GDAL_NUM_THREADS") or "all_cpus",
+    }
+
+
+def open_output(stack: contextlib.ExitStack, path: Path, info: RasterInfo, count: int,
+                dtype: str, nodata: float) -> DatasetWriter:
+    """Open ``path`` for streaming writes on ``info``'s grid (GCPs carried over); closed
+    with ``stack``. Pass the file to :func:`finish` once every pixel is written."""
+    options = profile(info, count, dtype, nodata) | {"zlevel": STREAM_ZLEVEL}
+    dst = stack.enter_context(rasterio.open(path, "w", **options))
+    if info.gcps[0]:  # georeferenced by ground control points: carry them over
+        dst.gcps = (list(info.gcps[0]), info.gcps[1])
+    return dst
+
+
+def describe(dst: DatasetWriter, class_names: Sequence[str], model_source: str,
+             band_names: Sequence[str]) -> None:
+    """Write the class-names and model tags and one description per band."""
+    dst.update_tags(**{LEGACY_CLASSES_TAG: ",".join(class_names),
+                       CLASS_NAMES_TAG: json.dumps(list(class_names)),
+                       MODEL_SOURCE_TAG: model_source})
+    for band, name in enumerate(band_names, start=1):
+        dst.set_band_description(band, name)
+
+
+def read_class_names(src: DatasetReader) -> list[str]:
+    """Class names of a mask or probabilities raster written by geounet (empty if none)."""
+    tags = src.tags()
+    if CLASS_NAMES_TAG in tags:
+        with contextlib.suppress(ValueError):
+            names = json.loads(tags[CLASS_NAMES_TAG])
+            if isinstance(names, list):
+                return [str(n) for n in names]
+    return [n for n in tags.get(LEGACY_CLASSES_TAG, "").split(",") if n]
+
+
+def finish(path: Path, kind: str, cog: bool = False) -> None:
+    """Rewrite ``path`` (a temporary name) in place compactly: every block once, in order,
+    with the final compression; as a Cloud-Optimized GeoTIFF with overviews when ``cog``.
+    ``kind``: ``mask`` (nearest-neighbour overviews) or ``prob`` (averaged)."""
+    from rasterio.shutil import copy as rio_copy
+
+    raise_write_errors()   # the streamed blocks must all be there before they are copied
+    check_tiff_complete(path)
+    with rasterio.open(path) as src:
+        float_data = src.dtypes[0].startswith("float")
+        block = src.block_shapes[0][0]
+        threads = rasterio.env.get_gdal_config("GDAL_NUM_THREADS") or "ALL_CPUS"
+    if cog:
+        options = {"driver": "COG", "compress": "DEFLATE", "blocksize": 512,
+                   "bigtiff": "IF_SAFER", "predictor": "YES", "num_threads": threads,
+                   "overview_resampling": "nearest" if kind == "mask" else "average"}
+    else:
+        options = {"driver": "GTiff", "tiled": "YES", "blockxsize": block,
+                   "blockysize": block, "compress": "DEFLATE", "zlevel": ZLEVEL,
+                   "predictor": 3 if float_data else 1, "bigtiff": "IF_SAFER",
+                   "num_threads": threads}
+    compact = temporary_sibling(path, create=False)
+    try:
+        rio_copy(path, compact, **options)
+        compact.replace(path)
+    finally:
+        compact.unlink(missing_ok=True)
+        Path(str(compact) + ".aux.xml").unlink(missing_ok=True)
+
+
+def metres_per_unit(crs: Any) -> float | None:
+    """Metres per linear unit of a projected CRS (rasterio or pyproj CRS, or anything
+    pyproj reads); ``None`` for a geographic CRS or no CRS."""
+    if crs is None:
+        return None
+    from pyproj import CRS
+
+    crs = CRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
+    if crs.is_geographic or not crs.axis_info:
+        return None
+    return float(crs.axis_info[0].unit_conversion_factor or 1.0)
+
+
+# -- checking what was written -------------------------------------------------------------
+_COLLECTED: list[list[str]] = []   # the lists of the gdal_write_errors blocks now open
+
+
+def raise_write_errors(errors: list[str] | None = None) -> None:
+    """Raise OSError with the first write error GDAL signalled (only logged, e.g. a failed
+    flush when a dataset closed) in ``errors``, or in the innermost open
+    :func:`gdal_write_errors` block."""
+    errors = errors if errors is not None else (_COLLECTED[-1] if _COLLECTED else [])
+    if errors:
+        raise OSError(errors[0])
+
+
+class _WriteErrors(logging.Handler):
+    """Collects the write errors GDAL signals without rasterio raising them."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        found = re.search(r"GDAL signalled an error: .*msg='(.*)'", record.getMessage())
+        if found and says_write_failed(found.group(1)):
+            self.messages.append(found.group(1))
+
+
+@contextlib.contextmanager
+def gdal_write_errors() -> Iterator[list[str]]:
+    """Within a rasterio environment, yield the list of GDAL write errors signalled in it.
+
+    rasterio raises on failed block writes but only logs (at INFO) what fails when a dataset
+    is closed, such as flushing its last blocks to a full disk.
+    """
+    logger = logging.getLogger("rasterio._env")
+    saved = logger.level, logger.propagate
+    if not logger.isEnabledFor(logging.INFO):  # hear INFO records without showing them
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    handler = _WriteErrors()
+    logger.addHandler(handler)
+    _COLLECTED.append(handler.messages)
+    try:
+        with rasterio.Env():
+            yield handler.messages
+    finally:
+        _COLLECTED.remove(handler.messages)
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+
+
+def check_tiff_complete(path: Path) -> None:
+    """Raise OSError if the GeoTIFF at ``path`` misses a block (a write that failed silently,
+    as GDAL's short writes on a full disk can be): every block must lie inside the file.
+    Files that are not TIFFs are not checked."""
+    try:
+        with open(path, "rb") as file:
+            if file.read(4) not in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+                return
+    except IsADirectoryError:
+        return
+    size = path.stat().st_size
+    with rasterio.open(path) as src:
+        for band in src.indexes:
+            for (row, col), _ in src.block_windows(band):
+                offset, length = (src.get_tag_item(f"BLOCK_{what}_{col}_{row}", "TIFF", band)
+                                  for what in ("OFFSET", "SIZE"))
+                if not offset or not length or int(offset) + int(length) > size:
+                    raise OSError(f"the write of block ({col}, {row}) of band {band} failed")

@@ -1,0 +1,313 @@
+"""Writing outputs safely: checks before any work, temporary names, atomic renames.
+
+Every file geounet writes goes through this module:
+
+- :func:`check_outputs` refuses, before anything is computed, an output that exists (unless
+  ``overwrite``), that is one of the command's inputs (even with ``overwrite``), that is not
+  a regular file (a device, FIFO or folder: never replaced), whose folder is missing or not
+  writable, or that names the same file as another output of the command. A multi-file
+  output (a Shapefile's ``.shp``, ``.shx``, ``.dbf``, ``.prj``, ``.cpg``) is checked part by
+  part, under the names :func:`output_parts` gives: the user's own name and the case of its
+  extension.
+- :func:`atomic_outputs` yields temporary paths beside the final ones and renames them all
+  into place only when every one of them was written; on any failure (or Ctrl-C, or SIGTERM
+  through the CLI) the temporaries are deleted and what was at the final paths before is
+  left untouched. A failed write becomes one :class:`~geounet.errors.OutputError` line.
+- Temporary names have one scheme: ``.{final name}.geounet-{host}-{pid}-{token}{extension}``
+  (hidden, beside the final file, on the same file system so the rename is atomic). Only
+  names of this scheme are ever deleted by :func:`remove_stale_temporaries`, which compares
+  names literally (no pattern is built from user text) and, unless told that no other
+  process can be writing, only deletes those of processes of this host that no longer run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import re
+import secrets
+import socket
+import stat
+import zlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from geounet.errors import ConfigError, GeoUNetError, OutputError
+
+log = logging.getLogger(__name__)
+
+DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+TEMP_MARK = "geounet-"
+# Files a GDAL driver may write beside a temporary (removed with it on failure).
+SHAPEFILE_SIDECARS = (".shx", ".dbf", ".prj", ".cpg")
+GDAL_SIDECARS = (".aux.xml", ".ovr", "-journal", "-wal", "-shm")
+_HOST = f"{zlib.crc32(socket.gethostname().encode()) & 0xFFFF:04x}"
+_TEMP_REST = re.compile(r"^([0-9a-f]{4})-(\d+)-[0-9a-f]{8}(\.[^/]*)?$")
+
+
+def output_parts(path: Path) -> list[Path]:
+    """Every file that writing ``path`` creates: the path itself, and for a Shapefile its
+    sidecars, named with the same stem and the case of the given extension
+    (``OUT.SHP`` -> ``OUT.SHX``, ``OUT.DBF``...)."""
+    path = Path(path)
+    if path.suffix.lower() != ".shp":
+        return [path]
+    upper = path.suffix == ".SHP"
+    return [path] + [path.with_suffix(ext.upper() if upper else ext)
+                     for ext in SHAPEFILE_SIDECARS]
+
+
+def check_outputs(outputs: Sequence[Path | None], inputs: Sequence[str | Path | None],
+                  overwrite: bool) -> list[Path]:
+    """Check every output of one command before any work (see the module docstring).
+
+    ``outputs`` may hold ``None`` for outputs not asked for; ``inputs`` are every file the
+    command reads (rasters, models, labels, configs). Returns the outputs given.
+    """
+    given = [Path(p) for p in outputs if p is not None]
+    seen: dict[str, Path] = {}
+    for path in given:
+        for part in output_parts(path):
+            key = _identity(part)
+            if key in seen:
+                raise ConfigError(f"{part} is given for two outputs; the outputs must be "
+                                  "different files")
+            seen[key] = path
+            _check_part(part, path, [Path(i) for i in inputs if i is not None], overwrite)
+    return given
+
+
+def check_output(path: str | Path, inputs: Sequence[str | Path | None],
+                 overwrite: bool) -> Path:
+    """:func:`check_outputs` for one output."""
+    return check_outputs([Path(path)], inputs, overwrite)[0]
+
+
+def _identity(path: Path) -> str:
+    """A key equal for two names of one file (resolved; case-folded where the folder is)."""
+    return os.path.normcase(str(path.resolve()))
+
+
+def _check_part(part: Path, output: Path, inputs: list[Path], overwrite: bool) -> None:
+    for item in inputs:
+        same = _identity(part) == _identity(item)
+        with contextlib.suppress(OSError):
+            same = same or (part.exists() and item.exists() and part.samefile(item))
+        if same:
+            what = "the output" if part == output else f"the output's part {part.name}"
+            raise OutputError(f"{output}: {what} is the same file as the input {item}; "
+                              "choose another output name")
+    try:
+        mode = part.stat().st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as exc:
+        raise OutputError(f"{part}: cannot be checked ({exc.strerror})") from None
+    if mode is not None:
+        if stat.S_ISDIR(mode):
+            raise OutputError(f"{part}: is a folder; give an output file name")
+        if not stat.S_ISREG(mode):
+            raise OutputError(f"{part}: exists and is not a regular file (a device, FIFO or "
+                              "socket); geounet only replaces regular files: choose another name")
+        if not overwrite:
+            hint = "" if part == output else f" (a part of {output.name})"
+            raise OutputError(f"{part}: already exists{hint}; pass --overwrite to replace it")
+    parent = part.parent if str(part.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"{parent}: output folder does not exist; create it first")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"{parent}: output folder is not writable")
+
+
+# -- temporary names ---------------------------------------------------------------------
+def temporary_sibling(path: Path, extension: str | None = None, create: bool = True) -> Path:
+    """A uniquely named hidden path beside ``path``, ending in ``extension`` (default:
+    ``path``'s own), e.g. ``.out.gpkg.geounet-1a2b-4242-0f3e5d7c.tif`` for a temporary mask
+    kept for the polygons of ``out.gpkg``.
+
+    With ``create`` the file is made (empty) so the name is reserved; drivers that refuse
+    to write over a file (GeoPackage, Shapefile) get ``create=False``.
+    """
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    extension = path.suffix if extension is None else extension
+    while True:
+        name = (f".{path.name}.{TEMP_MARK}{_HOST}-{os.getpid()}-{secrets.token_hex(4)}"
+                f"{extension}")
+        tmp = parent / name
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        if not create:
+            tmp.unlink()
+        return tmp
+
+
+def temporary_parts(tmp: Path) -> list[Path]:
+    """Every file a driver may have written for the temporary ``tmp`` (by exact name)."""
+    parts = output_parts(tmp)
+    return parts + [tmp.with_name(tmp.name + ext) for ext in GDAL_SIDECARS]
+
+
+def temporary_owner(name: str, output_name: str) -> tuple[str, int] | None:
+    """``(host, pid)`` of the process that made ``name`` as a temporary of ``output_name``
+    (both plain file names), or ``None`` when ``name`` is not one of ours."""
+    prefix = f".{output_name}.{TEMP_MARK}"
+    if name.startswith("." + prefix):   # a temporary of a temporary (e.g. of a kept mask)
+        name = name[1:]
+    if not name.startswith(prefix):
+        return None
+    found = _TEMP_REST.match(name[len(prefix):])
+    return (found.group(1), int(found.group(2))) if found else None
+
+
+def remove_stale_temporaries(outputs: Sequence[Path], any_process: bool = False) -> int:
+    """Delete temporaries of ``outputs`` left by killed geounet processes; return how many.
+
+    By default only those of processes of this host that no longer run; ``any_process``
+    (for a caller holding a lock that excludes every other writer) deletes all of them.
+    Only regular files whose names follow this module's scheme are touched.
+    """
+    removed = 0
+    for output in outputs:
+        output = Path(output)
+        parent = output.parent if str(output.parent) else Path(".")
+        try:
+            entries = list(os.scandir(parent))
+        except OSError:
+            continue
+        for entry in entries:
+            owner = temporary_owner(entry.name, output.name)
+            if owner is None or not entry.is_file(follow_symlinks=False):
+                continue
+            if not any_process and (owner[0] != _HOST or _alive(owner[1])):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+                removed += 1
+    if removed:
+        log.info("removed %d temporary file(s) left by an interrupted run", removed)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# -- atomic writes -----------------------------------------------------------------------
+@contextlib.contextmanager
+def atomic_outputs(paths: Sequence[Path | None]) -> Iterator[list[Path | None]]:
+    """Yield a temporary path for each of ``paths`` (``None`` stays ``None``); when the
+    block ends without error, rename every temporary (and its Shapefile sidecars) onto its
+    final name, else delete them all. A failed write is re-raised as one OutputError.
+    """
+    finals = [Path(p) if p is not None else None for p in paths]
+    remove_stale_temporaries([p for p in finals if p is not None])
+    temps = [temporary_sibling(p, create=False) if p is not None else None for p in finals]
+    try:
+        from geounet.geotiff import gdal_write_errors, raise_write_errors
+
+        try:
+            with gdal_write_errors() as errors:
+                yield temps
+            raise_write_errors(errors)
+            for tmp in temps:
+                if tmp is not None:
+                    _check_complete(tmp)
+            for tmp, final in zip(temps, finals):
+                if tmp is not None and final is not None:
+                    _rename_parts(tmp, final)
+        except Exception as exc:  # noqa: BLE001 - write errors come in many types
+            bad = _failed_output(exc, temps, finals)
+            if isinstance(exc, GeoUNetError) or bad is None:
+                raise
+            raise write_failed(bad, exc) from exc
+    finally:
+        for tmp in temps:
+            if tmp is not None:
+                for part in temporary_parts(tmp):
+                    part.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """:func:`atomic_outputs` for one file."""
+    with atomic_outputs([path]) as (tmp,):
+        assert tmp is not None
+        yield tmp
+
+
+def _rename_parts(tmp: Path, final: Path) -> None:
+    """Rename a temporary and its Shapefile sidecars (if any) onto ``final``'s names: the
+    sidecars first, the main file last (it is what readers open)."""
+    pairs = list(zip(output_parts(tmp), output_parts(final)))
+    for source, target in pairs[1:] + pairs[:1]:
+        if source.exists():
+            os.replace(source, target)
+        elif target != final:   # a sidecar the driver did not write: none of an older one
+            with contextlib.suppress(FileNotFoundError):
+                target.unlink()
+
+
+def _check_complete(tmp: Path) -> None:
+    from geounet.geotiff import check_tiff_complete
+
+    check_tiff_complete(tmp)
+
+
+def _failed_output(exc: BaseException, temps: list[Path | None], finals: list[Path | None],
+                   ) -> Path | None:
+    """The final path whose temporary ``exc`` comes from writing, or ``None`` when ``exc``
+    is not a write error (e.g. an input could not be read)."""
+    chain = list(exception_chain(exc))
+    for tmp, final in zip(temps, finals):
+        if tmp is not None and final is not None and any(tmp.name in str(e) for e in chain):
+            return final
+    if any((isinstance(e, OSError) and e.errno in DISK_FULL) or says_write_failed(str(e))
+           for e in chain):
+        return next((f for f in finals if f is not None), None)
+    return None
+
+
+def says_write_failed(text: str) -> bool:
+    """Whether a library's message says a write failed (or the disk is full)."""
+    return "write" in text.lower() or any(os.strerror(n) in text for n in DISK_FULL)
+
+
+def exception_chain(exc: BaseException | None) -> Iterator[BaseException]:
+    """``exc`` and the exceptions behind it, outermost first (as a traceback shows them)."""
+    while exc is not None:
+        yield exc
+        exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of the innermost cause of ``exc`` (GDAL's own words, when it has them)."""
+    *_, exc = exception_chain(exc)
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def write_failed(path: Path, exc: BaseException) -> OutputError:
+    """The one-line error for a write to (a temporary sibling of) ``path`` that failed."""
+    full = any((isinstance(e, OSError) and e.errno in DISK_FULL)
+               or any(os.strerror(n) in str(e) for n in DISK_FULL) for e in exception_chain(exc))
+    with contextlib.suppress(OSError):
+        full = full or os.statvfs(path.parent).f_bavail == 0
+    if full:
+        return OutputError(f"{path}: could not be written: the disk is full; nothing was "
+                           "changed there, free some space or choose another folder")
+    return OutputError(f"{path}: could not be written: the write failed ({first_line(exc)}); "
+                       "nothing was changed there")
