@@ -139,6 +139,38 @@ class UNet(nn.Module):
         return self.outc(x)[..., :height, :width]
 
 
+def available_devices() -> list[str]:
+    """Names :func:`resolve_device` accepts on this machine: ``auto``, ``cpu``, then ``cuda``
+    and ``cuda:N`` for each CUDA GPU, ``mps`` and ``xpu`` where torch has them."""
+    names = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        names += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    for kind, backend in (("mps", getattr(torch.backends, "mps", None)),
+                          ("xpu", getattr(torch, "xpu", None))):
+        if backend is not None and backend.is_available():
+            names.append(kind)
+    return names
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device for ``name`` (``auto``: the first CUDA GPU if any, else the CPU).
+
+    Raises:
+        ConfigError: ``name`` is not a device, or not one this machine has (the message
+            lists those it has).
+    """
+    names = available_devices()
+    if name == "auto":
+        return torch.device("cuda" if "cuda" in names else "cpu")
+    if name in names:
+        return torch.device(name)
+    try:
+        torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"unknown device {name!r}; devices here: {', '.join(names)}") from None
+    raise ConfigError(f"device {name!r} is not available here; devices here: {', '.join(names)}")
+
+
 def logits_to_probabilities(logits: torch.Tensor) -> torch.Tensor:
     """Sigmoid for a single binary channel, softmax over channels otherwise (dim 1)."""
     if logits.shape[1] == 1:

@@ -50,7 +50,7 @@ from geounet.checkpoint import ModelMetadata, load_checkpoint
 from geounet.errors import ConfigError, InputError
 from geounet.geotiff import MASK_NODATA, describe, finish, open_output
 from geounet.io import RasterInfo, normalize, open_raster, read_masked, select_bands
-from geounet.model import UNet, logits_to_probabilities
+from geounet.model import UNet, logits_to_probabilities, resolve_device
 from geounet.outputs import atomic_outputs, check_outputs, first_line
 from geounet.tiling import Block, TileGrid
 
@@ -126,18 +126,6 @@ class PredictResult:
     device: str
     seconds: float
     class_pixels: dict[str, int] = field(default_factory=dict)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA if available else CPU; refuse CUDA when there is none."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda asked for but no CUDA GPU is available; use --device cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as exc:
-        raise ConfigError(f"unknown device {name!r}; use auto, cpu or cuda") from exc
 
 
 def predict_raster(

@@ -66,7 +66,7 @@ from geounet.labels import (
     read_split,
 )
 from geounet.metrics import Counts, count, within
-from geounet.model import UNet, UNetConfig
+from geounet.model import UNet, UNetConfig, resolve_device
 from geounet.outputs import atomic_path
 
 log = logging.getLogger(__name__)
@@ -256,7 +256,7 @@ def train_model(config: TrainConfig, output: str | Path, resume: bool = False,
     With ``resume``, continue the run whose last checkpoint lies beside ``output``.
     """
     output = Path(output)
-    device = _device(config)
+    device = resolve_device(config.device)
     with _runtime(config, device):
         train, val = _load_data(config)
         try:
@@ -350,14 +350,6 @@ def _with_scores(metadata: ModelMetadata, epoch: int, scores: dict[str, float]
     source = {**metadata.source, "epoch": epoch,
               "validation": {k: round(v, 6) for k, v in scores.items()}}
     return ModelMetadata(**{**metadata.__dict__, "source": source})
-
-
-def _device(config: TrainConfig) -> torch.device:
-    if config.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device cuda was asked for but torch sees no CUDA GPU; use cpu")
-    if config.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(config.device)
 
 
 @contextmanager
