@@ -18,6 +18,23 @@ from torch import nn
 
 from geounet.errors import ConfigError
 
+# Largest architecture arguments accepted. Depth 8 already pools 256x; width 1024 is 16x the
+# classic U-Net (4x10^9 weights at depth 4); the uint8 mask holds class ids 0..254.
+ARGUMENT_LIMITS = {"in_channels": 4096, "classes": 254, "width": 1024, "depth": 8,
+                   "bilinear": None}
+
+
+def argument_problem(name: str, value: object) -> str | None:
+    """What is wrong with ``value`` for the :class:`UNetConfig` field ``name``, or None."""
+    if name == "bilinear":
+        return None if isinstance(value, bool) else f"must be true or false, got {value!r}"
+    if isinstance(value, bool) or not isinstance(value, int):
+        return f"must be an integer, got {value!r}"
+    limit = ARGUMENT_LIMITS[name]
+    if not 1 <= value <= limit:
+        return f"must be 1..{limit}, got {value}"
+    return None
+
 
 @dataclass(frozen=True)
 class UNetConfig:
@@ -38,10 +55,10 @@ class UNetConfig:
     bilinear: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("in_channels", "classes", "width", "depth"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"UNet {name} must be a positive integer, got {value!r}")
+        for name in ARGUMENT_LIMITS:
+            problem = argument_problem(name, getattr(self, name))
+            if problem:
+                raise ConfigError(f"UNet {name} {problem}")
 
     def to_dict(self) -> dict[str, int | bool]:
         return asdict(self)
@@ -137,6 +154,15 @@ class UNet(nn.Module):
         for up in self.ups:
             x = up(x, skips.pop())
         return self.outc(x)[..., :height, :width]
+
+
+def state_shapes(config: UNetConfig) -> dict[str, tuple[tuple[int, ...], bool]]:
+    """Name -> (shape, is floating point) of every tensor in the state dict of
+    ``UNet(config)``, found on the ``meta`` device: nothing is allocated, whatever the size."""
+    with torch.device("meta"):
+        model = UNet(config)
+    return {name: (tuple(t.shape), t.is_floating_point())
+            for name, t in model.state_dict().items()}
 
 
 def available_devices() -> list[str]:

@@ -156,7 +156,7 @@ def test_missing_tensor_is_refused(tmp_path, make_unet, make_metadata):
     ({"format": FORMAT}, "version None"),
     ({"format": FORMAT, "version": "1"}, "missing or corrupt"),
     ({"format": FORMAT, "version": "1", "geounet": "{not json"}, "missing or corrupt"),
-    ({"format": FORMAT, "version": "1", "geounet": '{"arch": {}}'}, "unexpected keys"),
+    ({"format": FORMAT, "version": "1", "geounet": '{"arch": {}}'}, "'bands' is missing"),
     ({"format": FORMAT, "version": "1", "geounet": "[]"}, None),
 ])
 def test_wrong_header_is_refused(tmp_path, make_unet, make_metadata, header, needle):
@@ -190,7 +190,7 @@ def test_invalid_declared_architecture_is_a_model_error(tmp_path, make_unet, mak
 @pytest.mark.parametrize("change,needle", [
     ({"bands": (1, 2)}, "3 input channels but 2 bands"),
     ({"mean": (0.0,) * 4}, "4 means"),
-    ({"std": (1.0, 0.0, 1.0)}, "non-positive std"),
+    ({"std": (1.0, 0.0, 1.0)}, "'std': must be positive"),
     ({"class_names": ("only",)}, "1 class names for 2 classes"),
     ({"nodata_policy": "zero"}, "unknown nodata policy"),
 ])
@@ -207,3 +207,41 @@ def test_metadata_json_round_trip_and_content(make_metadata):
     assert raw["bands"] == [1, 2, 3, 4] and raw["class_names"] == ["c0", "c1", "c2"]
     assert (raw["tile_size"], raw["overlap"], raw["nodata_policy"]) == (256, 32, "mask")
     assert ModelMetadata.from_json(meta.to_json()) == meta
+
+
+def test_weights_with_nan_are_refused(tmp_path, make_unet, make_metadata):
+    tensors = _tensors(make_unet(ARCH))
+    tensors["ups.0.conv.block.1.running_var"][2] = float("nan")
+    path = _raw_checkpoint(tmp_path / "m.safetensors", tensors, format=FORMAT, version="1",
+                           geounet=make_metadata(ARCH).to_json())
+    with pytest.raises(ModelError, match="'ups.0.conv.block.1.running_var' holds NaN"):
+        load_checkpoint(path)
+
+
+def test_weights_are_compared_with_the_architecture_before_it_is_built(
+        tmp_path, make_unet, make_metadata, monkeypatch):
+    """The declared architecture's shapes come from the meta device: no UNet is allocated
+    for a checkpoint whose weights do not fit it."""
+    built = []
+    monkeypatch.setattr("geounet.checkpoint.UNet", lambda arch: built.append(arch))
+    declared = UNetConfig(3, 1, 1024, 8)  # 10^12 weights if it were built
+    path = _raw_checkpoint(tmp_path / "m.safetensors", _tensors(make_unet(ARCH)),
+                           format=FORMAT, version="1", geounet=make_metadata(declared).to_json())
+    with pytest.raises(ModelError, match=r"'inc.block.0.weight' is \[4, 3, 3, 3\], the "
+                                         r"architecture needs \[1024, 3, 3, 3\]"):
+        load_checkpoint(path)
+    assert built == []
+
+
+@pytest.mark.parametrize("dtype,needle", [(torch.int32, "I32, the architecture needs floating"),
+                                          (torch.float16, None)])
+def test_weight_types_are_checked(tmp_path, make_unet, make_metadata, dtype, needle):
+    tensors = _tensors(make_unet(ARCH))
+    tensors["outc.weight"] = tensors["outc.weight"].to(dtype)
+    path = _raw_checkpoint(tmp_path / "m.safetensors", tensors, format=FORMAT, version="1",
+                           geounet=make_metadata(ARCH).to_json())
+    if needle is None:  # half precision weights load (as float32)
+        assert load_checkpoint(path)[0].outc.weight.dtype == torch.float32
+        return
+    with pytest.raises(ModelError, match=f"'outc.weight' is {needle}"):
+        load_checkpoint(path)
