@@ -21,6 +21,7 @@ from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
 from geounet.errors import InputError
+from geounet.inputs import require_regular_file
 from geounet.outputs import first_line
 
 SUPPORTED_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
@@ -47,13 +48,16 @@ class RasterInfo:
 
 def open_raster(path: str | Path) -> RasterInfo:
     """Open and validate a raster; raise :class:`InputError` with the cause and the fix."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    if path.is_dir():
-        raise InputError(f"{path}: is a directory; give a raster file")
+    path = require_regular_file(path, "raster")  # a FIFO or device would wait forever
     try:
         with rasterio.open(path) as src:
+            if src.count == 0:  # e.g. a GeoPackage of several rasters, a NetCDF of variables
+                found = src.subdatasets
+                hint = "give a raster file" if not found else (
+                    f"it holds {len(found)} subdatasets: {', '.join(found[:5])}"
+                    f"{', ...' if len(found) > 5 else ''}; extract the one to use, e.g. "
+                    f"gdal_translate {found[0]} one.tif")
+                raise InputError(f"{path}: has no raster bands; {hint}")
             dtypes = set(src.dtypes)
             info = RasterInfo(
                 path=path, width=src.width, height=src.height, count=src.count,
