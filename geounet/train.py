@@ -49,7 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
@@ -67,7 +67,7 @@ from geounet.labels import (
 )
 from geounet.metrics import Counts, count, within
 from geounet.model import UNet, UNetConfig, resolve_device
-from geounet.outputs import atomic_path
+from geounet.outputs import atomic_path, first_line
 
 log = logging.getLogger(__name__)
 
@@ -688,13 +688,7 @@ def _restore(output: Path, config: TrainConfig, model: UNet, optimizer, scaler,
     if not last.is_file() or not state_path.is_file():
         raise ConfigError(f"{last}: nothing to resume (need {last.name} and "
                           f"{state_path.name} from an earlier run with the same output)")
-    with safe_open(str(state_path), framework="pt") as f:
-        header = f.metadata() or {}
-        names = f.keys()  # safe_open is not a mapping
-        tensors = {k: f.get_tensor(k) for k in names}
-    if header.get("format") != STATE_FORMAT:
-        raise ConfigError(f"{state_path}: not a geounet training state")
-    state = json.loads(header["state"])
+    state, tensors = _read_state(state_path, config)
     saved, now = state["config"], config.model_dump(mode="json")
     defaults = TrainConfig.model_construct().model_dump(mode="json")  # keys added later
     changed = sorted(k for k in now if now[k] != saved.get(k, defaults.get(k))
@@ -705,15 +699,71 @@ def _restore(output: Path, config: TrainConfig, model: UNet, optimizer, scaler,
                           f"{', '.join(sorted(RESUMABLE_CHANGES))} may change)")
     weights, _ = load_checkpoint(last)
     model.load_state_dict(weights.state_dict())
+    params = list(model.parameters())
     per_param: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optimizer."):
-            _, index, name = key.split(".", 2)
-            per_param.setdefault(int(index), {})[name] = value
-    groups = [{**g, "lr": config.lr} for g in state["param_groups"]]
-    optimizer.load_state_dict({"state": per_param, "param_groups": groups})
-    scaler.load_state_dict(state["grad_scaler"])
-    torch.set_rng_state(tensors["rng.torch"])
-    rng.bit_generator.state = state["numpy_rng"]
+    part = "optimizer"  # what is being restored, for the message if it fails
+    try:
+        for key, value in tensors.items():
+            if key.startswith("optimizer."):
+                _, index, name = key.split(".", 2)
+                # load_state_dict does not compare shapes: a wrong one fails at the first step
+                if value.dim() and value.shape != params[int(index)].shape:
+                    raise ValueError(f"{key} is {list(value.shape)}, the model's parameter is "
+                                     f"{list(params[int(index)].shape)}")
+                per_param.setdefault(int(index), {})[name] = value
+        groups = [{**g, "lr": config.lr} for g in state["param_groups"]]
+        optimizer.load_state_dict({"state": per_param, "param_groups": groups})
+        part = "grad_scaler"
+        scaler.load_state_dict(state["grad_scaler"])
+        part = "rng.torch"
+        torch.set_rng_state(tensors["rng.torch"])
+        part = "numpy_rng"
+        rng.bit_generator.state = state["numpy_rng"]
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
+        raise _corrupt_state(state_path, f"{part}: {first_line(exc)}") from exc
     log.info("resuming %s after epoch %d", last, state["epoch"])
     return state["epoch"], state["history"], state["best"]
+
+
+def _read_state(path: Path, config: TrainConfig) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The JSON state and the tensors of a training-state file, their types checked."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            names = f.keys()  # safe_open is not a mapping
+            tensors = {k: f.get_tensor(k) for k in names}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable training state ({first_line(exc)}); it was "
+                         "cut short or damaged: train again without --resume") from exc
+    if header.get("format") != STATE_FORMAT:
+        raise ConfigError(f"{path}: not a geounet training state")
+    try:
+        state = json.loads(header["state"])
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise _corrupt_state(path, f"no readable 'state' ({first_line(exc)})") from exc
+    if not isinstance(state, dict):
+        raise _corrupt_state(path, "'state' is not a JSON object")
+    kinds = {"epoch": int, "history": list, "best": dict, "param_groups": list,
+             "numpy_rng": dict, "grad_scaler": dict, "config": dict}
+    for key, kind in kinds.items():
+        if not isinstance(state.get(key), kind) or isinstance(state[key], bool):
+            raise _corrupt_state(path, f"key {key!r} is {type(state.get(key)).__name__}, not "
+                                 f"{kind.__name__}")
+    if state["epoch"] < 0:
+        raise _corrupt_state(path, f"key 'epoch' is {state['epoch']}")
+    if not all(isinstance(h, dict) and _is_number(h.get("seconds")) for h in state["history"]):
+        raise _corrupt_state(path, "key 'history' lists epochs without their seconds")
+    if not all(_is_number(state["best"].get(k)) for k in (config.monitor, "epoch")):
+        raise _corrupt_state(path, f"key 'best' lacks {config.monitor!r} or 'epoch'")
+    if "rng.torch" not in tensors:
+        raise _corrupt_state(path, "tensor 'rng.torch' is missing")
+    return state, tensors
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _corrupt_state(path: Path, problem: str) -> InputError:
+    return InputError(f"{path}: training state is missing or corrupt ({problem}); train again "
+                      "without --resume")
