@@ -26,9 +26,12 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.features import rasterize
 
 from geounet.errors import InputError
+from geounet.inputs import require_regular_file
 from geounet.io import RasterInfo, open_raster, require_in_memory
 
 IGNORE = 255
+# Largest plausible coordinate in any CRS: 25x the Earth's circumference in metres or feet.
+MAX_COORDINATE = 1e9
 VECTOR_SUFFIXES = (".gpkg", ".geojson", ".json", ".shp", ".fgb", ".gml", ".kml", ".sqlite")
 
 
@@ -98,11 +101,13 @@ def rasterize_vector(path: str | Path, image: RasterInfo,
     """Burn the features of ``path`` onto ``image``'s grid (see the module docstring)."""
     import geopandas as gpd  # heavy: loaded on use
 
+    require_regular_file(path, "vector")  # a FIFO would wait forever
     try:
-        frame = gpd.read_file(path)
+        frame = gpd.read_file(path, fid_as_index=True)  # messages name features by FID
     except Exception as exc:  # pyogrio raises its own DataSourceError and others
         raise InputError(f"{path}: not a readable vector file ({exc})") from exc
     frame = frame[frame.geometry.notna() & ~frame.geometry.is_empty]
+    _check_coordinates(frame, path)
     if image.crs is not None:
         if frame.crs is None:
             raise InputError(f"{path}: the vector labels have no CRS but {image.path} is in "
@@ -139,10 +144,43 @@ def rasterize_vector(path: str | Path, image: RasterInfo,
             if config.line_width_units == "pixels" else 1.0
         geoms = _buffer_lines(geoms, config.line_width / 2 * scale, path)
     target = np.zeros((image.height, image.width), np.uint8)
+    geoms = _clip_to_image(geoms, image)
     shapes = [(g, int(c)) for g, c in zip(geoms, classes) if not g.is_empty]
     if shapes:
         rasterize(shapes, out=target, transform=image.transform, all_touched=False)
     return target
+
+
+def _check_coordinates(frame, path: str | Path) -> None:
+    """Refuse a feature with a coordinate that is not finite or beyond :data:`MAX_COORDINATE`
+    (a corrupt vertex: no coordinate reference system reaches that far)."""
+    coords, index = shapely.get_coordinates(frame.geometry.to_numpy(), return_index=True)
+    bad = ~(np.abs(coords) <= MAX_COORDINATE).all(axis=1)  # NaN fails the test too
+    if bad.any():
+        x, y = coords[bad][0]
+        raise InputError(f"{path}: feature {frame.index[index[bad][0]]} has a coordinate "
+                         f"({x:g}, {y:g}) beyond the range of any coordinate reference system "
+                         f"(|x|, |y| <= {MAX_COORDINATE:g}); fix or delete that feature")
+
+
+def _clip_to_image(geoms: np.ndarray, image: RasterInfo) -> np.ndarray:
+    """Geometries reaching beyond ``image`` cut to its footprint plus a pixel (map units).
+
+    GDAL burns in 32-bit pixel coordinates: a vertex 2^31 px away (2000 km at 1 mm pixels)
+    would make the whole feature burn wrong. Pixel centres on the image lie inside the cut,
+    so what is burned there does not change.
+    """
+    corners = np.array([image.transform @ (col, row) for col in (-1, image.width + 1)
+                        for row in (-1, image.height + 1)])
+    (west, south), (east, north) = corners.min(axis=0), corners.max(axis=0)
+    bounds = shapely.bounds(geoms)
+    beyond = ((bounds[:, 0] < west) | (bounds[:, 1] < south) | (bounds[:, 2] > east)
+              | (bounds[:, 3] > north))
+    if not beyond.any():
+        return geoms
+    out = geoms.copy()
+    out[beyond] = shapely.clip_by_rect(geoms[beyond], west, south, east, north)
+    return out
 
 
 def _buffer_lines(geoms: np.ndarray, radius: float, path: str | Path) -> np.ndarray:

@@ -86,8 +86,11 @@ def check_output(path: str | Path, inputs: Sequence[str | Path | None],
 
 
 def _identity(path: Path) -> str:
-    """A key equal for two names of one file (resolved; case-folded where the folder is)."""
-    return os.path.normcase(str(path.resolve()))
+    """A key equal for two names of one file (resolved; case-folded where the folder is).
+
+    ``os.path.realpath`` leaves a symlink loop unresolved instead of raising: the input
+    check then names the loop."""
+    return os.path.normcase(os.path.realpath(path))
 
 
 def _check_part(part: Path, output: Path, inputs: list[Path], overwrite: bool) -> None:

@@ -314,8 +314,9 @@ def test_threshold_comes_from_the_checkpoint_unless_given(odd_rgb, constant_mode
 
 def test_more_classes_than_the_mask_can_hold_are_refused(odd_rgb, constant_model, quiet,
                                                         tmp_path):
-    model, meta = constant_model(bias=(0.0,) * 255)
+    # The model itself refuses to be built: 255 is the mask's nodata, so 254 classes at most.
     with pytest.raises(ConfigError, match="255"):
+        model, meta = constant_model(bias=(0.0,) * 255)
         predict_raster(odd_rgb, (model, meta), tmp_path / "m.tif", None, quiet())
     assert not (tmp_path / "m.tif").exists()
 

@@ -10,6 +10,7 @@ import click
 
 from geounet.cli.options import verbosity
 from geounet.errors import ConfigError
+from geounet.inputs import require_regular_file
 from geounet.outputs import atomic_path, check_output
 
 
@@ -67,8 +68,8 @@ def command(prediction, truth, model, images, labels, split_file, split, toleran
     if output is not None:
         check_output(output, [p for p in (source, target, model) if p is not None], overwrite)
     for path in (source, target):
-        if not path.exists():
-            raise ConfigError(f"{path}: no such file")
+        if not path.is_dir():
+            require_regular_file(path)
     if source.is_dir() != target.is_dir():
         raise ConfigError(f"{source} and {target}: give two files or two folders")
     pairs = pair_folders(source, target) if source.is_dir() else [(source, target)]

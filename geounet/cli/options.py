@@ -5,8 +5,12 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import click
+
+from geounet.errors import GeoUNetError
+from geounet.inputs import require_regular_file
 
 
 def verbosity(func: Callable) -> Callable:
@@ -51,3 +55,21 @@ def parse_bands(ctx: click.Context, param: click.Parameter, value: str | None,
 
 
 overwrite = click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+
+
+class InputPath(click.Path):
+    """``click.Path`` of an existing input: a FIFO, device or symlink loop is named as such
+    (click would call a loop "does not exist" and would open a FIFO and wait)."""
+
+    def __init__(self, kind: str = "input", file_okay: bool = True, dir_okay: bool = False):
+        super().__init__(exists=True, file_okay=file_okay, dir_okay=dir_okay, path_type=Path)
+        self.kind = kind
+
+    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+        path = Path(value)
+        if not (self.dir_okay and path.is_dir()):
+            try:
+                require_regular_file(path, self.kind)
+            except GeoUNetError as exc:
+                self.fail(str(exc), param, ctx)
+        return super().convert(value, param, ctx)
