@@ -7,11 +7,11 @@ from pathlib import Path
 
 import click
 
-from geounet.cli.options import overwrite, verbosity
+from geounet.cli.options import InputPath, overwrite, verbosity
 from geounet.errors import ConfigError
-from geounet.outputs import check_output
+from geounet.outputs import check_outputs
 
-_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+_FILE = InputPath()
 _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 
 
@@ -64,7 +64,7 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 def command(config_file, output, resume, classes, name, overwrite, quiet, verbose,
             **flags) -> None:
     """Train a U-Net; write the best checkpoint (by validation score) and the last one."""
-    from geounet.train import TrainConfig, train_model  # torch: loaded on use
+    from geounet.train import TrainConfig, last_paths, train_model  # torch: loaded on use
 
     values = {k: list(v) if isinstance(v, tuple) else v for k, v in flags.items()
               if v is not None and v != ()}
@@ -80,9 +80,11 @@ def command(config_file, output, resume, classes, name, overwrite, quiet, verbos
         config = TrainConfig.build(values, origin="flags")
     config = TrainConfig.build({**config.__dict__,
                                 "source": {**config.source, "name": name or output.stem}})
-    inputs = [p for pair in config.pairs() for p in pair]
-    if not resume:
-        check_output(output, inputs, overwrite)
+    # Every file the run reads is never one it writes, even with --overwrite or --resume
+    # (which replaces the run's own checkpoints).
+    inputs = [*(p for pair in config.pairs() for p in pair), *config.val_images,
+              *config.val_labels, config_file, config.split_file]
+    check_outputs([output, *last_paths(output)], inputs, overwrite or resume)
     result = train_model(config, output, resume=resume, progress=not quiet)
     if not quiet:
         summary = result.to_dict()
