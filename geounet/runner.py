@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import stat
 import sys
 import time
 from collections.abc import Iterator
@@ -38,7 +39,13 @@ import numpy as np
 from tqdm import tqdm
 
 from geounet.errors import ConfigError, GeoUNetError, InputError, ModelError, OutputError
-from geounet.outputs import atomic_path, first_line, temporary_sibling
+from geounet.outputs import (
+    GDAL_SIDECARS,
+    atomic_path,
+    first_line,
+    output_parts,
+    temporary_sibling,
+)
 from geounet.outputs import remove_stale_temporaries as remove_output_temporaries
 from geounet.workflow import Workflow, read_input_list
 
@@ -124,7 +131,8 @@ class RunReport:
 
 # -- inputs and plan ----------------------------------------------------------------------
 def discover_inputs(workflow: Workflow) -> list[Path]:
-    """The input rasters, sorted, without duplicates or hidden files."""
+    """The input rasters, sorted, without duplicates, hidden files or this workflow's own
+    files (see :func:`own_files`)."""
     spec = workflow.inputs
     if spec.folder is not None:
         pattern = spec.folder.rglob if spec.recursive else spec.folder.glob
@@ -137,27 +145,53 @@ def discover_inputs(workflow: Workflow) -> list[Path]:
         if missing:
             raise ConfigError(f"{spec.file}: lists {missing[0]}, which does not exist"
                               + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-    return sorted({p.resolve() for p in found if not p.name.startswith(".")})
+    candidates = sorted({p.resolve() for p in found if not p.name.startswith(".")})
+    own = own_files(workflow, candidates)
+    inputs = [p for p in candidates if p not in own]
+    if len(inputs) < len(candidates):
+        log.info("%d file(s) found among the inputs are this workflow's outputs: not inputs",
+                 len(candidates) - len(inputs))
+    return inputs
+
+
+def own_files(workflow: Workflow, candidates: list[Path]) -> set[Path]:
+    """Files this workflow writes, which are never its inputs (an output folder may be the
+    input folder): the names its templates give every candidate input (with a Shapefile's
+    parts and GDAL's sidecars), the outputs its manifest records, the manifest, the lock
+    and the reports. Absolute, resolved paths."""
+    folder = workflow.outputs.folder.resolve()
+    own = {folder / MANIFEST, folder / LOCK, folder / REPORT, folder / HTML_REPORT}
+    targets = [p for item in _items(workflow, candidates) for p in item.outputs.values() if p]
+    if (folder / MANIFEST).is_file():
+        with contextlib.suppress(GeoUNetError):   # an unreadable one is refused by the run
+            targets += Manifest(folder).owned()
+    for target in targets:
+        parts = output_parts(target)
+        own.update(parts + [p.with_name(p.name + ext) for p in parts for ext in GDAL_SIDECARS])
+    return {p.resolve() for p in own}
 
 
 def plan_items(workflow: Workflow, inputs: list[Path]) -> list[Item]:
     """Items with their output paths; refuse two inputs that would write the same file."""
-    out = workflow.outputs
-    items, owners = [], {}
-    for path in inputs:
-        names = {"mask": out.mask, "probabilities": out.probabilities, "vector": out.vector,
-                 "centerlines": out.centerlines, "preview": out.preview}
-        outputs = {kind: None if t is None else out.folder / t.format(stem=path.stem,
-                                                                        name=path.name)
-                   for kind, t in names.items()}
-        items.append(Item(path, outputs))
-        for target in filter(None, outputs.values()):
+    items, owners = _items(workflow, inputs), {}
+    for item in items:
+        for target in filter(None, item.outputs.values()):
             if target in owners:
-                raise ConfigError(f"{owners[target]} and {path} would both write {target}; "
-                                  "use {name} in outputs templates or rename an input")
-            owners[target] = path
-    # An output folder that is also the input folder: outputs are not inputs.
-    return [item for item in items if item.input not in owners]
+                raise ConfigError(f"{owners[target]} and {item.input} would both write "
+                                  f"{target}; use {{name}} in outputs templates or rename an "
+                                  "input")
+            owners[target] = item.input
+    return items
+
+
+def _items(workflow: Workflow, inputs: list[Path]) -> list[Item]:
+    """``inputs`` with the output paths the workflow's name templates give them."""
+    out = workflow.outputs
+    names = {"mask": out.mask, "probabilities": out.probabilities, "vector": out.vector,
+             "centerlines": out.centerlines, "preview": out.preview}
+    return [Item(path, {kind: None if t is None else out.folder / t.format(stem=path.stem,
+                                                                         name=path.name)
+                        for kind, t in names.items()}) for path in inputs]
 
 
 def file_sha256(path: Path) -> str:
@@ -181,9 +215,12 @@ class Manifest:
             try:
                 saved = json.loads(self.path.read_text())
                 self.entries, self.model = saved["items"], saved.get("model", {})
-            except (ValueError, KeyError, TypeError) as exc:
-                raise OutputError(f"{self.path}: unreadable manifest ({exc}); delete it to "
-                                  "redo every item") from None
+                _check_entries(self.entries, self.model)
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                why = f"no {exc.args[0]!r} key" if isinstance(exc, KeyError) else str(exc)
+                raise OutputError(f"{self.path}: unreadable manifest ({why}); delete it and "
+                                  "run once with outputs.overwrite: always to redo every "
+                                  "item") from None
 
     def owned(self) -> set[Path]:
         """Every output any entry (finished or not) has written or was about to write."""
@@ -231,11 +268,28 @@ class Manifest:
                 for k, p in item.outputs.items()}
 
 
+def _check_entries(entries: Any, model: Any) -> None:
+    """Raise ValueError naming what is wrong when a manifest's entries are not the mappings
+    :class:`Manifest` reads (hand-edited, or written by something else)."""
+    if not isinstance(entries, dict) or not isinstance(model, dict):
+        raise ValueError("'items' and 'model' must be mappings")
+    for name, entry in entries.items():
+        if not isinstance(entry, dict):
+            raise ValueError(f"the entry of {name} is not a mapping")
+        for key, kind in (("state", str), ("outputs", dict)):
+            if not isinstance(entry.get(key), kind):
+                raise ValueError(f"the entry of {name} has no valid {key!r}")
+        if not all(isinstance(p, (str, type(None))) for p in entry["outputs"].values()):
+            raise ValueError(f"the entry of {name} has an output that is not a file name")
+    if "class_names" in model and not isinstance(model["class_names"], list):
+        raise ValueError("'model.class_names' must be a list")
+
+
 @contextlib.contextmanager
 def output_lock(folder: Path, wait: float) -> Iterator[None]:
     """Hold an exclusive lock on ``folder``'s outputs; wait up to ``wait`` seconds for it."""
     path = folder / LOCK
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = _open_lock(path)
     try:
         deadline = time.monotonic() + wait
         while True:
@@ -256,6 +310,23 @@ def output_lock(folder: Path, wait: float) -> Iterator[None]:
         yield
     finally:
         os.close(fd)   # releases the lock
+
+
+def _open_lock(path: Path) -> int:
+    """Open (or create) the lock file; never through a symlink, never anything but a regular
+    file (a planted ``.geounet.lock -> someone's file`` would be truncated otherwise)."""
+    refuse = OutputError(f"{path}: the lock file is not a regular file (a symlink, folder or "
+                         "device); remove it, geounet makes its own")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+            raise refuse from None
+        raise OutputError(f"{path}: cannot open the lock file ({exc.strerror})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise refuse
+    return fd
 
 
 def remove_stale_temporaries(items: list[Item], folder: Path | None = None) -> int:

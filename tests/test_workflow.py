@@ -295,6 +295,60 @@ def test_a_second_run_waits_or_stops_clearly_while_the_first_holds_the_lock(batc
     assert set(statuses(report).values()) == {"done"}
 
 
+def test_a_lock_that_is_a_symlink_or_not_a_file_is_refused_and_its_target_kept(batch, tmp_path):
+    """The lock is opened without following symlinks: a planted ``.geounet.lock`` pointing at
+    someone's file is refused, one line, and that file keeps its bytes."""
+    out = tmp_path / "out"
+    out.mkdir()
+    victim = tmp_path / "notes.txt"
+    victim.write_text("precious\n")
+    (out / runner.LOCK).symlink_to(victim)
+    result = CliRunner().invoke(main, ["run", str(batch()), "-q"])
+    assert result.exit_code == 1
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert runner.LOCK in result.output and "not a regular file" in result.output
+    assert victim.read_text() == "precious\n"
+    assert not (out / MANIFEST).exists() and not (out / "s0_mask.tif").exists()
+    (out / runner.LOCK).unlink()
+    (out / runner.LOCK).mkdir()
+    with pytest.raises(OutputError, match="not a regular file"):
+        run_workflow(load_workflow(batch()), progress=False)
+
+
+def test_outputs_in_the_input_folder_are_never_inputs(batch, tmp_path):
+    """Inputs found by ``glob: '*'`` in the output folder: the second run does not take the
+    first run's masks, vectors, previews, manifest or reports for inputs (they would clash:
+    ``s0.gpkg`` and ``s0.tif`` would both write ``s0_mask.tif``)."""
+    path = batch()
+    path.write_text(path.read_text().replace("folder: in\n", "folder: in\n  glob: '*'\n")
+                    .replace("folder: out", "folder: in"))
+    workflow = load_workflow(path)
+    first = run_workflow(workflow, progress=False)
+    assert statuses(first) == {"s0.tif": "done", "s1.tif": "done", "s2.tif": "done"}
+    assert (tmp_path / "in/s0.gpkg").exists() and (tmp_path / "in" / REPORT).exists()
+    second = run_workflow(workflow, progress=False)
+    assert statuses(second) == {"s0.tif": "skipped", "s1.tif": "skipped", "s2.tif": "skipped"}
+    # Outputs an earlier run recorded for an input that is gone are not inputs either.
+    (tmp_path / "in/s2.tif").rename(tmp_path / "elsewhere.tif")
+    assert [p.name for p in runner.discover_inputs(workflow)] == ["s0.tif", "s1.tif"]
+
+
+def test_a_manifest_entry_missing_a_key_is_one_line_saying_what_to_do(batch, tmp_path):
+    run_workflow(load_workflow(batch()), progress=False)
+    path = tmp_path / "out" / MANIFEST
+    saved = json.loads(path.read_text())
+    del next(iter(saved["items"].values()))["outputs"]
+    path.write_text(json.dumps(saved))
+    result = CliRunner().invoke(main, ["run", str(batch())])
+    assert result.exit_code == 1
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert "unreadable manifest" in result.output and "overwrite: always" in result.output
+    assert "internal error" not in result.output
+    path.unlink()                                   # what the line says to do works
+    redo = batch("  overwrite: always\n")
+    assert set(statuses(run_workflow(load_workflow(redo), progress=False)).values()) == {"done"}
+
+
 def test_json_report_on_stdout(batch):
     result = CliRunner().invoke(main, ["run", str(batch()), "--json", "-q"])
     assert result.exit_code == 0
