@@ -8,8 +8,12 @@ and exit status 2; anything else is one line reported as an internal error (trac
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 
 import click
 from rasterio.errors import RasterioError
@@ -21,17 +25,40 @@ from geounet.outputs import exception_chain, first_line
 log = logging.getLogger("geounet")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so that every temporary is removed on the way
+    out as it is for Ctrl-C."""
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 class _Group(click.Group):
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            with _terminate_as_interrupt():
+                return super().invoke(ctx)
         except GeoUNetError as exc:
             _fail(f"error: {exc}", exc)
         except RasterioError as exc:
             _fail(f"error: {_gdal_words(exc)}", exc)
-        except KeyboardInterrupt:
-            click.echo("geounet: interrupted; no output was left at the destination", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as exc:
+            how = "terminated" if isinstance(exc, Terminated) else "interrupted"
+            click.echo(f"geounet: {how}; no output was left at the destination", err=True)
+            sys.exit(143 if isinstance(exc, Terminated) else 130)
         except MemoryError as exc:
             _fail(f"error: out of memory in `geounet {ctx.invoked_subcommand}`; lower "
                   "--batch-size or --block-tiles, or process a smaller raster", exc)
