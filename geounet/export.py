@@ -135,8 +135,12 @@ class _Source:
 
 def _record_batch(frame: gpd.GeoDataFrame, schema: pa.Schema, geometry_type: str,
                   ) -> pa.RecordBatch:
-    columns = [pa.array(np.asarray(frame[f.name]), f.type) for f in schema if
-               f.name != "geometry"]
+    """One Arrow batch of ``frame``: NaN (a measure that does not apply, such as the length
+    of a feature without a centerline) becomes null, which every format stores as missing
+    (a Shapefile would otherwise hold the number NaN and GeoJSON would drop it with a
+    warning)."""
+    columns = [pa.array(np.asarray(frame[f.name]), f.type, from_pandas=True) for f in schema
+               if f.name != "geometry"]
     geometries = np.asarray(frame.geometry.values, dtype=object)
     wkb = (as_multipolygon_wkb(geometries) if geometry_type == "MultiPolygon"
            else shapely.to_wkb(geometries, byte_order=1))
