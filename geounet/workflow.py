@@ -5,31 +5,53 @@ the model, the inference and vectorization settings, where and under which names
 how often to retry, when to run (a cron expression) and on what (the local process or a Dask
 cluster). Relative paths are relative to the workflow file's folder.
 
-Loading is safe: the document is composed with :class:`yaml.SafeLoader`, so tags that would
-construct Python objects (``!!python/object``...) are refused. Every key is checked by pydantic
-models that forbid unknown keys, then paths are checked (input folder, list file and model
-exist; name templates stay inside the output folder). Any problem raises one
+Loading is safe and bounded: the file must be a regular file of at most ``MAX_BYTES``; the
+document is composed with :class:`yaml.SafeLoader`, so tags that would construct Python
+objects (``!!python/object``...) are refused, and composing stops at ``MAX_LEVELS`` levels of
+nesting, at ``MAX_VALUES`` values once aliases are expanded (an "alias bomb" of a few hundred
+bytes names billions) and at an alias used inside the value it names (a loop). Every key is
+checked by pydantic models that forbid unknown keys, then paths are checked (input folder,
+list file and model exist; name templates name a file directly inside the output folder, with
+an extension that agrees with ``vector_format``; a schedule fires). Any problem raises one
 :class:`~geounet.errors.ConfigError` naming the file, the line, the key path and the cause,
 before anything is read or written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import posixpath
 import string
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from geounet.errors import ConfigError
+from geounet.inputs import require_regular_file
 
 TEMPLATE_FIELDS = ("stem", "name")   # {stem}: file name without extension; {name}: with it
 PositiveInt = Annotated[int, Field(ge=1)]
+VectorFormat = Literal["gpkg", "geojson", "shapefile", "parquet"]
+# A workflow is a few KB. These bound the (pure-Python) parse to well under a second whatever
+# the file holds; an explicit list of thousands of inputs belongs in a file (inputs.file).
+MAX_BYTES = 256 * 1024
+MAX_VALUES = 10_000   # YAML nodes (keys, values, items) with every alias expanded
+MAX_LEVELS = 32       # nesting, aliases expanded; a workflow uses 3
 
 
 class _Strict(BaseModel):
@@ -75,20 +97,32 @@ class OutputsConfig(_Strict):
     """
 
     folder: Path
+    # Before the names: their validators compare each name's extension with it.
+    vector_format: VectorFormat | None = None
     mask: str | None = "{stem}_mask.tif"
     probabilities: str | None = None
-    vector: str | None = "{stem}.gpkg"
+    vector: str | None = "{stem}.gpkg"      # with vector_format alone: that format's extension
     centerlines: str | None = None
     preview: str | None = "{stem}_preview.png"
-    vector_format: Literal["gpkg", "geojson", "shapefile", "parquet"] | None = None
     cog: bool = False
     overwrite: Literal["changed", "always", "never"] = "changed"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _vector_name_from_format(cls, data: Any) -> Any:
+        """``vector_format: shapefile`` without a vector name writes ``{stem}.shp``."""
+        if (isinstance(data, dict) and "vector" not in data
+                and data.get("vector_format") in get_args(VectorFormat)):
+            data = {**data, "vector": "{stem}" + format_extension(data["vector_format"])}
+        return data
+
     @field_validator("mask", "probabilities", "vector", "centerlines", "preview")
     @classmethod
-    def _template_inside_folder(cls, value: str | None) -> str | None:
+    def _template_inside_folder(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None:
             check_template(value)
+            if info.field_name in ("vector", "centerlines"):
+                check_vector_template(value, info.data.get("vector_format"))
         return value
 
     @model_validator(mode="after")
@@ -130,9 +164,24 @@ class ScheduleConfig(_Strict):
         from apscheduler.triggers.cron import CronTrigger
 
         try:
-            CronTrigger.from_crontab(value, timezone="UTC")
+            trigger = CronTrigger.from_crontab(value, timezone="UTC")
         except ValueError as exc:
             raise ValueError(f"{value!r} is not a 5-field cron expression ({exc})") from None
+        if trigger.get_next_fire_time(None, datetime.now(timezone.utc)) is None:
+            raise ValueError(f"{value!r} never fires (no date matches it, e.g. 30 February); "
+                             "check the day, month and weekday fields")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from apscheduler.util import astimezone
+
+        try:
+            astimezone(value)   # what the scheduler will use
+        except (KeyError, ValueError, OSError) as exc:   # zoneinfo's errors for bad keys
+            raise ValueError(f"{value!r} is not a known time zone; give an IANA name such as "
+                             "UTC or Europe/Paris") from exc
         return value
 
 
@@ -215,9 +264,43 @@ def check_template(template: str) -> None:
     normal = posixpath.normpath(sample)
     if normal == ".." or normal.startswith("../") or normal in (".", ""):
         raise ValueError(f"{template!r} escapes the output folder; give a name inside it")
+    if "/" in sample:
+        raise ValueError(f"{template!r} names a subfolder; give a file name only (outputs "
+                         "go directly into outputs.folder: point that at the subfolder)")
     if not any(field for _, field, _, _ in parts):
         raise ValueError(f"{template!r} has no {{stem}} or {{name}}: every input would write "
                          "the same file")
+
+
+def check_vector_template(template: str, fmt: str | None) -> None:
+    """Refuse a vector name whose extension does not say its format, or that disagrees with
+    ``fmt`` (a ``vector_format`` value): every item would fail when it is written."""
+    from geounet.export import FORMATS, vector_format
+
+    stem, extension = posixpath.splitext(template)
+    sample = Path(template.format(stem="x", name="x.tif"))
+    if fmt is None:
+        if sample.suffix.lower() not in FORMATS:
+            ending = repr(extension) if extension else "a name without an extension"
+            raise ValueError(f"{template!r}: cannot tell the vector format from {ending}; end "
+                             f"it in one of {', '.join(FORMATS)} or set outputs.vector_format")
+        return
+    try:
+        vector_format(sample, fmt)
+    except ConfigError:
+        raise ValueError(f"{template!r} does not agree with vector_format {fmt!r}; name it "
+                         f"{stem + format_extension(fmt)!r} or change vector_format") from None
+
+
+def format_extension(fmt: str) -> str:
+    """The file extension of a ``vector_format`` name: ``shapefile`` -> ``.shp``."""
+    from geounet.export import FORMATS, vector_format
+
+    for extension in FORMATS:   # the first extension the format accepts
+        with contextlib.suppress(ConfigError):
+            vector_format(Path("x" + extension), fmt)
+            return extension
+    raise ValueError(f"unknown vector format {fmt!r}")
 
 
 @dataclass(frozen=True)
@@ -235,6 +318,57 @@ class _Located:
         """``"key.path: "`` of the deepest key on ``line`` (empty when none)."""
         paths = [p for p, n in self.lines.items() if n == line and p and isinstance(p[-1], str)]
         return f"{_dotted(max(paths, key=len))}: " if paths else ""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """A SafeLoader whose composer refuses, with the line, documents that would make the
+    loader (or anything walking the result) work without end: more than ``MAX_LEVELS``
+    levels, more than ``MAX_VALUES`` values once aliases are expanded, and an alias inside
+    the value it names. Aliased nodes are shared, so the counts cost one pass over the text."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._expanded: dict[yaml.Node, tuple[int, int]] = {}  # anchored: (values, levels)
+        self._values = 0     # values so far, aliases expanded
+        self._level = 0      # level of the node being composed
+        self._deepest = 0    # deepest level reached so far, aliases expanded
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            node = super().compose_node(parent, index)
+            if node not in self._expanded:
+                raise yaml.composer.ComposerError(
+                    None, None, f"alias *{event.anchor} is used inside the value it names, "
+                    "which would repeat without end", event.start_mark)
+            values, levels = self._expanded[node]
+            self._count(values, self._level + levels, event.start_mark, aliased=True)
+            return node
+        self._count(1, self._level + 1, event.start_mark, aliased=False)
+        start, outer = self._values - 1, self._deepest
+        self._level += 1
+        self._deepest = self._level
+        node = super().compose_node(parent, index)
+        self._level -= 1
+        if getattr(event, "anchor", None) is not None:
+            self._expanded[node] = (self._values - start, self._deepest - self._level)
+        self._deepest = max(outer, self._deepest)
+        return node
+
+    def _count(self, values: int, level: int, mark: yaml.Mark, aliased: bool) -> None:
+        self._values += values
+        self._deepest = max(self._deepest, level)
+        if level > MAX_LEVELS:
+            through = " through aliases" if aliased else ""
+            raise yaml.composer.ComposerError(
+                None, None, f"nested more than {MAX_LEVELS} levels deep{through}; a workflow "
+                "uses 3 or 4", mark)
+        if self._values > MAX_VALUES:
+            problem = (f"aliases here expand the document past {MAX_VALUES} values (an alias "
+                       "bomb?); write the values out" if aliased else
+                       f"more than {MAX_VALUES} values; a workflow needs a few dozen (give a "
+                       "long list of inputs as a file of paths: inputs.file)")
+            raise yaml.composer.ComposerError(None, None, problem, mark)
 
 
 def _key_lines(node: yaml.Node, path: tuple = (), lines: dict | None = None) -> dict:
@@ -261,13 +395,8 @@ def _dotted(path: tuple) -> str:
 def load_workflow(path: str | Path) -> Workflow:
     """Read, validate and resolve a workflow file; raise one ``ConfigError`` on any problem."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such workflow file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read the workflow ({exc})") from exc
-    loader = yaml.SafeLoader(text)
+    text = _read_text(path)
+    loader = _BoundedLoader(text)
     located = _Located({})
     try:
         node = loader.get_single_node()  # composing builds no objects
@@ -297,6 +426,23 @@ def load_workflow(path: str | Path) -> Workflow:
         raise ConfigError(f"{path}:{located.line_of(loc)}: {_dotted(loc)}: {message}"
                           f"{more}") from None
     return _resolve(workflow, path, located)
+
+
+def _read_text(path: Path) -> str:
+    """The text of a workflow file: a regular file of at most ``MAX_BYTES``, in UTF-8."""
+    require_regular_file(path, "workflow", ConfigError)
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_BYTES + 1)
+            size = os.fstat(f.fileno()).st_size
+        if len(data) > MAX_BYTES:
+            raise ConfigError(
+                f"{path}: too large for a workflow ({max(size, len(data)) / 2**20:.1f} MiB, "
+                f"at most {MAX_BYTES // 1024} KiB); a workflow is a few KB: give long lists "
+                "of inputs as a file of paths (inputs.file)")
+        return data.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the workflow ({exc})") from exc
 
 
 def _resolve(workflow: Workflow, path: Path, located: _Located) -> Workflow:
