@@ -51,6 +51,10 @@ CLASS_COLOURS: tuple[tuple[int, int, int], ...] = (
 NODATA_GREY = (128, 128, 128)
 MASK_STRIP_BYTES = 32 * 2**20  # full-resolution mask rows read at once
 GDAL_CACHE_BYTES = 64 * 2**20  # GDAL block cache while reading: bounds memory on big rasters
+# Most pixels a preview decodes: blocks a decimated read touches without overviews (GDAL reads
+# a whole block for each sample in it), and a mask's pixels (reduced with *any*, all read).
+DECODE_BUDGET_PIXELS = 2**33
+MAX_CACHE_BYTES = 512 * 2**20
 
 
 @dataclass(frozen=True)
@@ -179,7 +183,9 @@ def render_preview(image: str | Path, output_png: str | Path, mask: str | Path |
     info = open_raster(image)
     shape = preview_shape(info.width, info.height, max_size)
     chosen = _bands(info.count, bands, image)
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), rasterio.open(image) as src:
+    with rasterio.open(image) as src:
+        cache = _read_cache_bytes(src, chosen[0], shape)
+    with rasterio.Env(GDAL_CACHEMAX=cache), rasterio.open(image) as src:
         log.info("%s: %dx%d read as %dx%d (%s)", image, info.width, info.height, shape[1],
                  shape[0], f"overviews {src.overviews(chosen[0])}" if src.overviews(chosen[0])
                  else "decimated read, no overviews")
@@ -267,8 +273,47 @@ def _bands(count: int, bands: Sequence[int] | None, image) -> list[int]:
     return chosen
 
 
+def decimated_read_cost(src, band: int, shape: tuple[int, int]) -> tuple[int, int]:
+    """``(pixels decoded, cache bytes needed)`` to read ``band`` of ``src`` at ``shape`` by
+    nearest neighbour without overviews. GDAL decodes every block holding a sampled pixel
+    (cell centres), whole, and reads the preview row by row: a row of those blocks must stay
+    in its cache, or each sampled row decodes them all again."""
+    block_rows, block_cols = src.block_shapes[band - 1]
+    touched = []
+    for source, out, block in ((src.height, shape[0], block_rows),
+                               (src.width, shape[1], block_cols)):
+        centres = cell_starts(source, out) + source // (2 * out)
+        touched.append(len(np.unique(np.minimum(centres, source - 1) // block)))
+    block_bytes = block_rows * block_cols * src.count * max(
+        np.dtype(d).itemsize for d in src.dtypes)
+    return touched[0] * touched[1] * block_rows * block_cols, touched[1] * block_bytes
+
+
+def _read_cache_bytes(src, band: int, shape: tuple[int, int]) -> int:
+    """GDAL's cache for a decimated read of ``src``: enough for a row of the blocks read.
+
+    Refuses, before reading, a raster without overviews whose read would decode more than
+    :data:`DECODE_BUDGET_PIXELS` or need more than :data:`MAX_CACHE_BYTES` (minutes to hours
+    of work, or gigabytes, for one small PNG)."""
+    if src.overviews(band):
+        return GDAL_CACHE_BYTES
+    pixels, row_bytes = decimated_read_cost(src, band, shape)
+    if pixels > DECODE_BUDGET_PIXELS or row_bytes > MAX_CACHE_BYTES:
+        raise InputError(
+            f"{src.name}: {src.width}x{src.height} px without overviews; a preview would "
+            f"decode {pixels / 1e9:.1f} billion pixels in blocks of "
+            f"{'x'.join(map(str, src.block_shapes[band - 1]))}. Add overviews first "
+            f"(`gdaladdo -ro {src.name}` writes them beside it in a .ovr file) and rerun")
+    return max(GDAL_CACHE_BYTES, row_bytes + row_bytes // 4)
+
+
 def _mask_on_grid(mask, info, shape: tuple[int, int]) -> tuple[np.ndarray, list[str]]:
     minfo = open_raster(mask)
+    if minfo.width * minfo.height > DECODE_BUDGET_PIXELS:
+        raise InputError(
+            f"{mask}: {minfo.width}x{minfo.height} px; a mask is shown by reading every pixel "
+            f"(so thin features stay visible), more than the {DECODE_BUDGET_PIXELS / 1e9:.1f} "
+            "billion a preview reads. Preview a part: `gdal_translate -srcwin ...`")
     if (minfo.width, minfo.height) != (info.width, info.height) or (
             minfo.crs and info.crs and not minfo.transform.almost_equals(info.transform)):
         raise InputError(f"{mask}: not on the image's grid ({minfo.width}x{minfo.height} vs "

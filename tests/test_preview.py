@@ -22,7 +22,13 @@ from scipy import ndimage
 
 from geounet.cli import main
 from geounet.errors import InputError
-from geounet.preview import decimate_mask, format_length, nice_length, render_preview
+from geounet.preview import (
+    decimate_mask,
+    decimated_read_cost,
+    format_length,
+    nice_length,
+    render_preview,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_data"
@@ -166,6 +172,38 @@ def test_overviews_are_used_when_present(make_raster, tmp_path):
     from_overviews = _pixels(tmp_path / "overviews.png", 100)[..., 0]
     assert set(np.unique(decimated)) == {0, 255}
     assert (from_overviews == 128).all()  # read from the 1:2 overview: constant grey
+
+
+def _sparse(path: Path, size: int) -> Path:
+    """A valid sparse GeoTIFF of ``size``^2 px in 4096^2 blocks: one 64 px square of 200."""
+    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=1,
+                       dtype="uint8", crs="EPSG:32633", nodata=0, tiled=True,
+                       transform=from_origin(500000, 5000000, 0.5, 0.5), blockxsize=4096,
+                       blockysize=4096, compress="deflate", sparse_ok=True,
+                       bigtiff="yes") as dst:
+        dst.write(np.full((1, 64, 64), 200, np.uint8), window=((0, 64), (0, 64)))
+    return path
+
+
+def test_huge_raster_without_overviews_is_refused_at_once(tmp_path):
+    """10^6 x 10^6 px without overviews: a decimated read would decode every 4096^2 block
+    (10^12 px): refused before reading, with the command that adds overviews."""
+    huge = _sparse(tmp_path / "huge.tif", 1_000_000)
+    with pytest.raises(InputError, match=r"without overviews.*gdaladdo -ro"):
+        render_preview(huge, tmp_path / "huge.png")
+    assert not (tmp_path / "huge.png").exists()
+
+
+def test_wide_blocks_are_cached_a_row_at_a_time(tmp_path):
+    """50000^2 px in 4096^2 blocks: a row of 13 blocks (218 MB) does not fit GDAL's default
+    cache, so each preview row decoded them all again (70 s); the cache now holds a row."""
+    wide = _sparse(tmp_path / "wide.tif", 50_000)
+    with rasterio.open(wide) as src:
+        pixels, row_bytes = decimated_read_cost(src, 1, (1024, 1024))
+    assert pixels == 13 * 13 * 4096**2 and row_bytes == 13 * 4096**2
+    render_preview(wide, tmp_path / "wide.png")
+    shown = _pixels(tmp_path / "wide.png", 1024)
+    assert shown[0, 0, 3] == 255 and shown[-1, -1, 3] == 0  # data at the corner, nodata clear
 
 
 @pytest.mark.parametrize("nodata", [255, 7])
