@@ -3,7 +3,8 @@
 Areas are in square metres and perimeters in metres: planar in a projected CRS (scaled by
 the CRS's unit), geodesic on the CRS's ellipsoid in a geographic CRS. Formats come from the
 output's extension: ``.gpkg`` GeoPackage, ``.geojson``/``.json`` GeoJSON (RFC 7946: WGS 84
-lon/lat, right-hand winding), ``.shp`` Shapefile (names of at most 10 characters:
+lon/lat, right-hand winding, as many decimals as the raster's pixel needs: see
+:func:`geojson_decimals`), ``.shp`` Shapefile (names of at most 10 characters:
 ``mean_wid_m``, ``max_wid_m``), ``.parquet`` GeoParquet. Features are streamed: batches
 (one per block of the mask) go through Arrow into GDAL (pyogrio.write_arrow) or into a
 Parquet writer, so memory does not grow with the number of features. Every file is written
@@ -14,6 +15,7 @@ a valid, empty layer with the full schema.
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -24,7 +26,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pyogrio
 import shapely
-from pyproj import CRS
+from pyproj import CRS, Transformer
+from pyproj.exceptions import ProjError
+from rasterio import Affine
 
 from geounet.errors import ConfigError
 from geounet.outputs import atomic_outputs, write_failed
@@ -40,6 +44,14 @@ LINEAR_FIELDS = {"length_m": pa.float64(), "mean_width_m": pa.float64(),
 SHAPEFILE_NAMES = {"mean_width_m": "mean_wid_m", "max_width_m": "max_wid_m"}  # <= 10 chars
 CENTERLINE_FIELDS = {"feature_id": pa.int64(), "class_id": pa.int32(),
                      "class_name": pa.string(), **LINEAR_FIELDS}
+
+
+# GeoJSON coordinates are decimal text. Rounded to 1/10^4 of a pixel, the total area of the
+# sample and Landsat masks moves by < 1e-7 of itself (1/100 px: ~4e-7); GDAL's RFC 7946
+# default of 7 decimals of a degree (~1 cm) collapses millimetre pixels into empty rings.
+PIXEL_FRACTION_KEPT = 1e-4
+MAX_DECIMALS = 15           # a float64 longitude holds no more decimals than this
+METRES_PER_DEGREE = 111_700  # at most, on the ground (a degree of latitude at the poles)
 
 
 def polygon_fields(score: bool, linear: bool) -> dict[str, pa.DataType]:
@@ -94,10 +106,50 @@ def _unit(crs: CRS | None) -> float:
     return crs.axis_info[0].unit_conversion_factor if crs is not None and crs.axis_info else 1.0
 
 
+def pixel_size(transform: Affine, shape: tuple[int, int], crs: CRS | None,
+               target: CRS | None = None) -> float | None:
+    """The shorter side of a pixel at the centre of a raster of ``shape`` (rows, cols) with
+    ``transform`` in ``crs``, in the units of ``target`` (of ``crs`` when None); None when
+    the pixel cannot be transformed there."""
+    row, col = shape[0] // 2, shape[1] // 2
+    corners = np.array([transform * (col, row), transform * (col + 1, row),
+                        transform * (col, row + 1)], dtype=np.float64)
+    if target is not None and crs is not None and target != crs:
+        try:
+            x, y = Transformer.from_crs(crs, target, always_xy=True).transform(
+                corners[:, 0], corners[:, 1], errcheck=True)
+        except ProjError:
+            return None
+        corners = np.column_stack([x, y])
+    sides = np.hypot(*(corners[1:] - corners[0]).T)
+    size = float(sides.min())
+    return size if math.isfinite(size) and size > 0 else None
+
+
+def geojson_decimals(pixel_size: float | None, crs: CRS | None) -> int:
+    """Decimals of GeoJSON coordinates that keep 1/10^4 of a pixel of ``pixel_size`` (in
+    ``crs`` units): of a degree once GDAL has reprojected to WGS 84 (RFC 7946), of the
+    given units without a CRS; the most a float64 holds when the size is unknown."""
+    if pixel_size is None or not (math.isfinite(pixel_size) and pixel_size > 0):
+        return MAX_DECIMALS
+    size = pixel_size
+    if crs is not None and crs.is_geographic:
+        size = math.degrees(pixel_size * _unit(crs))   # the unit is given in radians
+    elif crs is not None:
+        size = pixel_size * _unit(crs) / METRES_PER_DEGREE
+    decimals = math.ceil(-math.log10(size * PIXEL_FRACTION_KEPT))
+    return min(MAX_DECIMALS, max(0, decimals))
+
+
 def write_layer(frames: Iterable[gpd.GeoDataFrame], path: Path, driver: str, crs: CRS | None,
-                geometry_type: str, fields: dict[str, pa.DataType]) -> None:
+                geometry_type: str, fields: dict[str, pa.DataType],
+                pixel_size: float | None = None) -> None:
     """Stream ``frames`` (GeoDataFrames in ``crs`` with ``fields``) into one layer at ``path``,
-    atomically (see the module docstring for GeoJSON's CRS)."""
+    atomically (see the module docstring for GeoJSON's CRS).
+
+    ``pixel_size`` is the raster's shorter pixel side in ``crs`` units (see
+    :func:`pixel_size`): GeoJSON keeps the decimals it needs (:func:`geojson_decimals`);
+    None keeps every digit. Binary formats store full doubles and ignore it."""
     schema = pa.schema([*(pa.field(k, t) for k, t in fields.items()),
                         pa.field("geometry", pa.binary())])
     source = _Source(frames, schema, geometry_type)
@@ -108,7 +160,8 @@ def write_layer(frames: Iterable[gpd.GeoDataFrame], path: Path, driver: str, crs
             if driver == "Parquet":
                 _write_geoparquet(batches, tmp, schema, crs, geometry_type)
             else:
-                _write_ogr(batches, tmp, schema, driver, crs, geometry_type, path.stem)
+                _write_ogr(batches, tmp, schema, driver, crs, geometry_type, path.stem,
+                           pixel_size)
         except (OSError, RuntimeError) as exc:  # pyogrio's errors are RuntimeErrors
             if source.error is not None:      # the features failed, not the writer
                 raise source.error from source.error.__cause__
@@ -160,10 +213,13 @@ _MULTI_OF_ONE = b"\x01\x06\x00\x00\x00\x01\x00\x00\x00"   # LE, MultiPolygon, 1 
 
 
 def _write_ogr(batches: Iterator[pa.RecordBatch], path: Path, schema: pa.Schema, driver: str,
-               crs: CRS | None, geometry_type: str, layer: str) -> None:
-    options = {"RFC7946": "YES"} if driver == "GeoJSON" else None   # GDAL reprojects to 4326
-    if driver == "GeoJSON" and crs is None:
-        options = None   # pixel coordinates: plain GeoJSON, no CRS
+               crs: CRS | None, geometry_type: str, layer: str,
+               pixel_size: float | None) -> None:
+    options = None
+    if driver == "GeoJSON":
+        # RFC 7946: GDAL reprojects to WGS 84; pixel coordinates (no CRS): plain GeoJSON.
+        options = {"RFC7946": "YES" if crs is not None else "NO",
+                   "COORDINATE_PRECISION": str(geojson_decimals(pixel_size, crs))}
     # GeoPackage 1.2: what GIS tools on GDAL < 3.7 open without a warning.
     dataset_options = {"VERSION": "1.2"} if driver == "GPKG" else None
     if driver == "ESRI Shapefile":

@@ -1,0 +1,73 @@
+"""Writing layers: GeoJSON decimals from the pixel size, CRSs GeoJSON cannot hold, write
+failures named for what they are."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import geopandas as gpd
+import pytest
+import shapely
+from pyproj import CRS
+from rasterio.transform import Affine
+
+from geounet.export import (
+    MAX_DECIMALS,
+    PIXEL_FRACTION_KEPT,
+    geojson_decimals,
+    pixel_size,
+    polygon_fields,
+    write_layer,
+)
+
+UTM = CRS.from_epsg(32633)
+WGS84 = CRS.from_epsg(4326)
+
+
+def keeps(decimals: int, size: float) -> bool:
+    """Whether ``decimals`` is the fewest that resolve PIXEL_FRACTION_KEPT of ``size``."""
+    step = size * PIXEL_FRACTION_KEPT
+    return 10.0**-decimals <= step * (1 + 1e-9) and 10.0 ** -(decimals - 1) > step
+
+
+@pytest.mark.parametrize("metres", [0.001, 0.3, 30.0, 300.0])
+def test_decimals_of_a_degree_for_a_projected_pixel(metres):
+    # A degree is at most ~111.7 km on the ground: the pixel's smallest size in degrees.
+    assert keeps(geojson_decimals(metres, UTM), metres / 111_700)
+    feet = CRS.from_epsg(2263)                                # NAD83 / New York (US feet)
+    assert keeps(geojson_decimals(metres / 0.3048006096, feet), metres / 111_700)
+
+
+def test_decimals_for_degrees_pixel_units_and_unknown():
+    assert keeps(geojson_decimals(2.7e-6, WGS84), 2.7e-6)
+    assert keeps(geojson_decimals(1.0, None), 1.0)            # pixel coordinates
+    assert geojson_decimals(1e-12, WGS84) == MAX_DECIMALS     # never past a float64's digits
+    for unknown in (None, 0.0, math.nan, math.inf):
+        assert geojson_decimals(unknown, UTM) == MAX_DECIMALS
+
+
+def test_pixel_size_in_the_layer_crs():
+    transform = Affine(0.5, 0, 500000.0, 0, -0.25, 5000000.0)
+    assert pixel_size(transform, (100, 100), UTM) == pytest.approx(0.25)
+    rotated = Affine(0.3, -0.4, 500000.0, 0.4, 0.3, 5000000.0)   # 0.5 m sides
+    assert pixel_size(rotated, (10, 10), UTM) == pytest.approx(0.5)
+    # 0.25 m at 45 N, 15 E in degrees: of latitude (the shorter here)
+    degrees = pixel_size(transform, (100, 100), UTM, WGS84)
+    assert degrees == pytest.approx(0.25 / 111_132, rel=0.01)
+
+
+def test_geojson_is_written_with_the_decimals_of_the_pixel(tmp_path):
+    frame = gpd.GeoDataFrame(
+        {"feature_id": [0], "class_id": [1], "class_name": ["a"], "area_m2": [1e-6],
+         "perim_m": [4e-3]},
+        geometry=[shapely.box(500000.001, 4999999.998, 500000.002, 4999999.999)], crs=UTM)
+    out = tmp_path / "mm.geojson"
+    write_layer([frame], out, "GeoJSON", UTM, "MultiPolygon", polygon_fields(False, False),
+                pixel_size=0.001)
+    text = out.read_text()
+    decimals = max(len(d) for d in re.findall(r"\d\.(\d+)", text.split('"geometry"')[1]))
+    assert decimals == geojson_decimals(0.001, UTM)
+    ring = json.loads(text)["features"][0]["geometry"]["coordinates"][0][0]
+    assert shapely.Polygon(ring).area > 0 and shapely.LinearRing(ring).is_ccw
