@@ -52,6 +52,7 @@ CENTERLINE_FIELDS = {"feature_id": pa.int64(), "class_id": pa.int32(),
 PIXEL_FRACTION_KEPT = 1e-4
 MAX_DECIMALS = 15           # a float64 longitude holds no more decimals than this
 METRES_PER_DEGREE = 111_700  # at most, on the ground (a degree of latitude at the poles)
+WGS84 = CRS.from_epsg(4326)
 
 
 def polygon_fields(score: bool, linear: bool) -> dict[str, pa.DataType]:
@@ -81,6 +82,22 @@ def vector_format(path: Path, name: str | None = None) -> str:
         raise ConfigError(f"{path}: the name's extension does not match the format {name!r}; "
                           f"name the file {path.with_suffix(extension).name}")
     return driver
+
+
+def check_layer_crs(path: Path | None, driver: str | None, crs: CRS | None) -> None:
+    """Refuse, before any work, a layer that ``driver`` cannot hold in ``crs``: GeoJSON
+    (RFC 7946) is WGS 84 longitude/latitude, so its CRS must transform there (a local site
+    grid or another planet's cannot). ``crs`` is the features' CRS (None: pixel
+    coordinates, written as plain GeoJSON); accepts anything pyproj reads."""
+    if path is None or driver != "GeoJSON" or crs is None:
+        return
+    crs = CRS.from_user_input(crs)
+    try:
+        Transformer.from_crs(crs, WGS84, always_xy=True)
+    except ProjError:
+        raise ConfigError(f"{path}: GeoJSON (RFC 7946) needs a CRS that can be transformed to "
+                          f"WGS 84, and the features' CRS {crs.name!r} ({crs.type_name}) "
+                          "cannot; write .gpkg, .shp or .parquet instead") from None
 
 
 def measure(geometries: np.ndarray, crs: CRS | None) -> tuple[np.ndarray, np.ndarray]:
@@ -150,6 +167,7 @@ def write_layer(frames: Iterable[gpd.GeoDataFrame], path: Path, driver: str, crs
     ``pixel_size`` is the raster's shorter pixel side in ``crs`` units (see
     :func:`pixel_size`): GeoJSON keeps the decimals it needs (:func:`geojson_decimals`);
     None keeps every digit. Binary formats store full doubles and ignore it."""
+    check_layer_crs(path, driver, crs)   # callers check first; this keeps GDAL's NULL pointer out
     schema = pa.schema([*(pa.field(k, t) for k, t in fields.items()),
                         pa.field("geometry", pa.binary())])
     source = _Source(frames, schema, geometry_type)

@@ -8,14 +8,18 @@ import math
 import re
 
 import geopandas as gpd
+import numpy as np
 import pytest
+import rasterio
 import shapely
 from pyproj import CRS
 from rasterio.transform import Affine
 
+from geounet.errors import ConfigError
 from geounet.export import (
     MAX_DECIMALS,
     PIXEL_FRACTION_KEPT,
+    check_layer_crs,
     geojson_decimals,
     pixel_size,
     polygon_fields,
@@ -71,3 +75,53 @@ def test_geojson_is_written_with_the_decimals_of_the_pixel(tmp_path):
     assert decimals == geojson_decimals(0.001, UTM)
     ring = json.loads(text)["features"][0]["geometry"]["coordinates"][0][0]
     assert shapely.Polygon(ring).area > 0 and shapely.LinearRing(ring).is_ccw
+
+
+LOCAL = ('LOCAL_CS["site grid",LOCAL_DATUM["local",0],UNIT["metre",1],'
+         'AXIS["Easting",EAST],AXIS["Northing",NORTH]]')
+
+
+def _square(crs) -> gpd.GeoDataFrame:
+    return gpd.GeoDataFrame({"feature_id": [0], "class_id": [1], "class_name": ["a"],
+                             "area_m2": [1.0], "perim_m": [4.0]},
+                            geometry=[shapely.box(10, 10, 11, 11)], crs=crs)
+
+
+@pytest.mark.parametrize("crs", [LOCAL, "IAU_2015:30100"])   # a site grid; the Moon
+def test_geojson_of_a_crs_without_a_way_to_wgs84_is_refused_before_any_work(tmp_path, crs):
+    crs = CRS.from_user_input(crs)
+    out = tmp_path / "site.geojson"
+    started = []
+
+    def frames():
+        started.append(True)
+        yield _square(crs)
+
+    with pytest.raises(ConfigError) as refused:
+        write_layer(frames(), out, "GeoJSON", crs, "MultiPolygon", polygon_fields(False, False))
+    message = str(refused.value)
+    assert message.startswith(f"{out}: GeoJSON (RFC 7946)") and "WGS 84" in message
+    assert ".gpkg" in message and "\n" not in message and "disk" not in message
+    assert not started and list(tmp_path.iterdir()) == []
+    check_layer_crs(out, "GPKG", crs)           # other formats keep any CRS
+    check_layer_crs(out, "GeoJSON", None)       # pixel coordinates: plain GeoJSON
+    check_layer_crs(out, "GeoJSON", UTM)
+    write_layer([_square(crs)], tmp_path / "site.gpkg", "GPKG", crs, "MultiPolygon",
+                polygon_fields(False, False))
+    assert list(tmp_path.iterdir()) == [tmp_path / "site.gpkg"]
+
+
+def test_cli_geojson_from_a_site_grid_is_one_line(make_raster, tmp_path):
+    from click.testing import CliRunner
+
+    from geounet.cli import main
+
+    mask = np.zeros((1, 16, 16), np.uint8)
+    mask[0, 4:8, 4:10] = 1
+    path = make_raster(mask, crs=rasterio.crs.CRS.from_wkt(LOCAL))
+    out = tmp_path / "site.geojson"
+    result = CliRunner().invoke(main, ["vectorize", str(path), "-o", str(out)])
+    assert result.exit_code != 0
+    assert result.stderr.count("\n") == 1 and "GeoJSON (RFC 7946)" in result.stderr
+    assert "NULL pointer" not in result.stderr and "disk" not in result.stderr
+    assert not out.exists()
