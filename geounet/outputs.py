@@ -39,6 +39,8 @@ from geounet.errors import ConfigError, GeoUNetError, OutputError
 log = logging.getLogger(__name__)
 
 DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+SQLITE_FULL = "database or disk is full"                 # SQLITE_FULL, as SQLite words it
+SQLITE_FAILED = re.compile(r"sqlite3_\w+\(.*\) failed: (.+)$")  # GDAL: statement, SQLite's words
 TEMP_MARK = "geounet-"
 # Files a GDAL driver may write beside a temporary (removed with it on failure).
 SHAPEFILE_SIDECARS = (".shx", ".dbf", ".prj", ".cpg")
@@ -304,13 +306,25 @@ def first_line(exc: BaseException) -> str:
 
 
 def write_failed(path: Path, exc: BaseException) -> OutputError:
-    """The one-line error for a write to (a temporary sibling of) ``path`` that failed."""
+    """The one-line error for a write to (a temporary sibling of) ``path`` that failed.
+
+    GDAL's GeoPackage driver reports SQLite's words with the SQL that failed: "database or
+    disk is full", or, once SQLite has rolled back by itself after a failed write, a
+    ROLLBACK that "failed: cannot rollback". In a file this program has just created, a
+    failed statement means the file system refused a write."""
     full = any((isinstance(e, OSError) and e.errno in DISK_FULL)
-               or any(os.strerror(n) in str(e) for n in DISK_FULL) for e in exception_chain(exc))
+               or any(os.strerror(n) in str(e) for n in DISK_FULL)
+               or SQLITE_FULL in str(e) for e in exception_chain(exc))
     with contextlib.suppress(OSError):
         full = full or os.statvfs(path.parent).f_bavail == 0
     if full:
         return OutputError(f"{path}: could not be written: the disk is full; nothing was "
                            "changed there, free some space or choose another folder")
-    return OutputError(f"{path}: could not be written: the write failed ({first_line(exc)}); "
+    cause = first_line(exc)
+    sqlite = SQLITE_FAILED.search(cause)
+    if sqlite:
+        return OutputError(f"{path}: could not be written: the write failed, most likely for "
+                           f"lack of space (SQLite: {sqlite.group(1)}); nothing was changed "
+                           "there, free some space or choose another folder")
+    return OutputError(f"{path}: could not be written: the write failed ({cause}); "
                        "nothing was changed there")

@@ -3,9 +3,11 @@ failures named for what they are."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
+import resource
 
 import geopandas as gpd
 import numpy as np
@@ -15,7 +17,7 @@ import shapely
 from pyproj import CRS
 from rasterio.transform import Affine
 
-from geounet.errors import ConfigError
+from geounet.errors import ConfigError, OutputError
 from geounet.export import (
     MAX_DECIMALS,
     PIXEL_FRACTION_KEPT,
@@ -25,6 +27,7 @@ from geounet.export import (
     polygon_fields,
     write_layer,
 )
+from geounet.outputs import write_failed
 
 UTM = CRS.from_epsg(32633)
 WGS84 = CRS.from_epsg(4326)
@@ -125,3 +128,47 @@ def test_cli_geojson_from_a_site_grid_is_one_line(make_raster, tmp_path):
     assert result.stderr.count("\n") == 1 and "GeoJSON (RFC 7946)" in result.stderr
     assert "NULL pointer" not in result.stderr and "disk" not in result.stderr
     assert not out.exists()
+
+
+@contextlib.contextmanager
+def disk_full_after(nbytes: int):
+    """Writes past ``nbytes`` into any file fail with EFBIG, as on a full disk (CPython
+    ignores SIGXFSZ)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def _many_squares(n: int) -> gpd.GeoDataFrame:
+    return gpd.GeoDataFrame(
+        {"feature_id": range(n), "class_id": [1] * n, "class_name": ["a"] * n,
+         "area_m2": [1.0] * n, "perim_m": [4.0] * n},
+        geometry=[shapely.box(i, 0, i + 0.5, 0.5) for i in range(n)], crs=UTM)
+
+
+def test_geopackage_on_a_full_disk_says_so_not_sqlite(tmp_path):
+    out = tmp_path / "full.gpkg"
+    with disk_full_after(4096), pytest.raises(OutputError) as failed:
+        write_layer([_many_squares(2000)], out, "GPKG", UTM, "MultiPolygon",
+                    polygon_fields(False, False))
+    message = str(failed.value)
+    assert message.startswith(f"{out}: could not be written:") and "\n" not in message
+    assert "sqlite3_exec" not in message and "INSERT" not in message
+    assert "free some space" in message
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("gdal", [
+    "Error while writing batch to OGR layer: sqlite3_exec(COMMIT) failed: database or disk "
+    "is full",
+    # SQLite rolls back by itself after a failed write; GDAL's own ROLLBACK then fails.
+    "Error while writing batch to OGR layer: sqlite3_exec(ROLLBACK) failed: cannot rollback "
+    "- no transaction is active"])
+def test_sqlite_write_failures_read_as_a_full_disk(tmp_path, gdal):
+    message = str(write_failed(tmp_path / "x.gpkg", RuntimeError(gdal)))
+    assert "sqlite3_exec" not in message and "free some space" in message
+    if "disk is full" in gdal:
+        assert "the disk is full" in message
