@@ -13,13 +13,13 @@ from pathlib import Path
 import click
 
 from geounet.cli.options import verbosity
-from geounet.cli.summary import Column, emit, fixed
+from geounet.cli.summary import Column, emit, fixed, significant
 
 # Scene kind -> the score that matters for it (roads: area overlap; cracks: tolerant F1).
 SCENES = {"roads": ("pixel", "iou"), "cracks": ("tolerant", "f1")}
 COLUMNS = (Column("scene", "scene", align="<"), Column("status", "status", align="<"),
            Column("seconds", "s", fixed(1)), Column("features", "features", fixed(0)),
-           Column("length_m", "centerline m", fixed(1)), Column("metric", "score", align="<"),
+           Column("length_m", "centerline m", significant(3)), Column("metric", "score", align="<"),
            Column("score", "value", fixed(3)), Column("report", "report", align="<"))
 
 

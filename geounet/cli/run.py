@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from geounet.cli.options import verbosity
-from geounet.cli.summary import Column, emit, fixed
+from geounet.cli.summary import Column, emit, fixed, significant
 
 
 @click.command("run")
@@ -36,7 +36,8 @@ def command(workflow_file: Path, dry_run: bool, wait: float, as_json: bool, quie
 
 COLUMNS = (Column("input", "input", align="<"), Column("status", "status", align="<"),
            Column("seconds", "s", fixed(1)), Column("features", "features", fixed(0)),
-           Column("area_m2", "area m2", fixed(1)), Column("length_m", "centerline m", fixed(1)),
+           Column("area_m2", "area m2", significant(3)),
+           Column("length_m", "centerline m", significant(3)),
            Column("reason", "reason", align="<"))
 
 

@@ -38,6 +38,22 @@ def fixed(digits: int) -> Callable[[Any], str]:
     return format_number
 
 
+def significant(digits: int = 3) -> Callable[[Any], str]:
+    """Format numbers with at least ``digits`` significant digits (all digits of the integer
+    part, thousands separated), so a small nonzero measure never prints as 0.0: 0.0249 m^2
+    is ``0.0249``, 12.345 is ``12.3`` (None and NaN as ``-``)."""
+
+    def format_number(value: Any) -> str:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return "-"
+        if value == 0 or not math.isfinite(value):
+            return f"{value:,.0f}" if value == 0 else str(value)
+        decimals = max(0, digits - 1 - math.floor(math.log10(abs(value))))
+        return f"{value:,.{decimals}f}"
+
+    return format_number
+
+
 def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column]) -> str:
     """Render ``rows`` as a plain text table with a header and a rule under it."""
     cells = [[c.header for c in columns]]

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import click
 
 from geounet.cli.options import overwrite, verbosity
-from geounet.cli.summary import Column, emit, fixed
+from geounet.cli.summary import Column, emit, fixed, significant
 
 if TYPE_CHECKING:  # geopandas and scikit-image load only when a command vectorizes
     from geounet.vectorize import VectorizeConfig, VectorizeResult
@@ -101,13 +101,13 @@ def summary(result: VectorizeResult) -> tuple[dict, dict, list[Column]]:
     row = {"output": result.output.name, "features": result.features,
            "area": result.area_m2, "seconds": result.seconds}
     columns = [Column("output", "output", align="<"), Column("features", "features"),
-               Column("area", "area m2", fixed(1))]
+               Column("area", "area m2", significant(3))]
     if result.centerlines is not None:
         data |= {"centerlines": str(result.centerlines),
                  "centerline_features": result.centerline_features,
                  "centerline_length_m": round(result.centerline_length_m, 3)}
         row |= {"lines": result.centerline_features, "length": result.centerline_length_m}
-        columns += [Column("lines", "centerlines"), Column("length", "length m", fixed(1))]
+        columns += [Column("lines", "centerlines"), Column("length", "length m", significant(3))]
     return data, row, columns + [Column("seconds", "seconds", fixed(1))]
 
 
