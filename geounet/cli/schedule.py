@@ -1,9 +1,25 @@
-"""``geounet schedule``: run a workflow on the cron expression in its file, never overlapping."""
+"""``geounet schedule``: run a workflow on the cron expression in its file, never overlapping.
+
+An APScheduler thread only says when a run is due; the run itself happens in the main thread,
+so Ctrl-C reaches it as it reaches ``geounet run``. Ctrl-C between runs stops at once. The
+first Ctrl-C during a run says so and stops once the run ends; a second one interrupts the run
+the way Ctrl-C interrupts ``geounet run`` (temporaries removed, only complete files at final
+names, the unfinished item redone by the next run) and exits with status 130 at once, without
+the interpreter's teardown (torch's alone takes about a second).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import queue
+import signal
+import sys
+from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, NoReturn
 
 import click
 
@@ -12,14 +28,20 @@ from geounet.errors import ConfigError, GeoUNetError
 
 log = logging.getLogger(__name__)
 
+FINISHING = "geounet: finishing the current run; press Ctrl-C again to stop now"
+INTERRUPTED = "geounet: interrupted the run; the inputs it had not finished are redone next time"
 
-def build_scheduler(workflow_file: Path, wait: float = 0.0):
-    """A BlockingScheduler with one cron job that re-reads and runs ``workflow_file``.
 
-    ``max_instances=1`` and ``coalesce=True``: a run still going when the next time comes is
-    not doubled, and runs missed meanwhile collapse into one.
+def build_scheduler(workflow_file: Path, wait: float = 0.0, now: bool = False,
+                    executor: Any = None):
+    """A scheduler with one cron job that re-reads and runs ``workflow_file``.
+
+    The job goes to ``executor`` (default: a new :func:`main_thread_executor`), whose runs
+    :func:`serve` performs. ``max_instances=1`` and ``coalesce=True``: a run still going when
+    the next time comes is not doubled, and times missed meanwhile (a sleeping machine)
+    collapse into one run. ``now``: also run once at start.
     """
-    from apscheduler.schedulers.blocking import BlockingScheduler
+    from apscheduler.schedulers.background import BackgroundScheduler
     from apscheduler.triggers.cron import CronTrigger
 
     from geounet.workflow import load_workflow
@@ -28,11 +50,84 @@ def build_scheduler(workflow_file: Path, wait: float = 0.0):
     if workflow.schedule is None:
         raise ConfigError(f"{workflow_file}: no schedule key; add e.g. schedule: {{cron: "
                           "'0 2 * * *'}} or run it with geounet run")
-    trigger = CronTrigger.from_crontab(workflow.schedule.cron, timezone=workflow.schedule.timezone)
-    scheduler = BlockingScheduler(timezone=workflow.schedule.timezone)
+    zone = workflow.schedule.timezone
+    trigger = CronTrigger.from_crontab(workflow.schedule.cron, timezone=zone)
+    executor = main_thread_executor() if executor is None else executor
+    scheduler = BackgroundScheduler(timezone=zone, executors={"default": executor})
+    first = {"next_run_time": datetime.now(timezone.utc)} if now else {}
     scheduler.add_job(run_once, trigger, args=(workflow_file, wait), id=workflow.name,
-                      max_instances=1, coalesce=True, misfire_grace_time=3600)
+                      max_instances=1, coalesce=True, misfire_grace_time=None, **first)
     return scheduler
+
+
+def main_thread_executor():
+    """An APScheduler executor that queues due jobs for :func:`serve` to run (in the
+    thread that calls it) instead of running them in a thread pool."""
+    from apscheduler.executors.base import BaseExecutor
+
+    class MainThreadExecutor(BaseExecutor):
+        def __init__(self) -> None:
+            super().__init__()
+            self.due: queue.Queue = queue.Queue()
+
+        def _do_submit_job(self, job, run_times) -> None:
+            self.due.put(job)   # coalesced: one run whatever the missed times
+
+        def next_due(self, timeout: float):
+            """The next due job, or None after ``timeout`` seconds."""
+            try:
+                return self.due.get(timeout=timeout)
+            except queue.Empty:
+                return None
+
+        def finished(self, job) -> None:
+            self._run_job_success(job.id, [])   # the job may be submitted again
+
+    return MainThreadExecutor()
+
+
+class _Interrupts:
+    """The SIGINT handler of :func:`serve`: between runs, stop; during a run, say that it
+    stops after the run, and on a second Ctrl-C interrupt the run."""
+
+    def __init__(self) -> None:
+        self.stop = False
+        self.running = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if self.running and self.stop:
+            raise KeyboardInterrupt
+        if self.running:   # os.write: safe even if the run is writing to stderr just now
+            with contextlib.suppress(OSError):
+                os.write(2, f"{FINISHING}\n".encode())
+        self.stop = True
+
+
+def serve(scheduler, executor, started: Callable[[], None] | None = None) -> None:
+    """Start ``scheduler`` and run its due jobs in this (the main) thread until Ctrl-C.
+
+    ``started`` is called once Ctrl-C is handled here, so a Ctrl-C right after what it
+    prints already stops cleanly."""
+    interrupts = _Interrupts()
+    previous = signal.signal(signal.SIGINT, interrupts)
+    try:
+        scheduler.start()
+        if started is not None:
+            started()
+        while not interrupts.stop:
+            job = executor.next_due(timeout=0.2)
+            if job is None:
+                continue
+            interrupts.running = True   # from here a Ctrl-C says it finishes the run
+            try:
+                if not interrupts.stop:
+                    job.func(*job.args, **job.kwargs)
+            finally:
+                interrupts.running = False
+                executor.finished(job)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        scheduler.shutdown(wait=False)
 
 
 def run_once(workflow_file: Path, wait: float = 0.0) -> None:
@@ -53,18 +148,43 @@ def run_once(workflow_file: Path, wait: float = 0.0) -> None:
 @click.argument("workflow_file", metavar="WORKFLOW.yaml", type=click.Path(path_type=Path))
 @click.option("--wait", default=0.0, show_default=True, type=click.FloatRange(0),
               help="Seconds a run waits for another one holding the same outputs.")
+@click.option("--now", is_flag=True, help="Also run once at start, then on the schedule.")
 @verbosity
-def command(workflow_file: Path, wait: float, quiet: bool, verbose: int) -> None:
-    """Run WORKFLOW.yaml at the times of its schedule.cron until interrupted (Ctrl-C)."""
-    from datetime import datetime, timezone
+def command(workflow_file: Path, wait: float, now: bool, quiet: bool, verbose: int) -> None:
+    """Run WORKFLOW.yaml at the times of its schedule.cron until interrupted.
 
-    scheduler = build_scheduler(workflow_file, wait)
+    Ctrl-C between runs stops at once; during a run, the first Ctrl-C stops after the run
+    and a second one interrupts it (as in geounet run: nothing partial is left).
+    """
+    executor = main_thread_executor()
+    scheduler = build_scheduler(workflow_file, wait, now, executor)
     job = scheduler.get_jobs()[0]
-    if not quiet:
-        upcoming = job.trigger.get_next_fire_time(None, datetime.now(timezone.utc))
-        click.echo(f"{job.id}: runs on '{job.trigger}', next at {upcoming.isoformat()}; "
-                   "Ctrl-C to stop", err=True)
+
+    def announce() -> None:
+        if not quiet:
+            upcoming = job.trigger.get_next_fire_time(None, datetime.now(timezone.utc))
+            click.echo(f"{job.id}: runs on '{job.trigger}', {'now, then ' if now else ''}next "
+                       f"at {upcoming.isoformat()}; Ctrl-C to stop", err=True)
+
     try:
-        scheduler.start()
-    except (KeyboardInterrupt, SystemExit):
-        scheduler.shutdown(wait=False)
+        serve(scheduler, executor, announce)
+    except KeyboardInterrupt:   # the run has unwound: temporaries removed, lock released
+        click.echo(INTERRUPTED, err=True)
+        exit_now(130)
+
+
+def exit_now(status: int) -> NoReturn:
+    """End the process with ``status`` once output is flushed, skipping the interpreter's
+    teardown of torch and GDAL, which has nothing left to save. In a process whose stderr
+    is not its own (a test runner's CliRunner), a plain ``sys.exit``."""
+    try:
+        own = sys.stderr.fileno() == 2
+    except (OSError, ValueError):   # io.UnsupportedOperation: an in-memory stream
+        own = False
+    if not own:
+        sys.exit(status)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(status)
