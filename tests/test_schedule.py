@@ -5,7 +5,8 @@ bundled road model; SIGINT is sent to it with ``os.kill`` as a terminal's Ctrl-C
 The first Ctrl-C during a run prints one line at once and the process stops when the run
 ends; a second one ends it within 2 s, as Ctrl-C ends ``geounet run``: status 130, no
 temporary file left, and nothing at a final name but complete files. Between runs, Ctrl-C
-stops at once.
+stops at once. SIGTERM (a service manager's stop) interrupts a run at once, as it does
+``geounet run``.
 """
 
 from __future__ import annotations
@@ -90,8 +91,8 @@ class Schedule:
             time.sleep(0.02)
         pytest.fail("the scheduled run did not start")
 
-    def interrupt(self) -> None:
-        os.kill(self.process.pid, signal.SIGINT)
+    def interrupt(self, signum: int = signal.SIGINT) -> None:
+        os.kill(self.process.pid, signum)
 
     def rest(self) -> str:
         while not self.lines.empty():
@@ -177,3 +178,15 @@ def test_ctrl_c_between_runs_stops_at_once(tmp_path, schedule):
     assert time.monotonic() - start < 2
     assert "finishing" not in run.rest()
     assert not (tmp_path / "out").exists()
+
+
+def test_sigterm_during_a_run_stops_it_as_it_stops_geounet_run(tmp_path, schedule):
+    """How a service manager stops it: the run is interrupted at once, nothing is left."""
+    run = schedule(workflow(tmp_path, 1024), "--now")
+    run.wait_running()
+    time.sleep(0.5)
+    run.interrupt(signal.SIGTERM)
+    assert run.process.wait(timeout=30) == 143, run.rest()
+    assert "terminated" in run.rest() and "finishing" not in run.rest()
+    assert temporaries(tmp_path) == []
+    assert not (run.out / REPORT).exists()

@@ -5,7 +5,8 @@ so Ctrl-C reaches it as it reaches ``geounet run``. Ctrl-C between runs stops at
 first Ctrl-C during a run says so and stops once the run ends; a second one interrupts the run
 the way Ctrl-C interrupts ``geounet run`` (temporaries removed, only complete files at final
 names, the unfinished item redone by the next run) and exits with status 130 at once, without
-the interpreter's teardown (torch's alone takes about a second).
+the interpreter's teardown (torch's alone takes about a second). SIGTERM (how a service
+manager stops it) interrupts a run at once, as it does ``geounet run``.
 """
 
 from __future__ import annotations
@@ -86,6 +87,10 @@ def main_thread_executor():
     return MainThreadExecutor()
 
 
+class _SecondCtrlC(KeyboardInterrupt):
+    """Ctrl-C during a run after the one that asked to stop after it."""
+
+
 class _Interrupts:
     """The SIGINT handler of :func:`serve`: between runs, stop; during a run, say that it
     stops after the run, and on a second Ctrl-C interrupt the run."""
@@ -96,7 +101,7 @@ class _Interrupts:
 
     def __call__(self, signum: int, frame: Any) -> None:
         if self.running and self.stop:
-            raise KeyboardInterrupt
+            raise _SecondCtrlC
         if self.running:   # os.write: safe even if the run is writing to stderr just now
             with contextlib.suppress(OSError):
                 os.write(2, f"{FINISHING}\n".encode())
@@ -168,7 +173,7 @@ def command(workflow_file: Path, wait: float, now: bool, quiet: bool, verbose: i
 
     try:
         serve(scheduler, executor, announce)
-    except KeyboardInterrupt:   # the run has unwound: temporaries removed, lock released
+    except _SecondCtrlC:   # the run has unwound: temporaries removed, lock released
         click.echo(INTERRUPTED, err=True)
         exit_now(130)
 
