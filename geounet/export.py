@@ -129,8 +129,8 @@ def pixel_size(transform: Affine, shape: tuple[int, int], crs: CRS | None,
     ``transform`` in ``crs``, in the units of ``target`` (of ``crs`` when None); None when
     the pixel cannot be transformed there."""
     row, col = shape[0] // 2, shape[1] // 2
-    corners = np.array([transform * (col, row), transform * (col + 1, row),
-                        transform * (col, row + 1)], dtype=np.float64)
+    corners = np.array([transform @ (col, row), transform @ (col + 1, row),
+                        transform @ (col, row + 1)], dtype=np.float64)
     if target is not None and crs is not None and target != crs:
         try:
             x, y = Transformer.from_crs(crs, target, always_xy=True).transform(
