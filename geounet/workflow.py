@@ -386,9 +386,12 @@ def _key_lines(node: yaml.Node, path: tuple = (), lines: dict | None = None) -> 
 
 
 def _dotted(path: tuple) -> str:
+    """``outputs.vector``, ``inputs.list[2]``; keys cut to 40 characters (one short line)."""
     out = ""
     for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if not isinstance(part, int):
+            part = str(part) if len(str(part)) <= 40 else f"{str(part)[:37]}..."
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
     return out or "(top level)"
 
 
@@ -437,12 +440,16 @@ def _read_text(path: Path) -> str:
             size = os.fstat(f.fileno()).st_size
         if len(data) > MAX_BYTES:
             raise ConfigError(
-                f"{path}: too large for a workflow ({max(size, len(data)) / 2**20:.1f} MiB, "
-                f"at most {MAX_BYTES // 1024} KiB); a workflow is a few KB: give long lists "
-                "of inputs as a file of paths (inputs.file)")
+                f"{path}: too large for a workflow ({_size(max(size, len(data)))}, at most "
+                f"{_size(MAX_BYTES)}); a workflow is a few KB: give long lists of inputs as "
+                "a file of paths (inputs.file)")
         return data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read the workflow ({exc})") from exc
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 2**20:.1f} MiB" if nbytes >= 2**20 else f"{nbytes // 1024} KiB"
 
 
 def _resolve(workflow: Workflow, path: Path, located: _Located) -> Workflow:

@@ -51,6 +51,7 @@ def refused_in_time(path: Path, cause: str, line: int | None = None) -> str:
     if line is not None:
         assert f"{path.name}:{line}:" in message, message
     assert seconds < SECONDS, f"{seconds:.1f} s: {message}"
+    assert len(message) < len(str(path)) + 300, "one short line"
     assert not (path.parent / "out").exists()
     return message
 
@@ -76,6 +77,7 @@ HOSTILE = {
     "5000-deep block": ("extra:\n  " + "- " * 5000 + "1\n", 6, "nested"),
     "deep through aliases": ("".join(f"a{i}: &a{i} [*a{i - 1}]\n" if i else "a0: &a0 [1]\n"
                                      for i in range(2000)), None, "nested"),
+    "a 5000-character key": ("? " + "k" * 5000 + "\n: 1\n", 5, "unknown key"),
     "a long flat list": ("extra: [" + ", ".join(["1"] * 20000) + "]\n", 5, "values"),
 }
 
