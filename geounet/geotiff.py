@@ -163,6 +163,37 @@ class _WriteErrors(logging.Handler):
             self.messages.append(found.group(1))
 
 
+def silence_libtiff_stderr() -> int:
+    """Stop libtiff printing errors straight to stderr; return in how many libtiffs.
+
+    GDAL reports a failed TIFF write through its own error handler (which rasterio turns into
+    an exception and :func:`gdal_write_errors` hears), but some of libtiff's messages, such
+    as ``_tiffWriteProc: No space left on device.`` on a full disk, reach libtiff's global
+    handler, which prints them raw, once per block. Unsetting that handler in every libtiff
+    this process loaded (GDAL's, and Pillow's beside it; Linux only) leaves GDAL's report as
+    the only one.
+    """
+    import ctypes
+
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = set(re.findall(r"(/\S*/libtiff[^/\s]*\.so[.\d]*)$", maps.read(),
+                                   re.MULTILINE))
+    except OSError:
+        return 0
+    done = 0
+    for path in sorted(paths):
+        try:
+            set_handler = ctypes.CDLL(path).TIFFSetErrorHandler
+        except (OSError, AttributeError):
+            continue
+        set_handler.restype = ctypes.c_void_p
+        set_handler.argtypes = [ctypes.c_void_p]
+        set_handler(None)
+        done += 1
+    return done
+
+
 @contextlib.contextmanager
 def gdal_write_errors() -> Iterator[list[str]]:
     """Within a rasterio environment, yield the list of GDAL write errors signalled in it.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import struct
 import threading
@@ -465,3 +466,26 @@ def test_overwrite_never_replaces_an_input_of_the_same_command(world, case):
     result = invoke(*argv, "--overwrite")
     assert_refused(result, victim, r"same file as the input")
     assert snapshot(world.root) == before
+
+
+def test_full_disk_in_predict_is_one_line_without_raw_libtiff_lines(world):
+    """libtiff prints some write errors raw to stderr, once per block, beside GDAL's own
+    report: the command's stderr is our one line only (a real process: the raw lines are
+    written to file descriptor 2, which an in-process runner does not see)."""
+    import resource
+    import subprocess
+    import sys
+
+    write_raster(world.image, noise((3, 160, 160)))
+
+    def small_files() -> None:  # writes past 1 KB fail with EFBIG, as on a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1024, resource.RLIM_INFINITY))
+
+    result = subprocess.run(
+        [sys.executable, "-m", "geounet", "predict", world.image, "-m", world.model,
+         "--probabilities", world.out / "prob.tif", "-q"],
+        capture_output=True, text=True, preexec_fn=small_files, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [result.stderr.strip()]
+    assert re.match(r"geounet: error: .*prob\.tif: could not be written", result.stderr)
+    assert list(world.out.iterdir()) == []

@@ -48,6 +48,9 @@ def _terminate_as_interrupt() -> Iterator[None]:
 
 class _Group(click.Group):
     def invoke(self, ctx: click.Context):
+        from geounet.geotiff import silence_libtiff_stderr
+
+        silence_libtiff_stderr()  # a full disk is our one line, not one raw line per block
         try:
             with _terminate_as_interrupt():
                 return super().invoke(ctx)
