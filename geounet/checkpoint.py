@@ -11,9 +11,10 @@ training and inference: ``geounet predict`` needs no other flag for a checkpoint
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -104,7 +105,8 @@ class ModelMetadata:
             problem = argument_problem(name, value)
             if problem:
                 raise ModelError(f"checkpoint metadata key 'arch.{name}': {problem}")
-        values = {k: tuple(v) if k in _LISTS and isinstance(v, list) else v
+        # Any: each value is checked by ModelMetadata.__post_init__, not trusted here.
+        values: dict[str, Any] = {k: tuple(v) if k in _LISTS and isinstance(v, list) else v
                   for k, v in raw.items() if k != "arch"}
         return cls(arch=UNetConfig(**raw["arch"]), **values)
 
@@ -123,15 +125,15 @@ def _check_keys(raw: dict, known: set[str], required: set[str], prefix: str) -> 
         raise ModelError(f"checkpoint metadata key '{prefix}{missing[0]}' is missing")
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _sequence(value: object, element: str, ok) -> str | None:
+def _sequence(value: object, element: str, ok: Callable[[object], bool]) -> str | None:
     """The problem of a list whose every element must pass ``ok``, or None."""
     if not isinstance(value, (list, tuple)):
         return f"must be a list of {element}, got {value!r}"
@@ -142,14 +144,15 @@ def _sequence(value: object, element: str, ok) -> str | None:
 
 def _bands(value: object) -> str | None:
     problem = _sequence(value, "integers", _is_int)
-    if problem is None and any(b < 1 for b in value):
+    if problem is None and isinstance(value, (list, tuple)) and any(b < 1 for b in value):
         return f"band numbers are 1-based, got {list(value)}"
     return problem
 
 
 def _means(value: object) -> str | None:
     problem = _sequence(value, "numbers", _is_number)
-    if problem is None and not all(abs(v) <= FLOAT32_MAX for v in value):  # NaN fails too
+    if (problem is None and isinstance(value, (list, tuple))
+            and not all(abs(v) <= FLOAT32_MAX for v in value)):  # NaN fails too
         return f"must be finite numbers, got {list(value)}"
     return problem
 
@@ -157,12 +160,13 @@ def _means(value: object) -> str | None:
 def _stds(value: object) -> str | None:
     problem = _sequence(value, "numbers", _is_number)
     # Inputs are scaled by 1 / std in float32: that must be finite too.
-    if problem is None and not all(1 / FLOAT32_MAX < v <= FLOAT32_MAX for v in value):
+    if (problem is None and isinstance(value, (list, tuple))
+            and not all(1 / FLOAT32_MAX < v <= FLOAT32_MAX for v in value)):
         return f"must be positive and finite, got {list(value)}"
     return problem
 
 
-def _bounded_int(low: int, high: int):
+def _bounded_int(low: int, high: int) -> Callable[[object], str | None]:
     def check(value: object) -> str | None:
         if not _is_int(value) or not low <= value <= high:
             return f"must be an integer {low}..{high}, got {value!r}"
@@ -273,7 +277,7 @@ def _metadata(path: Path, header: dict[str, str]) -> ModelMetadata:
         raise ModelError(f"{path}: {exc}") from exc
 
 
-def _weights(path: Path, f, arch: UNetConfig) -> dict[str, torch.Tensor]:
+def _weights(path: Path, f: Any, arch: UNetConfig) -> dict[str, torch.Tensor]:
     """The tensors of the open safetensors ``f``, read only after each one's name, shape and
     type were compared with what ``arch`` needs (so a header declaring a huge model is refused
     before anything is allocated); all finite."""

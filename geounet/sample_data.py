@@ -248,7 +248,11 @@ def _buildings(rng: np.random.Generator, extent: float,
     Returns the roof halves (2 per building, split along the ridge), the shadows and the
     roof colour index of each building.
     """
-    centres, lengths, depths, angles = [], [], [], []
+    # Gathered as lists (one entry per building), turned into arrays below.
+    centre_list: list[np.ndarray] = []
+    length_list: list[float] = []
+    depth_list: list[float] = []
+    angle_list: list[float] = []
     for line, width in centerlines:
         for d in np.arange(rng.uniform(0, 40), line.length, 40.0):
             p = np.array(line.interpolate(d).coords[0])
@@ -261,18 +265,19 @@ def _buildings(rng: np.random.Generator, extent: float,
                 if rng.random() < 0.45:
                     depth = rng.uniform(8, 13)
                     offset = width / 2 + rng.uniform(8, 16) + depth / 2
-                    centres.append(p + side * offset * normal)
-                    lengths.append(rng.uniform(9, 18))
-                    depths.append(depth)
-                    angles.append(angle + rng.normal(0, 0.05))
+                    centre_list.append(p + side * offset * normal)
+                    length_list.append(rng.uniform(9, 18))
+                    depth_list.append(depth)
+                    angle_list.append(angle + rng.normal(0, 0.05))
     scattered = rng.poisson(extent**2 / 250_000)
-    centres += list(rng.uniform(0, extent, (scattered, 2)))
-    lengths += list(rng.uniform(10, 30, scattered))
-    depths += list(rng.uniform(8, 16, scattered))
-    angles += list(rng.uniform(0, np.pi, scattered))
-    if not centres:
+    centre_list += list(rng.uniform(0, extent, (scattered, 2)))
+    length_list += list(rng.uniform(10, 30, scattered))
+    depth_list += list(rng.uniform(8, 16, scattered))
+    angle_list += list(rng.uniform(0, np.pi, scattered))
+    if not centre_list:
         return np.empty(0, object), np.empty(0, object), np.empty(0, int)
-    centres, lengths, depths, angles = map(np.asarray, (centres, lengths, depths, angles))
+    centres, lengths, depths, angles = map(
+        np.asarray, (centre_list, length_list, depth_list, angle_list))
     roofs = _boxes(centres, lengths, depths, angles)
     shift = rng.uniform(3, 6, len(roofs))[:, None] * SUN_SHIFT
     shadows = shapely.convex_hull(shapely.union(
@@ -528,7 +533,7 @@ def _crack_paths(rng: np.random.Generator,
             paths.append((pts, widths, system))
             if level < 2:
                 for _ in range(int(rng.integers(1, 4) if level == 0 else rng.integers(0, 2))):
-                    at = int(rng.integers(len(pts) * 0.15, len(pts) * 0.85))
+                    at = int(rng.integers(int(len(pts) * 0.15), int(len(pts) * 0.85)))
                     turn = rng.choice([-1, 1]) * rng.uniform(0.5, 1.2)
                     stack.append((pts[at], heading + turn, length * rng.uniform(0.15, 0.4),
                                   min(widths[at], rng.uniform(1.0, 2.5)), level + 1))
