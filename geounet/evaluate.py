@@ -101,7 +101,9 @@ def evaluate_pairs(pairs: Sequence[tuple[str | Path, str | Path]],
         kinds.add("probability" if prob is not None else "mask")
         target = load_target(label, info, config.labels)
         valid = (target != IGNORE) & (pred != IGNORE)
-        image = {"prediction": str(prediction), "label": str(label)}
+        # The two paths, then the scores of each foreground class under its name.
+        image: dict[str, str | dict[str, dict[str, float]]] = {
+            "prediction": str(prediction), "label": str(label)}
         ids = np.union1d(np.unique(pred[valid]), np.unique(target[valid])).tolist()
         for class_id in sorted(set(ids) | ({0, 1} if prob is not None else set())):
             counts = count(pred == class_id, target == class_id,

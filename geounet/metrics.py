@@ -34,6 +34,11 @@ def _ratio(num: float, den: float) -> float:
     return float(num / den) if den else float("nan")
 
 
+def _pixels(mask: np.ndarray) -> int:
+    """Number of True pixels, as an int (numpy returns its own integer type)."""
+    return int(np.count_nonzero(mask))
+
+
 def _f1(precision: float, recall: float) -> float:
     if np.isnan(precision) or np.isnan(recall) or precision + recall == 0:
         return 0.0 if precision == 0 or recall == 0 else float("nan")
@@ -43,9 +48,9 @@ def _f1(precision: float, recall: float) -> float:
 def pixel_scores(pred: np.ndarray, truth: np.ndarray, valid: np.ndarray | None = None) -> Scores:
     """Exact pixel precision/recall/F1/IoU of boolean ``pred`` against ``truth``."""
     pred, truth = _check(pred, truth, valid)
-    tp = np.count_nonzero(pred & truth)
-    fp = np.count_nonzero(pred & ~truth)
-    fn = np.count_nonzero(~pred & truth)
+    tp = _pixels(pred & truth)
+    fp = _pixels(pred & ~truth)
+    fn = _pixels(~pred & truth)
     precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
     return Scores(precision, recall, _f1(precision, recall), _ratio(tp, tp + fp + fn))
 
@@ -56,9 +61,9 @@ def tolerant_scores(pred: np.ndarray, truth: np.ndarray, tolerance: float = 2.0,
     pred, truth = _check(pred, truth, valid)
     near_truth = within(truth, tolerance)
     near_pred = within(pred, tolerance)
-    n_pred, n_true = np.count_nonzero(pred), np.count_nonzero(truth)
-    precision = _ratio(np.count_nonzero(pred & near_truth), n_pred)
-    recall = _ratio(np.count_nonzero(truth & near_pred), n_true)
+    n_pred, n_true = _pixels(pred), _pixels(truth)
+    precision = _ratio(_pixels(pred & near_truth), n_pred)
+    recall = _ratio(_pixels(truth & near_pred), n_true)
     return Scores(precision, recall, _f1(precision, recall), pixel_scores(pred, truth).iou)
 
 
@@ -123,10 +128,10 @@ def count(pred: np.ndarray, truth: np.ndarray, tolerance: float = 2.0,
     if near_truth is None:
         near_truth = within(truth, tolerance)
     return Counts(
-        tp=np.count_nonzero(pred & truth), fp=np.count_nonzero(pred & ~truth),
-        fn=np.count_nonzero(~pred & truth), pred_near=np.count_nonzero(pred & near_truth),
-        pred=np.count_nonzero(pred), truth_near=np.count_nonzero(truth & within(pred, tolerance)),
-        truth=np.count_nonzero(truth))
+        tp=_pixels(pred & truth), fp=_pixels(pred & ~truth),
+        fn=_pixels(~pred & truth), pred_near=_pixels(pred & near_truth),
+        pred=_pixels(pred), truth_near=_pixels(truth & within(pred, tolerance)),
+        truth=_pixels(truth))
 
 
 def threshold_sweep(prob: np.ndarray, truth: np.ndarray, thresholds: np.ndarray,
