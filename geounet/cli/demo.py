@@ -37,7 +37,7 @@ def command(data: Path, out_dir: Path, device: str, as_json: bool, quiet, verbos
     from geounet.errors import InputError
     from geounet.evaluate import evaluate_masks
     from geounet.runner import HTML_REPORT, run_workflow
-    from geounet.workflow import Workflow
+    from geounet.workflow import InputsConfig, OutputsConfig, VectorizeOptions, Workflow
 
     rows = []
     for kind, (family, metric) in SCENES.items():
@@ -50,18 +50,20 @@ def command(data: Path, out_dir: Path, device: str, as_json: bool, quiet, verbos
         folder = (out_dir / kind).resolve()
         folder.mkdir(parents=True, exist_ok=True)
         workflow = Workflow(
-            name=f"demo-{kind}", inputs={"list": [image]}, model=model, device=device,
-            threads=os.cpu_count() or 1,
-            outputs={"folder": folder, "mask": "{stem}_mask.tif",
-                     "probabilities": "{stem}_prob.tif", "vector": "{stem}.gpkg",
-                     "centerlines": "{stem}_centerlines.gpkg"},
-            vectorize={"connectivity": 8, "centerlines": True})
+            name=f"demo-{kind}", inputs=InputsConfig(list=(image,)), model=model,
+            device=device, threads=os.cpu_count() or 1,
+            outputs=OutputsConfig(folder=folder, mask="{stem}_mask.tif",
+                                  probabilities="{stem}_prob.tif", vector="{stem}.gpkg",
+                                  centerlines="{stem}_centerlines.gpkg"),
+            vectorize=VectorizeOptions(connectivity=8, centerlines=True))
         report = run_workflow(workflow, progress=not quiet and not as_json)
         result = report.items[0]
         if result.status == "failed":
             raise InputError(f"{image}: {result.reason}")
         summary = result.summary or {}
-        score = evaluate_masks(result.outputs["mask"], truth)[family][metric]
+        mask = result.outputs["mask"]
+        assert mask is not None  # the workflow above names a mask
+        score = evaluate_masks(mask, truth)[family][metric]
         rows.append({"scene": kind, "status": result.status, "seconds": result.seconds,
                      "features": summary.get("features"),
                      "length_m": summary.get("centerline_length_m"),
