@@ -336,24 +336,29 @@ class _BoundedLoader(yaml.SafeLoader):
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
         event = self.peek_event()
         if isinstance(event, yaml.AliasEvent):
+            # types-PyYAML: an event's mark is either loader's Mark or None; this pure-Python
+            # loader always sets a yaml.Mark.
+            mark: yaml.Mark = event.start_mark  # type: ignore[assignment]
             node = super().compose_node(parent, index)
             if node not in self._expanded:
                 raise yaml.composer.ComposerError(
                     None, None, f"alias *{event.anchor} is used inside the value it names, "
-                    "which would repeat without end", event.start_mark)
+                    "which would repeat without end", mark)
             values, levels = self._expanded[node]
-            self._count(values, self._level + levels, event.start_mark, aliased=True)
+            self._count(values, self._level + levels, mark, aliased=True)
             return node
         self._count(1, self._level + 1, event.start_mark, aliased=False)
         start, outer = self._values - 1, self._deepest
         self._level += 1
         self._deepest = self._level
+        # types-PyYAML says Optional; PyYAML's compose_node returns a node or raises.
         node = super().compose_node(parent, index)
         self._level -= 1
         if getattr(event, "anchor", None) is not None:
-            self._expanded[node] = (self._values - start, self._deepest - self._level)
+            self._expanded[node] = (  # type: ignore[index]
+                self._values - start, self._deepest - self._level)
         self._deepest = max(outer, self._deepest)
-        return node
+        return node  # type: ignore[return-value]
 
     def _count(self, values: int, level: int, mark: yaml.Mark, aliased: bool) -> None:
         self._values += values
@@ -406,7 +411,8 @@ def load_workflow(path: str | Path) -> Workflow:
         located = _Located(_key_lines(node) if node is not None else {})
         data = loader.construct_document(node) if node is not None else None
     except yaml.MarkedYAMLError as exc:
-        line = (exc.problem_mark or exc.context_mark).line + 1
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else 1
         hint = ("; only plain YAML is accepted (no object tags)"
                 if isinstance(exc, yaml.constructor.ConstructorError) else "")
         raise ConfigError(f"{path}:{line}: {located.key_at(line)}{exc.problem}{hint}") from None
