@@ -369,7 +369,8 @@ def _draw_vector(canvas: Image.Image, path: Path, crs, to_preview: Affine) -> in
 
 
 def _darker(colour: tuple[int, int, int]) -> tuple[int, int, int, int]:
-    return (*(round(v * 0.6) for v in colour), 255)
+    r, g, b = colour
+    return (round(r * 0.6), round(g * 0.6), round(b * 0.6), 255)
 
 
 @dataclass(frozen=True)
@@ -385,8 +386,10 @@ def _render_caption(canvas: Image.Image, info, crs, shape, metres, legend,
     The strip is as wide as the preview; text wraps onto more lines when it does not fit.
     """
     width = canvas.width
-    font = ImageFont.load_default(size=13 if width >= 300 else 10)
-    line = round(font.size * 1.4)
+    # Text size in px, kept here: a Pillow without FreeType gives a bitmap font with no size.
+    points = 13 if width >= 300 else 10
+    font = ImageFont.load_default(size=points)
+    line = round(points * 1.4)
     measure = ImageDraw.Draw(Image.new("RGBA", (1, 1)))
     texts = _wrap([f"{info.path.name}  {info.width} x {info.height} px  "
                    f"(preview 1:{info.width / shape[1]:.3g})", f"CRS: {_crs_label(crs)}"],
@@ -405,7 +408,7 @@ def _render_caption(canvas: Image.Image, info, crs, shape, metres, legend,
     black = (0, 0, 0, 255)
     for k, text in enumerate(texts):
         draw.text((4, 3 + k * line), text, fill=black, font=font)
-    box = font.size - 2
+    box = points - 2
     for x, k, name, colour in entries:
         y = 3 + k * line
         draw.rectangle((x, y + 2, x + box, y + 2 + box), fill=(*colour, 255), outline=black)
