@@ -26,11 +26,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pyogrio
 import shapely
-from pyproj import CRS, Transformer
+from pyproj import CRS, Geod, Transformer
 from pyproj.exceptions import ProjError
 from rasterio import Affine
 
-from geounet.errors import ConfigError
+from geounet.errors import ConfigError, InputError
 from geounet.outputs import atomic_outputs, write_failed
 
 FORMATS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON",
@@ -102,8 +102,8 @@ def check_layer_crs(path: Path | None, driver: str | None, crs: CRS | None) -> N
 
 def measure(geometries: np.ndarray, crs: CRS | None) -> tuple[np.ndarray, np.ndarray]:
     """(areas in m^2, perimeters in m) of polygons in ``crs``; pixel units when it is None."""
-    if crs is not None and crs.is_geographic:
-        geod = crs.get_geod()
+    geod = _geod(crs)
+    if geod is not None:
         pairs = np.array([geod.geometry_area_perimeter(g) for g in geometries]).reshape(-1, 2)
         return np.abs(pairs[:, 0]), pairs[:, 1]
     unit = _unit(crs)
@@ -112,10 +112,21 @@ def measure(geometries: np.ndarray, crs: CRS | None) -> tuple[np.ndarray, np.nda
 
 def measure_lines(lines: np.ndarray, crs: CRS | None) -> np.ndarray:
     """Lengths in metres of lines in ``crs`` (geodesic in a geographic CRS)."""
-    if crs is not None and crs.is_geographic:
-        geod = crs.get_geod()
+    geod = _geod(crs)
+    if geod is not None:
         return np.array([geod.geometry_length(g) for g in lines], dtype=np.float64)
     return shapely.length(lines) * _unit(crs)
+
+
+def _geod(crs: CRS | None) -> Geod | None:
+    """The ellipsoid to measure on in a geographic CRS; None: measure in map units."""
+    if crs is None or not crs.is_geographic:
+        return None
+    geod = crs.get_geod()
+    if geod is None:
+        raise InputError(f"the geographic CRS {crs.name!r} has no ellipsoid, so lengths and "
+                         "areas cannot be given in metres; assign a CRS with a datum")
+    return geod
 
 
 def _unit(crs: CRS | None) -> float:

@@ -10,7 +10,7 @@ logits are per class (softmax).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -18,10 +18,10 @@ from torch import nn
 
 from geounet.errors import ConfigError
 
-# Largest architecture arguments accepted. Depth 8 already pools 256x; width 1024 is 16x the
-# classic U-Net (4x10^9 weights at depth 4); the uint8 mask holds class ids 0..254.
-ARGUMENT_LIMITS = {"in_channels": 4096, "classes": 254, "width": 1024, "depth": 8,
-                   "bilinear": None}
+# Largest integer architecture arguments accepted (bilinear is a flag). Depth 8 already pools
+# 256x; width 1024 is 16x the classic U-Net (4x10^9 weights at depth 4); the uint8 mask holds
+# class ids 0..254.
+ARGUMENT_LIMITS = {"in_channels": 4096, "classes": 254, "width": 1024, "depth": 8}
 
 
 def argument_problem(name: str, value: object) -> str | None:
@@ -55,10 +55,10 @@ class UNetConfig:
     bilinear: bool = True
 
     def __post_init__(self) -> None:
-        for name in ARGUMENT_LIMITS:
-            problem = argument_problem(name, getattr(self, name))
+        for field in fields(self):
+            problem = argument_problem(field.name, getattr(self, field.name))
             if problem:
-                raise ConfigError(f"UNet {name} {problem}")
+                raise ConfigError(f"UNet {field.name} {problem}")
 
     def to_dict(self) -> dict[str, int | bool]:
         return asdict(self)
@@ -144,7 +144,8 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
         smallest = 2**self.config.depth
-        if height < smallest or width < smallest:
+        padded = height < smallest or width < smallest
+        if padded:
             # Inputs smaller than one cell of the deepest level are edge-padded, then cropped.
             x = F.pad(x, [0, max(0, smallest - width), 0, max(0, smallest - height)], "replicate")
         skips = [self.inc(x)]
@@ -153,7 +154,8 @@ class UNet(nn.Module):
         x = skips.pop()
         for up in self.ups:
             x = up(x, skips.pop())
-        return self.outc(x)[..., :height, :width]
+        # Cropped only when padded: an ONNX export then has a fixed output shape.
+        return self.outc(x)[..., :height, :width] if padded else self.outc(x)
 
 
 def state_shapes(config: UNetConfig) -> dict[str, tuple[tuple[int, ...], bool]]:
@@ -195,6 +197,17 @@ def resolve_device(name: str) -> torch.device:
     except (RuntimeError, TypeError):
         raise ConfigError(f"unknown device {name!r}; devices here: {', '.join(names)}") from None
     raise ConfigError(f"device {name!r} is not available here; devices here: {', '.join(names)}")
+
+
+def fastest_memory_format(device: torch.device) -> torch.memory_format:
+    """The layout in which the U-Net's convolutions run fastest on ``device``.
+
+    Channels-last on the CPU: measured with the bundled width-8 road model, 4 x 576^2 tiles,
+    2 threads, it takes 0.59-0.65 of the NCHW time with outputs equal to 4e-8
+    (``benchmarks/onnx_engine.py``, figures in ``benchmarks/RESULTS.md``). Elsewhere torch's
+    default (contiguous NCHW) until it is measured there.
+    """
+    return torch.channels_last if device.type == "cpu" else torch.contiguous_format
 
 
 def logits_to_probabilities(logits: torch.Tensor) -> torch.Tensor:
