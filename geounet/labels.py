@@ -15,6 +15,7 @@ Images without a CRS (plain PNG/JPEG) take vector coordinates as they are.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -222,6 +223,19 @@ def read_split(path: str | Path) -> dict[str, str]:
             raise InputError(f"{path}:{number}: expected 'NAME SPLIT', got {line!r}")
         out[parts[0]] = parts[1]
     return out
+
+
+def select_split(pairs: Sequence[tuple[Path, Path]], split_file: str | Path | None,
+                 split: str) -> list[tuple[Path, Path]]:
+    """The (image, label) pairs whose image stem ``split_file`` puts in ``split``.
+
+    Without a split file every pair is kept. Training and ``geounet evaluate`` select their
+    images this way, so a name is in the same split for both.
+    """
+    if split_file is None:
+        return list(pairs)
+    keep = {name for name, part in read_split(split_file).items() if part == split}
+    return [pair for pair in pairs if pair[0].stem in keep]
 
 
 def pair_folders(images: str | Path, labels: str | Path) -> list[tuple[Path, Path]]:

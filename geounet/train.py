@@ -63,7 +63,7 @@ from geounet.labels import (
     image_info,
     load_target,
     pair_folders,
-    read_split,
+    select_split,
 )
 from geounet.metrics import Counts, count, within
 from geounet.model import UNet, UNetConfig, resolve_device
@@ -181,10 +181,7 @@ class TrainConfig(BaseModel):
             raise ConfigError("give both image_dir and label_dir (or neither)")
         if self.image_dir is not None and self.label_dir is not None:
             pairs += pair_folders(self.image_dir, self.label_dir)
-        if self.split_file is not None:
-            keep = {name for name, split in read_split(self.split_file).items()
-                    if split == self.split}
-            pairs = [p for p in pairs if p[0].stem in keep]
+        pairs = select_split(pairs, self.split_file, self.split)
         if not pairs:
             raise ConfigError("no training pairs: give images and labels, or image_dir and "
                               "label_dir" + (f" with names in split {self.split!r} of "

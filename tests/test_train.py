@@ -260,6 +260,28 @@ def test_training_arguments_are_checked(scene, make_raster, tmp_path):
     assert not out.exists()
 
 
+def test_train_and_evaluate_select_the_same_split(make_raster, tmp_path):
+    """A split file keeps the same names for training and for ``geounet evaluate``."""
+    for i in range(4):
+        mask = np.zeros((1, 32, 32), np.uint8)
+        mask[0, 4 * i : 4 * i + 8, 8:20] = 1
+        make_raster(mask, name=f"masks/{i:03d}.tif")
+        make_raster(mask, name=f"labels/{i:03d}.tif")
+    split = tmp_path / "split.txt"  # 004 has no file: ignored by both
+    split.write_text("000 train\n001 train\n002 test\n003 test\n004 test\n")
+    masks, labels = tmp_path / "masks", tmp_path / "labels"
+    trained = _config(image_dir=masks, label_dir=labels, split_file=split).pairs()
+    assert [p[0].name for p in trained] == ["000.tif", "001.tif"]
+    tested = _config(image_dir=masks, label_dir=labels, split_file=split, split="test").pairs()
+    report = tmp_path / "report.json"
+    result = CliRunner().invoke(main, ["evaluate", str(masks), str(labels), "--split-file",
+                                       str(split), "-o", str(report), "-q"])
+    assert result.exit_code == 0, result.output
+    scored = json.loads(report.read_text())["per_image"]
+    assert [Path(s["prediction"]).name for s in scored] == [p[0].name for p in tested] \
+        == ["002.tif", "003.tif"]
+
+
 def test_geographic_image_with_vector_lines_in_pixel_widths(make_raster, tmp_path):
     """An EPSG:4326 raster (degrees) with road centrelines buffered to 4 px."""
     transform = from_origin(-115.3, 36.2, 3e-6, 3e-6)

@@ -55,7 +55,7 @@ def command(prediction, truth, model, images, labels, split_file, split, toleran
     Probability rasters (float) also get ODS/OIS over thresholds.
     """
     from geounet.evaluate import EvaluateConfig, evaluate_model, evaluate_pairs
-    from geounet.labels import LabelConfig, pair_folders, read_split
+    from geounet.labels import LabelConfig, pair_folders, select_split
 
     if model is not None:
         if prediction is not None or images is None or labels is None:
@@ -73,9 +73,7 @@ def command(prediction, truth, model, images, labels, split_file, split, toleran
     if source.is_dir() != target.is_dir():
         raise ConfigError(f"{source} and {target}: give two files or two folders")
     pairs = pair_folders(source, target) if source.is_dir() else [(source, target)]
-    if split_file is not None:
-        keep = {n for n, s in read_split(split_file).items() if s == split}
-        pairs = [p for p in pairs if p[0].stem in keep]
+    pairs = select_split(pairs, split_file, split)
     config = EvaluateConfig(tolerance, threshold, thresholds,
                             LabelConfig(line_width, line_width_units))
     if model is not None:
