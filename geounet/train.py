@@ -34,20 +34,15 @@ import math
 import os
 import sys
 import time
-import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-import rasterio
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from rasterio.enums import Resampling
-from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
@@ -56,137 +51,25 @@ from tqdm import tqdm
 from geounet import __version__
 from geounet.checkpoint import ModelMetadata, load_checkpoint, save_checkpoint
 from geounet.errors import ConfigError, InputError
-from geounet.io import normalize, read_masked
-from geounet.labels import (
-    IGNORE,
-    LabelConfig,
-    image_info,
-    load_target,
-    pair_folders,
-    select_split,
-)
+from geounet.io import normalize
+from geounet.labels import IGNORE
 from geounet.metrics import Counts, count, within
 from geounet.model import UNet, UNetConfig, resolve_device
 from geounet.outputs import atomic_path, first_line
+from geounet.training.config import TrainConfig
+from geounet.training.data import Scene as _Scene
+from geounet.training.data import band_statistics as _band_statistics
+from geounet.training.data import load_data as _load_data
+from geounet.training.data import training_windows as _training_windows
+from geounet.training.data import validation_windows as _validation_windows
 
 log = logging.getLogger(__name__)
 
-IN_MEMORY_PIXELS = 64 * 2**20     # images up to this many pixels are read once, into memory
-VAL_TILE = 1024                   # validation windows are at most this many pixels a side
 MINE_PIXELS = 16 * 2**20          # hard-pixel mining looks at most at this many pixels an epoch
 MAX_HARD = 2**16                  # hard pixels kept per image (a random sample beyond)
 STATE_FORMAT = "geounet-train-state"
 # Keys a resumed run may change; any other difference from the saved run is refused.
 RESUMABLE_CHANGES = {"epochs", "patience", "max_minutes", "threads", "device", "source"}
-
-
-class TrainConfig(BaseModel):
-    """Everything that defines a training run (YAML keys and CLI flags share these names).
-
-    Paths are relative to the working directory. Pixel sizes are in pixels of the images.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    # Data
-    images: list[Path] = Field(default_factory=list, description="training images")
-    labels: list[Path] = Field(default_factory=list, description="one label per image")
-    image_dir: Path | None = Field(None, description="folder of images, paired by stem")
-    label_dir: Path | None = Field(None, description="folder of labels, paired by stem")
-    split_file: Path | None = Field(None, description="lines 'NAME SPLIT'; keep `split`")
-    split: str = "train"
-    val_images: list[Path] = Field(default_factory=list)
-    val_labels: list[Path] = Field(default_factory=list)
-    val_fraction: float = Field(0.15, gt=0, lt=1)
-    bands: tuple[int, ...] | None = None
-    line_width: float = Field(3.0, ge=0, description="full width given to vector lines")
-    line_width_units: Literal["pixels", "map", "metres"] = "pixels"
-    class_names: tuple[str, str] = ("background", "foreground")
-    # Model
-    width: int = Field(16, ge=1)
-    depth: int = Field(4, ge=1)
-    bilinear: bool = True
-    # Optimisation
-    patch: int = Field(256, ge=16)
-    batch_size: int = Field(8, ge=1)
-    epochs: int = Field(20, ge=1)
-    steps_per_epoch: int = Field(100, ge=1)
-    lr: float = Field(3e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    warmup: float = Field(0.05, ge=0, lt=1, description="share of steps with rising lr")
-    loss: Literal["bce_dice", "focal_dice", "bce"] = "bce_dice"
-    pos_fraction: float = Field(0.5, ge=0, le=1)
-    hard_fraction: float = Field(0.0, ge=0, le=1, description="share of windows centred on "
-                                 "pixels the model got wrong after the previous epoch")
-    scale_range: tuple[float, float] = (0.8, 1.25)
-    brightness: float = Field(0.2, ge=0)
-    contrast: float = Field(0.2, ge=0, lt=1)
-    monitor: Literal["iou", "f1", "tolerant_f1"] = "iou"
-    tolerance: float = Field(2.0, ge=0, description="pixels, for tolerant_f1")
-    patience: int | None = Field(None, ge=1)
-    max_minutes: float | None = Field(None, gt=0)
-    # Runtime
-    seed: int = 0
-    threads: int | None = Field(None, ge=1)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: bool = Field(False, description="mixed precision (CUDA only)")
-    deterministic: bool = True
-    # Stored in the checkpoint for inference
-    tile_size: int = Field(576, ge=16)
-    overlap: int = Field(64, ge=0)
-    threshold: float = Field(0.5, gt=0, lt=1)
-    source: dict[str, str] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _check(self) -> TrainConfig:
-        if self.patch % 2**self.depth:
-            raise ValueError(f"patch {self.patch} must be a multiple of 2**depth = "
-                             f"{2**self.depth}")
-        if not 0 < self.scale_range[0] <= self.scale_range[1]:
-            raise ValueError(f"scale_range {self.scale_range}: give 0 < low <= high")
-        if self.overlap * 2 >= self.tile_size:
-            raise ValueError(f"overlap {self.overlap} must be below half of tile_size")
-        return self
-
-    @classmethod
-    def load(cls, path: str | Path, **overrides: Any) -> TrainConfig:
-        """Read a YAML config; ``overrides`` (e.g. from CLI flags) win over its keys."""
-        import yaml
-
-        try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{path}: cannot read the YAML config ({exc})") from exc
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: a training config is a mapping of keys to values")
-        return cls.build({**raw, **overrides}, origin=str(path))
-
-    @classmethod
-    def build(cls, values: dict[str, Any], origin: str = "config") -> TrainConfig:
-        """Validate ``values``; errors become one :class:`ConfigError` line per bad key."""
-        try:
-            return cls(**values)
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}"
-                                 for e in exc.errors())
-            raise ConfigError(f"{origin}: {problems}") from None
-
-    def pairs(self) -> list[tuple[Path, Path]]:
-        """Training (image, label) pairs: the lists, then the folders, then the split file."""
-        if len(self.images) != len(self.labels):
-            raise ConfigError(f"give one label per image ({len(self.images)} images, "
-                              f"{len(self.labels)} labels)")
-        pairs = list(zip(self.images, self.labels))
-        if (self.image_dir is None) != (self.label_dir is None):
-            raise ConfigError("give both image_dir and label_dir (or neither)")
-        if self.image_dir is not None and self.label_dir is not None:
-            pairs += pair_folders(self.image_dir, self.label_dir)
-        pairs = select_split(pairs, self.split_file, self.split)
-        if not pairs:
-            raise ConfigError("no training pairs: give images and labels, or image_dir and "
-                              "label_dir" + (f" with names in split {self.split!r} of "
-                                             f"{self.split_file}" if self.split_file else ""))
-        return pairs
 
 
 @dataclass(frozen=True)
@@ -207,35 +90,6 @@ class TrainResult:
         out["checkpoint"], out["last"] = str(self.checkpoint), str(self.last)
         out["steps_per_second"] = self.steps / self.train_seconds if self.train_seconds else 0
         return out
-
-
-@dataclass
-class _Scene:
-    """One image with its target; ``data`` is set when the image is held in memory."""
-
-    path: Path
-    src: rasterio.DatasetReader
-    bands: tuple[int, ...]
-    target: np.ndarray                 # uint8 (rows, cols): class id, IGNORE where unlabelled
-    data: np.ndarray | None = None     # float32 (bands, rows, cols)
-    valid: np.ndarray | None = None    # bool (rows, cols)
-    held_rows: tuple[int, int] = (0, 0)   # [first, end) rows kept for validation
-    positives: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
-    hard: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.target.shape
-
-    def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
-        """Float32 pixels ``(bands, rows, cols)`` of ``window`` and their validity."""
-        if self.data is None:
-            return read_masked(self.src, self.bands, window)
-        rows, cols = window.toslices()
-        return self.data[:, rows, cols].copy(), self.valid[rows, cols]
-
-    def clear_of_validation(self, row: int, size: int) -> bool:
-        return row + size <= self.held_rows[0] or row >= self.held_rows[1]
 
 
 def last_paths(output: str | Path) -> tuple[Path, Path]:
@@ -378,111 +232,6 @@ def _learning_rate(config: TrainConfig, step: int, total: int) -> float:
     return config.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-# ---------------------------------------------------------------------------- data
-
-
-def _load_data(config: TrainConfig) -> tuple[list[_Scene], list[_Scene]]:
-    labels = LabelConfig(config.line_width, config.line_width_units)
-    pairs = config.pairs()
-    if len(config.val_images) != len(config.val_labels):
-        raise ConfigError("give one val_label per val_image")
-    val_pairs = list(zip(config.val_images, config.val_labels))
-    if not val_pairs and len(pairs) > 1:
-        held = max(1, round(len(pairs) * config.val_fraction))
-        chosen = set(np.linspace(0, len(pairs) - 1, held + 2)[1:-1].round().astype(int))
-        ordered = sorted(pairs, key=lambda p: str(p[0]))
-        val_pairs = [p for i, p in enumerate(ordered) if i in chosen]
-        pairs = [p for i, p in enumerate(ordered) if i not in chosen]
-    train = [_open_scene(image, label, config, labels) for image, label in pairs]
-    val = [_open_scene(image, label, config, labels) for image, label in val_pairs]
-    if any(len(s.bands) != len(train[0].bands) for s in train + val):
-        counts = ", ".join(f"{s.path} has {len(s.bands)}" for s in train + val)
-        raise InputError(f"training images have different band counts ({counts}); choose "
-                         "the same number of bands for all with --bands")
-    if not any(len(s.positives) for s in train):
-        raise InputError(f"the labels of {len(train)} training image(s) (first "
-                         f"{pairs[0][1]}) mark no foreground pixel: there is nothing to "
-                         "learn; check the label files")
-    if not val:  # one training image: hold out its strip richest in foreground
-        val = [_hold_out_strip(train[0], config)]
-    for scene in train:
-        rows, cols = scene.shape
-        if cols < config.patch or max(scene.held_rows[0], rows - scene.held_rows[1]) \
-                < config.patch:
-            raise InputError(f"{scene.path}: {cols}x{rows} px is too small for patch "
-                             f"{config.patch}" + (" with a validation strip"
-                                                  if scene.held_rows[1] else ""))
-    return train, val
-
-
-def _open_scene(image: Path, label: Path, config: TrainConfig, labels: LabelConfig
-                ) -> _Scene:
-    info = image_info(image)
-    bands = config.bands or tuple(range(1, info.count + 1))
-    if max(bands) > info.count:
-        raise InputError(f"{image}: has {info.count} band(s); bands {bands} asked for")
-    raw = load_target(label, info, labels)   # binary training: any class id > 0 is 1
-    target = np.where(raw == IGNORE, IGNORE, raw > 0).astype(np.uint8)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        src = rasterio.open(image)
-    scene = _Scene(image, src, bands, target)
-    if info.width * info.height <= IN_MEMORY_PIXELS:
-        scene.data, scene.valid = read_masked(src, bands, Window(0, 0, info.width, info.height))
-        if not scene.valid.any():
-            raise InputError(f"{image}: no valid pixel (all nodata or masked); there is "
-                             "nothing to learn from it: drop it or fix its nodata value")
-        scene.target[~scene.valid] = IGNORE
-    rows, cols = np.nonzero(scene.target == 1)
-    scene.positives = np.stack([rows, cols], axis=1)
-    return scene
-
-
-def _hold_out_strip(scene: _Scene, config: TrainConfig) -> _Scene:
-    """Keep the row strip of ``scene`` richest in foreground for validation (same object)."""
-    rows = scene.shape[0]
-    strip = min(rows, max(config.patch, int(rows * config.val_fraction)))
-    per_row = (scene.target == 1).sum(axis=1)
-    starts = range(0, rows - strip + 1, max(1, strip // 2))
-    first = max(starts, key=lambda r: (per_row[r : r + strip].sum(), r))
-    scene.held_rows = (first, first + strip)
-    keep = np.array([scene.clear_of_validation(int(r), 1) for r in scene.positives[:, 0]],
-                    dtype=bool) if len(scene.positives) else np.zeros(0, bool)
-    scene.positives = scene.positives[keep]
-    return scene
-
-
-def _band_statistics(scenes: list[_Scene]) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-band mean and std over valid pixels (nodata, masks, NaN excluded) of the scenes.
-
-    Large images are read decimated to at most 1024 pixels a side.
-    """
-    total = squares = None
-    n = 0
-    for scene in scenes:
-        if scene.data is not None:
-            data, valid = scene.data, scene.valid
-        else:
-            src = scene.src
-            scale = max(1, max(src.width, src.height) // 1024)
-            shape = (len(scene.bands), src.height // scale, src.width // scale)
-            data = src.read(list(scene.bands), out_shape=shape, out_dtype="float32",
-                            resampling=Resampling.nearest)
-            valid = np.isfinite(data).all(axis=0) & (src.read_masks(
-                list(scene.bands), out_shape=shape, resampling=Resampling.nearest) > 0
-            ).all(axis=0)
-        if not valid.any():
-            raise InputError(f"{scene.path}: no valid pixel (all nodata or masked); there "
-                             "is nothing to learn from it: drop it or fix its nodata value")
-        values = data[:, valid].astype(np.float64)
-        total = values.sum(axis=1) + (0 if total is None else total)
-        squares = (values**2).sum(axis=1) + (0 if squares is None else squares)
-        n += values.shape[1]
-    mean = total / n
-    std = np.sqrt(np.maximum(squares / n - mean**2, 0))
-    return tuple(mean.tolist()), tuple(np.maximum(std, 1e-6).tolist())
-
-
 def _training_batch(scenes: list[_Scene], mean, std, config: TrainConfig,
                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     p = config.patch
@@ -563,30 +312,6 @@ def _loss(logits: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor
 
 
 # ---------------------------------------------------------------------------- validation
-
-
-def _covering_windows(scene: _Scene, first: int, end: int) -> list[Window]:
-    """Windows (<= VAL_TILE a side) covering rows ``[first, end)`` of ``scene``."""
-    cols = scene.shape[1]
-    return [Window(c0, r0, min(VAL_TILE, cols - c0), min(VAL_TILE, end - r0))
-            for r0 in range(first, end, VAL_TILE) for c0 in range(0, cols, VAL_TILE)]
-
-
-def _validation_windows(scenes: list[_Scene]) -> list[tuple[_Scene, Window]]:
-    """Windows covering each validation image or held-out strip."""
-    return [(scene, window) for scene in scenes
-            for window in _covering_windows(scene, *(scene.held_rows if scene.held_rows[1]
-                                                     else (0, scene.shape[0])))]
-
-
-def _training_windows(scenes: list[_Scene]) -> list[tuple[_Scene, Window]]:
-    """Windows covering the training rows of each scene (all but its validation strip)."""
-    out = []
-    for scene in scenes:
-        first, end = scene.held_rows
-        out += [(scene, w) for w in _covering_windows(scene, 0, first)
-                + _covering_windows(scene, end, scene.shape[0])]
-    return out
 
 
 def _scored_window(model: UNet, scene: _Scene, window: Window, mean, std,

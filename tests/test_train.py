@@ -25,6 +25,7 @@ from geounet.labels import LabelConfig, image_info, load_target
 from geounet.model import UNetConfig
 from geounet.predict import predict_raster
 from geounet.train import TrainConfig, last_paths, train_model
+from geounet.training import data
 
 SQUARES = ((10, 10), (20, 80), (70, 40), (90, 100), (100, 5))
 TINY = dict(class_names=("ground", "roof"), width=4, depth=2, patch=32, batch_size=2,
@@ -367,7 +368,7 @@ def test_hard_pixel_mining_of_large_images_looks_at_a_pixel_budget(monkeypatch):
     pred = np.ones((64, 64), bool)            # wrong everywhere: every mined pixel is hard
     scene = _memory_scene(np.zeros((64, 64), np.uint8))
     model = _FixedLogits(np.where(pred, 5.0, -5.0))
-    monkeypatch.setattr(train_module, "VAL_TILE", 32)
+    monkeypatch.setattr(data, "VAL_TILE", 32)
     monkeypatch.setattr(train_module, "MINE_PIXELS", 2 * 32 * 32)
     seen = []
     for epoch in (1, 2, 3):
@@ -413,7 +414,7 @@ def test_windowed_reads_of_large_images_train_exactly_like_in_memory(scene, tmp_
     image_path, mask_path, _, _ = scene
     config = _config(images=[image_path], labels=[mask_path], epochs=1)
     train_model(config, tmp_path / "memory.safetensors", progress=False)
-    monkeypatch.setattr(train_module, "IN_MEMORY_PIXELS", 0)
+    monkeypatch.setattr(data, "IN_MEMORY_PIXELS", 0)
     train_model(config, tmp_path / "windows.safetensors", progress=False)
     memory, windows = _weights(tmp_path / "memory.last.safetensors"), _weights(
         tmp_path / "windows.last.safetensors")

@@ -1,0 +1,13 @@
+"""Training a binary U-Net on rasters (GeoTIFF, PNG, JPEG) with raster or vector labels.
+
+The public entry points are in :mod:`geounet.train` (``TrainConfig``, ``train_model``,
+``TrainResult``, ``last_paths``). This package holds the parts, one role per module, each
+depending only on those listed before it:
+
+- :mod:`~geounet.training.config`: the run's settings (YAML keys and CLI flags) and its
+  (image, label) pairs.
+- :mod:`~geounet.training.data`: scenes (an image with its target, in memory or read by
+  window), the validation hold-out, band statistics, the windows a scene is scored in.
+
+On the CPU, the same seed and thread count give the same weights.
+"""

@@ -1,0 +1,136 @@
+"""The settings of a training run: one schema for YAML keys and CLI flags.
+
+:class:`TrainConfig` is frozen and forbids unknown keys; :meth:`TrainConfig.load` reads a YAML
+file (flags given as overrides win over its keys), :meth:`TrainConfig.build` turns validation
+errors into one :class:`~geounet.errors.ConfigError` line naming each bad key. The training
+data is described here too: explicit image and label lists, then two folders paired by file
+stem, then a split file that keeps the names of one split (:meth:`TrainConfig.pairs`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from geounet.errors import ConfigError
+from geounet.labels import pair_folders, select_split
+
+Monitor = Literal["iou", "f1", "tolerant_f1"]
+LossName = Literal["bce_dice", "focal_dice", "bce"]
+
+
+class TrainConfig(BaseModel):
+    """Everything that defines a training run (YAML keys and CLI flags share these names).
+
+    Paths are relative to the working directory. Pixel sizes are in pixels of the images.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Data
+    images: list[Path] = Field(default_factory=list, description="training images")
+    labels: list[Path] = Field(default_factory=list, description="one label per image")
+    image_dir: Path | None = Field(None, description="folder of images, paired by stem")
+    label_dir: Path | None = Field(None, description="folder of labels, paired by stem")
+    split_file: Path | None = Field(None, description="lines 'NAME SPLIT'; keep `split`")
+    split: str = "train"
+    val_images: list[Path] = Field(default_factory=list)
+    val_labels: list[Path] = Field(default_factory=list)
+    val_fraction: float = Field(0.15, gt=0, lt=1)
+    bands: tuple[int, ...] | None = None
+    line_width: float = Field(3.0, ge=0, description="full width given to vector lines")
+    line_width_units: Literal["pixels", "map", "metres"] = "pixels"
+    class_names: tuple[str, str] = ("background", "foreground")
+    # Model
+    width: int = Field(16, ge=1)
+    depth: int = Field(4, ge=1)
+    bilinear: bool = True
+    # Optimisation
+    patch: int = Field(256, ge=16)
+    batch_size: int = Field(8, ge=1)
+    epochs: int = Field(20, ge=1)
+    steps_per_epoch: int = Field(100, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup: float = Field(0.05, ge=0, lt=1, description="share of steps with rising lr")
+    loss: LossName = "bce_dice"
+    pos_fraction: float = Field(0.5, ge=0, le=1)
+    hard_fraction: float = Field(0.0, ge=0, le=1, description="share of windows centred on "
+                                 "pixels the model got wrong after the previous epoch")
+    scale_range: tuple[float, float] = (0.8, 1.25)
+    brightness: float = Field(0.2, ge=0)
+    contrast: float = Field(0.2, ge=0, lt=1)
+    monitor: Monitor = "iou"
+    tolerance: float = Field(2.0, ge=0, description="pixels, for tolerant_f1")
+    patience: int | None = Field(None, ge=1)
+    max_minutes: float | None = Field(None, gt=0)
+    # Runtime
+    seed: int = 0
+    threads: int | None = Field(None, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = Field(False, description="mixed precision (CUDA only)")
+    deterministic: bool = True
+    # Stored in the checkpoint for inference
+    tile_size: int = Field(576, ge=16)
+    overlap: int = Field(64, ge=0)
+    threshold: float = Field(0.5, gt=0, lt=1)
+    source: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.patch % 2**self.depth:
+            raise ValueError(f"patch {self.patch} must be a multiple of 2**depth = "
+                             f"{2**self.depth}")
+        if not 0 < self.scale_range[0] <= self.scale_range[1]:
+            raise ValueError(f"scale_range {self.scale_range}: give 0 < low <= high")
+        if self.overlap * 2 >= self.tile_size:
+            raise ValueError(f"overlap {self.overlap} must be below half of tile_size")
+        return self
+
+    @classmethod
+    def load(cls, path: str | Path, **overrides: Any) -> TrainConfig:
+        """Read a YAML config; ``overrides`` (e.g. from CLI flags) win over its keys."""
+        import yaml
+
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: cannot read the YAML config ({exc})") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: a training config is a mapping of keys to values")
+        return cls.build({**raw, **overrides}, origin=str(path))
+
+    @classmethod
+    def build(cls, values: dict[str, Any], origin: str = "config") -> TrainConfig:
+        """Validate ``values``; errors become one :class:`ConfigError` line per bad key."""
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}"
+                                 for e in exc.errors())
+            raise ConfigError(f"{origin}: {problems}") from None
+
+    def pairs(self) -> list[tuple[Path, Path]]:
+        """Training (image, label) pairs: the lists, then the folders, then the split file."""
+        if len(self.images) != len(self.labels):
+            raise ConfigError(f"give one label per image ({len(self.images)} images, "
+                              f"{len(self.labels)} labels)")
+        pairs = list(zip(self.images, self.labels))
+        if (self.image_dir is None) != (self.label_dir is None):
+            raise ConfigError("give both image_dir and label_dir (or neither)")
+        if self.image_dir is not None and self.label_dir is not None:
+            pairs += pair_folders(self.image_dir, self.label_dir)
+        pairs = select_split(pairs, self.split_file, self.split)
+        if not pairs:
+            raise ConfigError("no training pairs: give images and labels, or image_dir and "
+                              "label_dir" + (f" with names in split {self.split!r} of "
+                                             f"{self.split_file}" if self.split_file else ""))
+        return pairs
+
+    def val_pairs(self) -> list[tuple[Path, Path]]:
+        """Explicit validation (image, label) pairs (none: validation is held out)."""
+        if len(self.val_images) != len(self.val_labels):
+            raise ConfigError("give one val_label per val_image")
+        return list(zip(self.val_images, self.val_labels))
