@@ -42,8 +42,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from rasterio.windows import Window
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
@@ -51,22 +49,20 @@ from tqdm import tqdm
 from geounet import __version__
 from geounet.checkpoint import ModelMetadata, load_checkpoint, save_checkpoint
 from geounet.errors import ConfigError, InputError
-from geounet.io import normalize
-from geounet.labels import IGNORE
-from geounet.metrics import Counts, count, within
 from geounet.model import UNet, UNetConfig, resolve_device
 from geounet.outputs import atomic_path, first_line
 from geounet.training.config import TrainConfig
 from geounet.training.data import Scene as _Scene
 from geounet.training.data import band_statistics as _band_statistics
 from geounet.training.data import load_data as _load_data
-from geounet.training.data import training_windows as _training_windows
 from geounet.training.data import validation_windows as _validation_windows
+from geounet.training.losses import loss as _loss
+from geounet.training.sampler import mine_hard_pixels as _mine_hard_pixels
+from geounet.training.sampler import training_batch as _training_batch
+from geounet.training.validation import validate as _validate
 
 log = logging.getLogger(__name__)
 
-MINE_PIXELS = 16 * 2**20          # hard-pixel mining looks at most at this many pixels an epoch
-MAX_HARD = 2**16                  # hard pixels kept per image (a random sample beyond)
 STATE_FORMAT = "geounet-train-state"
 # Keys a resumed run may change; any other difference from the saved run is refused.
 RESUMABLE_CHANGES = {"epochs", "patience", "max_minutes", "threads", "device", "source"}
@@ -168,7 +164,7 @@ def _fit(config: TrainConfig, output: Path, train: list[_Scene], val: list[_Scen
             bar.update()
             bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
         epoch += 1
-        scores = _validate(model, val, val_windows, mean, std, config, device)
+        scores = _validate(model, val_windows, mean, std, config, device)
         seconds += time.perf_counter() - start
         history.append({"epoch": epoch, "loss": float(np.mean(losses)), **scores,
                         "seconds": seconds})
@@ -231,153 +227,6 @@ def _learning_rate(config: TrainConfig, step: int, total: int) -> float:
     progress = (step - warm) / max(1, total - warm)
     return config.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
-
-def _training_batch(scenes: list[_Scene], mean, std, config: TrainConfig,
-                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    p = config.patch
-    xs, ys = [], []
-    low, high = np.log(config.scale_range[0]), np.log(config.scale_range[1])
-    hard_counts = np.array([len(s.hard) for s in scenes], dtype=np.float64)
-    hard_total = hard_counts.sum()
-    for _ in range(config.batch_size):
-        on_hard = hard_total > 0 and rng.random() < config.hard_fraction
-        if on_hard:  # images weighted by how much the model got wrong in them
-            scene = scenes[rng.choice(len(scenes), p=hard_counts / hard_total)]
-        else:
-            scene = scenes[rng.integers(len(scenes))]
-        rows, cols = scene.shape
-        size = min(int(round(p * np.exp(rng.uniform(low, high)))), cols,
-                   max(scene.held_rows[0], rows - scene.held_rows[1]))
-        if on_hard:
-            centres = scene.hard
-        elif len(scene.positives) and rng.random() < config.pos_fraction:
-            centres = scene.positives
-        else:
-            centres = None
-        r0, c0 = _window_origin(scene, size, centres, rng)
-        window = Window(c0, r0, size, size)
-        data, valid = scene.read(window)
-        x = normalize(data, valid, mean, std)
-        x = x * rng.uniform(1 - config.contrast, 1 + config.contrast) \
-            + rng.uniform(-config.brightness, config.brightness)
-        y = scene.target[r0 : r0 + size, c0 : c0 + size].copy()
-        y[~valid] = IGNORE
-        if size != p:
-            x = F.interpolate(torch.from_numpy(np.ascontiguousarray(x))[None], size=(p, p),
-                              mode="bilinear", align_corners=False)[0].numpy()
-            y = F.interpolate(torch.from_numpy(y)[None, None], size=(p, p),
-                              mode="nearest-exact")[0, 0].numpy()
-        k = int(rng.integers(4))
-        x, y = np.rot90(x, k, axes=(1, 2)), np.rot90(y, k)
-        if rng.random() < 0.5:
-            x, y = x[:, :, ::-1], y[:, ::-1]
-        xs.append(np.ascontiguousarray(x, dtype=np.float32))
-        ys.append(np.ascontiguousarray(y))
-    return np.stack(xs), np.stack(ys)
-
-
-def _window_origin(scene: _Scene, size: int, centres: np.ndarray | None,
-                   rng: np.random.Generator) -> tuple[int, int]:
-    """Top-left of a ``size`` window clear of the validation strip, holding one of the
-    ``centres`` (row, col) pixels if given, else anywhere."""
-    rows, cols = scene.shape
-    while True:  # rejection sampling: most draws already miss the strip
-        if centres is not None:
-            r, c = centres[rng.integers(len(centres))]
-            r0 = int(np.clip(r - rng.integers(size), 0, rows - size))
-            c0 = int(np.clip(c - rng.integers(size), 0, cols - size))
-        else:
-            r0 = int(rng.integers(0, rows - size + 1))
-            c0 = int(rng.integers(0, cols - size + 1))
-        if scene.clear_of_validation(r0, size):
-            return r0, c0
-
-
-def _loss(logits: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
-    """BCE (or focal, gamma 2) + soft Dice of the foreground; IGNORE pixels count nowhere."""
-    logits = logits[:, 0]
-    keep = target != IGNORE
-    truth = (target == 1).float()
-    bce = F.binary_cross_entropy_with_logits(logits, truth, reduction="none")
-    if kind == "focal_dice":
-        p_true = torch.exp(-bce)
-        bce = (1 - p_true) ** 2 * bce
-    pixel = bce[keep].mean() if keep.any() else logits.sum() * 0
-    if kind == "bce":
-        return pixel
-    prob = torch.sigmoid(logits) * keep
-    inter = (prob * truth).sum()
-    dice = 1 - (2 * inter + 1) / (prob.sum() + (truth * keep).sum() + 1)
-    return pixel + dice
-
-
-# ---------------------------------------------------------------------------- validation
-
-
-def _scored_window(model: UNet, scene: _Scene, window: Window, mean, std,
-                   device: torch.device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Foreground probability, target and labelled-and-valid pixels of one window."""
-    data, valid = scene.read(window)
-    x = torch.from_numpy(normalize(data, valid, mean, std))[None].to(device)
-    prob = torch.sigmoid(model(x)[0, 0].float()).cpu().numpy()
-    rows, cols = window.toslices()
-    target = scene.target[rows, cols]
-    return prob, target, valid & (target != IGNORE)
-
-
-def _mine_hard_pixels(model: UNet, scenes: list[_Scene], mean, std, config: TrainConfig,
-                      device: torch.device, epoch: int) -> None:
-    """Set each scene's ``hard`` pixels: where the model is wrong beyond the tolerance.
-
-    False positives farther than ``tolerance`` from the foreground and foreground pixels
-    farther than it from any prediction, over the training rows (at most MINE_PIXELS an
-    epoch, in random windows beyond that); at most MAX_HARD per scene. Its random choices
-    depend only on the seed and epoch, so a resumed run mines the same pixels.
-    """
-    rng = np.random.default_rng([config.seed, epoch])
-    windows = _training_windows(scenes)
-    order = rng.permutation(len(windows))
-    budget, chosen = MINE_PIXELS, []
-    for index in order:
-        area = windows[index][1].width * windows[index][1].height
-        if area <= budget or not chosen:
-            chosen.append(index)
-            budget -= area
-    found: dict[int, list[np.ndarray]] = {id(s): [] for s in scenes}
-    model.eval()
-    with torch.inference_mode():
-        for index in sorted(chosen):
-            scene, window = windows[index]
-            prob, target, keep = _scored_window(model, scene, window, mean, std, device)
-            pred, truth = (prob > config.threshold) & keep, (target == 1) & keep
-            wrong = (pred & ~within(truth, config.tolerance)) \
-                | (truth & ~within(pred, config.tolerance))
-            rows, cols = np.nonzero(wrong)
-            found[id(scene)].append(np.stack([rows + window.row_off,
-                                              cols + window.col_off], axis=1))
-    for scene in scenes:
-        hard = np.concatenate(found[id(scene)]) if found[id(scene)] \
-            else np.zeros((0, 2), np.int64)
-        if len(hard) > MAX_HARD:
-            hard = hard[np.sort(rng.choice(len(hard), MAX_HARD, replace=False))]
-        scene.hard = hard
-    log.info("epoch %d: %d hard pixels mined in %d windows", epoch,
-             sum(len(s.hard) for s in scenes), len(chosen))
-
-
-def _validate(model: UNet, scenes: list[_Scene], windows, mean, std, config: TrainConfig,
-              device: torch.device) -> dict[str, float]:
-    """Pixel and tolerant scores of the foreground over all validation windows, pooled."""
-    model.eval()
-    total = Counts()
-    with torch.inference_mode():
-        for scene, window in windows:
-            prob, target, keep = _scored_window(model, scene, window, mean, std, device)
-            total += count(prob > config.threshold, target == 1, config.tolerance, keep)
-    pixel, tolerant = total.pixel(), total.tolerant()
-    scores = {"iou": pixel.iou, "precision": pixel.precision, "recall": pixel.recall,
-              "f1": pixel.f1, "tolerant_f1": tolerant.f1}
-    return {k: 0.0 if math.isnan(v) else v for k, v in scores.items()}
 
 
 # ---------------------------------------------------------------------------- resume

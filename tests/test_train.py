@@ -21,11 +21,12 @@ import geounet.train as train_module
 from geounet.checkpoint import load_checkpoint, read_metadata
 from geounet.cli import main
 from geounet.errors import ConfigError, InputError
-from geounet.labels import LabelConfig, image_info, load_target
+from geounet.labels import IGNORE, LabelConfig, image_info, load_target
 from geounet.model import UNetConfig
 from geounet.predict import predict_raster
 from geounet.train import TrainConfig, last_paths, train_model
-from geounet.training import data
+from geounet.training import data, sampler
+from geounet.training.losses import loss as training_loss
 
 SQUARES = ((10, 10), (20, 80), (70, 40), (90, 100), (100, 5))
 TINY = dict(class_names=("ground", "roof"), width=4, depth=2, patch=32, batch_size=2,
@@ -311,11 +312,11 @@ def test_losses_ignore_unlabelled_pixels(kind):
     target[:, :3] = 255                                   # unlabelled rows
     changed = logits.clone()
     changed[:, :, :3] = 50.0                              # whatever the model says there
-    loss = train_module._loss(logits, target, kind)
+    loss = training_loss(logits, target, kind)
     assert torch.isfinite(loss) and loss > 0
-    assert train_module._loss(changed, target, kind) == pytest.approx(loss.item(), rel=1e-6)
+    assert training_loss(changed, target, kind) == pytest.approx(loss.item(), rel=1e-6)
     perfect = torch.where(target[:, None] == 1, 20.0, -20.0)
-    assert train_module._loss(perfect, target, kind) < loss
+    assert training_loss(perfect, target, kind) < loss
 
 
 def _drop_from_saved_config(state_path, key):
@@ -340,7 +341,7 @@ class _FixedLogits(torch.nn.Module):
 
 def _memory_scene(target, held_rows=(0, 0), value=0.0):
     rows, cols = target.shape
-    return train_module._Scene(Path(f"scene{value}"), None, (1,), target,
+    return data.Scene(Path(f"scene{value}"), None, (1,), target,
                                np.full((1, rows, cols), value, np.float32),
                                np.ones((rows, cols), bool), held_rows)
 
@@ -348,15 +349,15 @@ def _memory_scene(target, held_rows=(0, 0), value=0.0):
 def test_hard_pixels_are_the_errors_beyond_the_tolerance():
     target = np.zeros((64, 64), np.uint8)
     target[:, 10] = 1
-    target[0:4, 30:34] = train_module.IGNORE
+    target[0:4, 30:34] = IGNORE
     pred = np.zeros((64, 64), bool)
     pred[:50, 11] = True          # one pixel beside the truth: within the 2 px tolerance
     pred[40:44, 40:44] = True     # a false positive far from any truth
     pred[0:4, 30:34] = True       # unlabelled pixels are never wrong
     scene = _memory_scene(target, held_rows=(56, 64))  # rows 56-63 are for validation
     model = _FixedLogits(np.where(pred, 5.0, -5.0))
-    train_module._mine_hard_pixels(model, [scene], (0.0,), (1.0,), _config(), torch.device("cpu"),
-                                   epoch=1)
+    sampler.mine_hard_pixels(model, [scene], (0.0,), (1.0,), _config(), torch.device("cpu"),
+                             epoch=1)
     blob = {(r, c) for r in range(40, 44) for c in range(40, 44)}
     # Truth from row 51 on is more than 2 px from the last predicted pixel (49, 11).
     missed = {(r, 10) for r in range(51, 56)}
@@ -369,11 +370,11 @@ def test_hard_pixel_mining_of_large_images_looks_at_a_pixel_budget(monkeypatch):
     scene = _memory_scene(np.zeros((64, 64), np.uint8))
     model = _FixedLogits(np.where(pred, 5.0, -5.0))
     monkeypatch.setattr(data, "VAL_TILE", 32)
-    monkeypatch.setattr(train_module, "MINE_PIXELS", 2 * 32 * 32)
+    monkeypatch.setattr(sampler, "MINE_PIXELS", 2 * 32 * 32)
     seen = []
     for epoch in (1, 2, 3):
-        train_module._mine_hard_pixels(model, [scene], (0.0,), (1.0,), _config(),
-                                       torch.device("cpu"), epoch)
+        sampler.mine_hard_pixels(model, [scene], (0.0,), (1.0,), _config(),
+                                 torch.device("cpu"), epoch)
         windows = {(r // 32, c // 32) for r, c in scene.hard.tolist()}
         assert len(scene.hard) == 2 * 32 * 32 and len(windows) == 2
         seen.append(windows)
@@ -386,13 +387,12 @@ def test_hard_windows_hold_a_hard_pixel_of_the_images_that_have_them():
     scenes = [_memory_scene(dark, value=0.0), _memory_scene(bright, value=1.0)]
     scenes[1].hard = np.array([[60, 70]])
     config = _config(hard_fraction=1.0, scale_range=(1.0, 1.0), batch_size=16)
-    x, y = train_module._training_batch(scenes, (0.0,), (1.0,), config,
-                                        np.random.default_rng(0))
+    x, y = sampler.training_batch(scenes, (0.0,), (1.0,), config, np.random.default_rng(0))
     assert (x.reshape(16, -1).min(axis=1) > 0.5).all()   # all from the bright image
     assert (y.reshape(16, -1).sum(axis=1) >= 1).all()     # each holds the hard pixel
     for _ in range(200):
-        r0, c0 = train_module._window_origin(scenes[1], 32, scenes[1].hard,
-                                             np.random.default_rng(_))
+        r0, c0 = sampler.window_origin(scenes[1], 32, scenes[1].hard,
+                                       np.random.default_rng(_))
         assert r0 <= 60 < r0 + 32 and c0 <= 70 < c0 + 32
 
 

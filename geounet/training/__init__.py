@@ -8,6 +8,10 @@ depending only on those listed before it:
   (image, label) pairs.
 - :mod:`~geounet.training.data`: scenes (an image with its target, in memory or read by
   window), the validation hold-out, band statistics, the windows a scene is scored in.
+- :mod:`~geounet.training.losses`: the training losses by name.
+- :mod:`~geounet.training.validation`: scoring the model on windows of scenes.
+- :mod:`~geounet.training.sampler`: random training windows, their augmentation and the
+  mining of hard pixels they may be centred on.
 
 On the CPU, the same seed and thread count give the same weights.
 """
