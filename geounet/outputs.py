@@ -162,7 +162,9 @@ def temporary_owner(name: str, output_name: str) -> tuple[str, int] | None:
     """``(host, pid)`` of the process that made ``name`` as a temporary of ``output_name``
     (both plain file names), or ``None`` when ``name`` is not one of ours."""
     prefix = f".{output_name}.{TEMP_MARK}"
-    if name.startswith("." + prefix):   # a temporary of a temporary (e.g. of a kept mask)
+    # A temporary of a temporary (of a kept mask, a Dask region, the compact rewrite of
+    # either) has one more leading dot per level.
+    while not name.startswith(prefix) and name.startswith(".."):
         name = name[1:]
     if not name.startswith(prefix):
         return None
@@ -233,7 +235,7 @@ def atomic_outputs(paths: Sequence[Path | None]) -> Iterator[list[Path | None]]:
                     _check_complete(tmp)
             for tmp, final in zip(temps, finals):
                 if tmp is not None and final is not None:
-                    _rename_parts(tmp, final)
+                    rename_parts(tmp, final)
         except Exception as exc:  # noqa: BLE001 - write errors come in many types
             bad = _failed_output(exc, temps, finals)
             if isinstance(exc, GeoUNetError) or bad is None:
@@ -254,9 +256,9 @@ def atomic_path(path: Path) -> Iterator[Path]:
         yield tmp
 
 
-def _rename_parts(tmp: Path, final: Path) -> None:
-    """Rename a temporary and its Shapefile sidecars (if any) onto ``final``'s names: the
-    sidecars first, the main file last (it is what readers open)."""
+def rename_parts(tmp: Path, final: Path) -> None:
+    """Rename a complete temporary and its Shapefile sidecars (if any) onto ``final``'s
+    names: the sidecars first, the main file last (it is what readers open)."""
     pairs = list(zip(output_parts(tmp), output_parts(final)))
     for source, target in pairs[1:] + pairs[:1]:
         if source.exists():

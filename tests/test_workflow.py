@@ -250,6 +250,20 @@ def test_an_interrupted_item_is_redone_and_its_temporaries_removed(batch, tmp_pa
     assert not [p for p in out.iterdir() if ".geounet-" in p.name]
 
 
+def test_temporaries_of_temporaries_of_any_depth_are_removed(batch, tmp_path):
+    """Without a mask output, the vectors' mask is a temporary; predict writes it through a
+    temporary of its own and rewrites that compactly through a third: a run killed then
+    leaves ``.s0.gpkg.geounet-*``, ``..s0.gpkg.geounet-*`` and ``...s0.gpkg.geounet-*``."""
+    out = tmp_path / "out"
+    out.mkdir()
+    kept_mask = temporary_sibling(out / "s0.gpkg", ".tif")
+    written = temporary_sibling(kept_mask)
+    compact = temporary_sibling(written)
+    assert compact.name.startswith("...s0.gpkg.geounet-")
+    run_workflow(load_workflow(batch("  mask: null\n")), progress=False)
+    assert not [p.name for p in out.iterdir() if ".geounet-" in p.name]
+
+
 def test_foreign_files_are_not_overwritten_unless_always(batch, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
