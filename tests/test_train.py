@@ -17,7 +17,6 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from shapely.geometry import LineString, box
 
-import geounet.train as train_module
 from geounet.checkpoint import load_checkpoint, read_metadata
 from geounet.cli import main
 from geounet.errors import ConfigError, InputError
@@ -25,7 +24,7 @@ from geounet.labels import IGNORE, LabelConfig, image_info, load_target
 from geounet.model import UNetConfig
 from geounet.predict import predict_raster
 from geounet.train import TrainConfig, last_paths, train_model
-from geounet.training import data, sampler
+from geounet.training import data, loop, sampler
 from geounet.training.losses import loss as training_loss
 
 SQUARES = ((10, 10), (20, 80), (70, 40), (90, 100), (100, 5))
@@ -147,7 +146,7 @@ def test_a_killed_run_resumes_to_the_same_result(scene, tmp_path, monkeypatch, h
                      hard_fraction=hard_fraction)
     unbroken = train_model(config, tmp_path / "whole.safetensors", progress=False)
 
-    validate, calls = train_module._validate, []
+    validate, calls = loop.validate, []
 
     def killed_in_epoch_three(*args, **kwargs):
         calls.append(1)
@@ -156,10 +155,10 @@ def test_a_killed_run_resumes_to_the_same_result(scene, tmp_path, monkeypatch, h
         return validate(*args, **kwargs)
 
     out = tmp_path / "broken.safetensors"
-    monkeypatch.setattr(train_module, "_validate", killed_in_epoch_three)
+    monkeypatch.setattr(loop, "validate", killed_in_epoch_three)
     with pytest.raises(KeyboardInterrupt):
         train_model(config, out, progress=False)
-    monkeypatch.setattr(train_module, "_validate", validate)
+    monkeypatch.setattr(loop, "validate", validate)
     assert read_metadata(last_paths(out)[0]).source["epoch"] == 2
     if not hard_fraction:  # a state saved before hard_fraction existed still resumes
         _drop_from_saved_config(last_paths(out)[1], "hard_fraction")

@@ -12,6 +12,10 @@ depending only on those listed before it:
 - :mod:`~geounet.training.validation`: scoring the model on windows of scenes.
 - :mod:`~geounet.training.sampler`: random training windows, their augmentation and the
   mining of hard pixels they may be centred on.
+- :mod:`~geounet.training.state`: the last checkpoint and the optimizer/RNG state beside it,
+  written every epoch and checked before a run resumes from it.
+- :mod:`~geounet.training.loop`: the epochs: learning-rate schedule, steps, validation,
+  checkpoints, stopping.
 
 On the CPU, the same seed and thread count give the same weights.
 """
