@@ -25,9 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,7 @@ import rasterio
 from rasterio.io import DatasetReader, DatasetWriter
 
 from geounet.io import RasterInfo
-from geounet.outputs import says_write_failed, temporary_sibling
+from geounet.outputs import check_tiff_complete, raise_write_errors, temporary_sibling
 
 CLASS_NAMES_TAG = "GEOUNET_CLASS_NAMES"
 LEGACY_CLASSES_TAG = "GEOUNET_CLASSES"
@@ -137,38 +136,13 @@ def metres_per_unit(crs: Any) -> float | None:
     return float(crs.axis_info[0].unit_conversion_factor or 1.0)
 
 
-# -- checking what was written -------------------------------------------------------------
-_COLLECTED: list[list[str]] = []   # the lists of the gdal_write_errors blocks now open
-
-
-def raise_write_errors(errors: list[str] | None = None) -> None:
-    """Raise OSError with the first write error GDAL signalled (only logged, e.g. a failed
-    flush when a dataset closed) in ``errors``, or in the innermost open
-    :func:`gdal_write_errors` block."""
-    errors = errors if errors is not None else (_COLLECTED[-1] if _COLLECTED else [])
-    if errors:
-        raise OSError(errors[0])
-
-
-class _WriteErrors(logging.Handler):
-    """Collects the write errors GDAL signals without rasterio raising them."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        found = re.search(r"GDAL signalled an error: .*msg='(.*)'", record.getMessage())
-        if found and says_write_failed(found.group(1)):
-            self.messages.append(found.group(1))
-
-
 def silence_libtiff_stderr() -> int:
     """Stop libtiff printing errors straight to stderr; return in how many libtiffs.
 
     GDAL reports a failed TIFF write through its own error handler (which rasterio turns into
-    an exception and :func:`gdal_write_errors` hears), but some of libtiff's messages, such
-    as ``_tiffWriteProc: No space left on device.`` on a full disk, reach libtiff's global
+    an exception and :func:`geounet.outputs.gdal_write_errors` hears), but some of libtiff's
+    messages, such as ``_tiffWriteProc: No space left on device.`` on a full disk, reach
+    libtiff's global
     handler, which prints them raw, once per block. Unsetting that handler in every libtiff
     this process loaded (GDAL's, and Pillow's beside it; Linux only) leaves GDAL's report as
     the only one.
@@ -192,48 +166,3 @@ def silence_libtiff_stderr() -> int:
         set_handler(None)
         done += 1
     return done
-
-
-@contextlib.contextmanager
-def gdal_write_errors() -> Iterator[list[str]]:
-    """Within a rasterio environment, yield the list of GDAL write errors signalled in it.
-
-    rasterio raises on failed block writes but only logs (at INFO) what fails when a dataset
-    is closed, such as flushing its last blocks to a full disk.
-    """
-    logger = logging.getLogger("rasterio._env")
-    saved = logger.level, logger.propagate
-    if not logger.isEnabledFor(logging.INFO):  # hear INFO records without showing them
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
-    handler = _WriteErrors()
-    logger.addHandler(handler)
-    _COLLECTED.append(handler.messages)
-    try:
-        with rasterio.Env():
-            yield handler.messages
-    finally:
-        _COLLECTED.remove(handler.messages)
-        logger.removeHandler(handler)
-        logger.setLevel(saved[0])
-        logger.propagate = saved[1]
-
-
-def check_tiff_complete(path: Path) -> None:
-    """Raise OSError if the GeoTIFF at ``path`` misses a block (a write that failed silently,
-    as GDAL's short writes on a full disk can be): every block must lie inside the file.
-    Files that are not TIFFs are not checked."""
-    try:
-        with open(path, "rb") as file:
-            if file.read(4) not in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-                return
-    except IsADirectoryError:
-        return
-    size = path.stat().st_size
-    with rasterio.open(path) as src:
-        for band in src.indexes:
-            for (row, col), _ in src.block_windows(band):
-                offset, length = (src.get_tag_item(f"BLOCK_{what}_{col}_{row}", "TIFF", band)
-                                  for what in ("OFFSET", "SIZE"))
-                if not offset or not length or int(offset) + int(length) > size:
-                    raise OSError(f"the write of block ({col}, {row}) of band {band} failed")

@@ -34,6 +34,8 @@ import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import rasterio
+
 from geounet.errors import ConfigError, GeoUNetError, OutputError
 
 log = logging.getLogger(__name__)
@@ -224,8 +226,6 @@ def atomic_outputs(paths: Sequence[Path | None]) -> Iterator[list[Path | None]]:
     remove_stale_temporaries([p for p in finals if p is not None])
     temps = [temporary_sibling(p, create=False) if p is not None else None for p in finals]
     try:
-        from geounet.geotiff import gdal_write_errors, raise_write_errors
-
         try:
             with gdal_write_errors() as errors:
                 yield temps
@@ -269,8 +269,6 @@ def rename_parts(tmp: Path, final: Path) -> None:
 
 
 def _check_complete(tmp: Path) -> None:
-    from geounet.geotiff import check_tiff_complete
-
     check_tiff_complete(tmp)
 
 
@@ -330,3 +328,74 @@ def write_failed(path: Path, exc: BaseException) -> OutputError:
                            "there, free some space or choose another folder")
     return OutputError(f"{path}: could not be written: the write failed ({cause}); "
                        "nothing was changed there")
+
+
+# -- checking what was written -------------------------------------------------------------
+_COLLECTED: list[list[str]] = []   # the lists of the gdal_write_errors blocks now open
+
+
+def raise_write_errors(errors: list[str] | None = None) -> None:
+    """Raise OSError with the first write error GDAL signalled (only logged, e.g. a failed
+    flush when a dataset closed) in ``errors``, or in the innermost open
+    :func:`gdal_write_errors` block."""
+    errors = errors if errors is not None else (_COLLECTED[-1] if _COLLECTED else [])
+    if errors:
+        raise OSError(errors[0])
+
+
+class _WriteErrors(logging.Handler):
+    """Collects the write errors GDAL signals without rasterio raising them."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        found = re.search(r"GDAL signalled an error: .*msg='(.*)'", record.getMessage())
+        if found and says_write_failed(found.group(1)):
+            self.messages.append(found.group(1))
+
+
+@contextlib.contextmanager
+def gdal_write_errors() -> Iterator[list[str]]:
+    """Within a rasterio environment, yield the list of GDAL write errors signalled in it.
+
+    rasterio raises on failed block writes but only logs (at INFO) what fails when a dataset
+    is closed, such as flushing its last blocks to a full disk.
+    """
+    logger = logging.getLogger("rasterio._env")
+    saved = logger.level, logger.propagate
+    if not logger.isEnabledFor(logging.INFO):  # hear INFO records without showing them
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    handler = _WriteErrors()
+    logger.addHandler(handler)
+    _COLLECTED.append(handler.messages)
+    try:
+        with rasterio.Env():
+            yield handler.messages
+    finally:
+        _COLLECTED.remove(handler.messages)
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+
+
+def check_tiff_complete(path: Path) -> None:
+    """Raise OSError if the GeoTIFF at ``path`` misses a block (a write that failed silently,
+    as GDAL's short writes on a full disk can be): every block must lie inside the file.
+    Files that are not TIFFs are not checked."""
+    try:
+        with open(path, "rb") as file:
+            if file.read(4) not in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+                return
+    except IsADirectoryError:
+        return
+    size = path.stat().st_size
+    with rasterio.open(path) as src:
+        for band in src.indexes:
+            for (row, col), _ in src.block_windows(band):
+                offset, length = (src.get_tag_item(f"BLOCK_{what}_{col}_{row}", "TIFF", band)
+                                  for what in ("OFFSET", "SIZE"))
+                if not offset or not length or int(offset) + int(length) > size:
+                    raise OSError(f"the write of block ({col}, {row}) of band {band} failed")
