@@ -31,10 +31,12 @@ from pyproj.exceptions import ProjError
 from rasterio import Affine
 
 from geounet.errors import ConfigError, InputError
-from geounet.outputs import atomic_outputs, write_failed
+from geounet.outputs import (
+    atomic_outputs,
+    vector_format,  # noqa: F401 - TODO: vectorize imports it from here
+    write_failed,
+)
 
-FORMATS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON",
-           ".shp": "ESRI Shapefile", ".parquet": "Parquet"}
 # Attribute columns and their Arrow types.
 POLYGON_FIELDS = {"feature_id": pa.int64(), "class_id": pa.int32(), "class_name": pa.string(),
                   "area_m2": pa.float64(), "perim_m": pa.float64()}
@@ -58,30 +60,6 @@ WGS84 = CRS.from_epsg(4326)
 def polygon_fields(score: bool, linear: bool) -> dict[str, pa.DataType]:
     """The polygon layer's columns: with mean probability and/or centerline measures."""
     return POLYGON_FIELDS | (SCORE_FIELDS if score else {}) | (LINEAR_FIELDS if linear else {})
-
-
-def vector_format(path: Path, name: str | None = None) -> str:
-    """The driver for ``path`` from ``name`` (a --format value) or the extension."""
-    by_extension = FORMATS.get(path.suffix.lower())
-    if not name:
-        if by_extension is None:
-            raise ConfigError(f"{path}: cannot tell the format from {path.suffix!r}; use one "
-                              f"of {', '.join(FORMATS)} or --format")
-        return by_extension
-    by_name = {v.lower(): v for v in FORMATS.values()} | {
-        "gpkg": "GPKG", "shapefile": "ESRI Shapefile", "shp": "ESRI Shapefile",
-        "geoparquet": "Parquet"}
-    if name.lower() not in by_name:
-        raise ConfigError(f"unknown vector format {name!r}; choose gpkg, geojson, "
-                          "shapefile or parquet")
-    driver = by_name[name.lower()]
-    wanted = ".shp" if driver == "ESRI Shapefile" else None
-    if (by_extension is not None and by_extension != driver) or (
-            wanted and path.suffix.lower() != wanted):
-        extension = wanted or next(e for e, d in FORMATS.items() if d == driver)
-        raise ConfigError(f"{path}: the name's extension does not match the format {name!r}; "
-                          f"name the file {path.with_suffix(extension).name}")
-    return driver
 
 
 def check_layer_crs(path: Path | None, driver: str | None, crs: CRS | None) -> None:

@@ -47,6 +47,9 @@ TEMP_MARK = "geounet-"
 # Files a GDAL driver may write beside a temporary (removed with it on failure).
 SHAPEFILE_SIDECARS = (".shx", ".dbf", ".prj", ".cpg")
 GDAL_SIDECARS = (".aux.xml", ".ovr", "-journal", "-wal", "-shm")
+# Vector formats by extension (GDAL driver names).
+FORMATS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON",
+           ".shp": "ESRI Shapefile", ".parquet": "Parquet"}
 _HOST = f"{zlib.crc32(socket.gethostname().encode()) & 0xFFFF:04x}"
 _TEMP_REST = re.compile(r"^([0-9a-f]{4})-(\d+)-[0-9a-f]{8}(\.[^/]*)?$")
 
@@ -61,6 +64,30 @@ def output_parts(path: Path) -> list[Path]:
     upper = path.suffix == ".SHP"
     return [path] + [path.with_suffix(ext.upper() if upper else ext)
                      for ext in SHAPEFILE_SIDECARS]
+
+
+def vector_format(path: Path, name: str | None = None) -> str:
+    """The driver for ``path`` from ``name`` (a --format value) or the extension."""
+    by_extension = FORMATS.get(path.suffix.lower())
+    if not name:
+        if by_extension is None:
+            raise ConfigError(f"{path}: cannot tell the format from {path.suffix!r}; use one "
+                              f"of {', '.join(FORMATS)} or --format")
+        return by_extension
+    by_name = {v.lower(): v for v in FORMATS.values()} | {
+        "gpkg": "GPKG", "shapefile": "ESRI Shapefile", "shp": "ESRI Shapefile",
+        "geoparquet": "Parquet"}
+    if name.lower() not in by_name:
+        raise ConfigError(f"unknown vector format {name!r}; choose gpkg, geojson, "
+                          "shapefile or parquet")
+    driver = by_name[name.lower()]
+    wanted = ".shp" if driver == "ESRI Shapefile" else None
+    if (by_extension is not None and by_extension != driver) or (
+            wanted and path.suffix.lower() != wanted):
+        extension = wanted or next(e for e, d in FORMATS.items() if d == driver)
+        raise ConfigError(f"{path}: the name's extension does not match the format {name!r}; "
+                          f"name the file {path.with_suffix(extension).name}")
+    return driver
 
 
 def check_outputs(outputs: Sequence[Path | None], inputs: Sequence[str | Path | None],

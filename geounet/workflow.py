@@ -275,7 +275,7 @@ def check_template(template: str) -> None:
 def check_vector_template(template: str, fmt: str | None) -> None:
     """Refuse a vector name whose extension does not say its format, or that disagrees with
     ``fmt`` (a ``vector_format`` value): every item would fail when it is written."""
-    from geounet.export import FORMATS, vector_format
+    from geounet.outputs import FORMATS, vector_format
 
     stem, extension = posixpath.splitext(template)
     sample = Path(template.format(stem="x", name="x.tif"))
@@ -294,7 +294,7 @@ def check_vector_template(template: str, fmt: str | None) -> None:
 
 def format_extension(fmt: str) -> str:
     """The file extension of a ``vector_format`` name: ``shapefile`` -> ``.shp``."""
-    from geounet.export import FORMATS, vector_format
+    from geounet.outputs import FORMATS, vector_format
 
     for extension in FORMATS:   # the first extension the format accepts
         with contextlib.suppress(ConfigError):
