@@ -130,21 +130,22 @@ def evaluate_pairs(pairs: Sequence[tuple[str | Path, str | Path]],
 
 def evaluate_model(model: str | Path, pairs: Sequence[tuple[str | Path, str | Path]],
                    config: EvaluateConfig = EvaluateConfig(), device: str = "auto",
-                   threads: int | None = None, progress: bool = False, tta: bool = False
-                   ) -> dict:
+                   threads: int | None = None, progress: bool = False, tta: bool = False,
+                   engine: str = "auto") -> dict:
     """Run ``model`` on each (image, label) pair with ``predict_raster`` (with test-time
-    augmentation if ``tta``), then score it.
+    augmentation if ``tta``, by the inference ``engine``), then score it.
 
     A binary model is scored from its probabilities (so ODS/OIS are reported too), a
     multi-class one from its class mask. Predictions go to a temporary folder.
     """
-    from geounet.checkpoint import load_checkpoint
+    from geounet.engines import load_model, model_metadata
     from geounet.predict import PredictConfig, predict_raster
 
-    loaded = load_checkpoint(model, "cpu")
-    meta = loaded[1]
+    loaded = load_model(model, "cpu")  # a checkpoint or an exported .onnx file
+    meta = model_metadata(loaded)
     binary = meta.arch.classes == 1
-    settings = PredictConfig(device=device, threads=threads, progress=False, tta=tta)
+    settings = PredictConfig(device=device, engine=engine, threads=threads, progress=False,
+                             tta=tta)
     with tempfile.TemporaryDirectory(prefix="geounet-evaluate-") as tmp:
         predicted = []
         for i, (image, label) in enumerate(tqdm(pairs, disable=not progress, desc="predict",

@@ -46,11 +46,12 @@ from rasterio.windows import Window
 from tqdm import tqdm
 
 from geounet.blend import WindowProfile, axis_overlaps, resolve_window, tile_weights
-from geounet.checkpoint import ModelMetadata, load_checkpoint
+from geounet.checkpoint import ModelMetadata
+from geounet.engines import Forward, OnnxModel, prepare
 from geounet.errors import ConfigError, InputError
 from geounet.geotiff import MASK_NODATA, describe, finish, open_output
 from geounet.io import RasterInfo, normalize, open_raster, read_masked, select_bands
-from geounet.model import UNet, logits_to_probabilities, resolve_device
+from geounet.model import UNet, resolve_device
 from geounet.outputs import atomic_outputs, check_outputs, first_line
 from geounet.tiling import Block, TileGrid
 
@@ -70,6 +71,9 @@ class PredictConfig:
         block_tiles: a block is ``block_tiles x block_tiles`` tiles (memory ~ its square).
         window: blend window name (``hann``, ``average``) or a profile function.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+        engine: what runs the forward pass: ``torch``, ``onnx`` (ONNX Runtime, CPU) or
+            ``auto`` (onnx on the CPU when installed, torch otherwise); see
+            :mod:`geounet.engines`. Probabilities agree within float noise.
         amp: mixed precision (float16 autocast) on CUDA; ignored on CPU.
         bands: 1-based input bands in model order; ``None`` uses the checkpoint's.
         threshold: foreground probability cut of a binary model.
@@ -90,6 +94,7 @@ class PredictConfig:
     block_tiles: int = 2
     window: str | WindowProfile = "hann"
     device: str = "auto"
+    engine: str = "auto"
     amp: bool = True
     bands: tuple[int, ...] | None = None
     threshold: float | None = None
@@ -126,11 +131,12 @@ class PredictResult:
     device: str
     seconds: float
     class_pixels: dict[str, int] = field(default_factory=dict)
+    engine: str = "torch"
 
 
 def predict_raster(
     input_path: str | Path,
-    model: str | Path | tuple[UNet, ModelMetadata],
+    model: str | Path | tuple[UNet, ModelMetadata] | OnnxModel,
     mask_path: str | Path | None = None,
     probabilities_path: str | Path | None = None,
     config: PredictConfig | None = None,
@@ -139,7 +145,8 @@ def predict_raster(
 
     Args:
         input_path: GeoTIFF (or any GDAL raster) of any size, band count and numeric dtype.
-        model: checkpoint path, or an already loaded ``(model, metadata)`` pair.
+        model: checkpoint or exported ``.onnx`` path, or a model loaded by
+            :func:`geounet.engines.load_model`.
         mask_path: uint8 class mask output (nodata 255), same grid, CRS and transform.
         probabilities_path: float32 output (nodata NaN): the foreground probability for a
             binary model, one band per class otherwise.
@@ -151,15 +158,13 @@ def predict_raster(
     mask_path = Path(mask_path) if mask_path is not None else None
     probabilities_path = Path(probabilities_path) if probabilities_path is not None else None
     info = open_raster(input_path)
-    inputs = [input_path] if isinstance(model, tuple) else [input_path, model]
+    inputs = [input_path, model] if isinstance(model, (str, Path)) else [input_path]
     check_outputs([mask_path, probabilities_path], inputs, config.overwrite)
 
     device = resolve_device(config.device)
-    if isinstance(model, tuple):
-        net, meta = model
-        net = net.to(device).eval()
-    else:
-        net, meta = load_checkpoint(model, device)
+    prepared = prepare(model, config.engine, device, config.threads, config.amp,
+                       config.tile_size)
+    meta = prepared.meta
     if meta.arch.classes >= MASK_NODATA:
         raise ConfigError(f"the uint8 mask holds at most {MASK_NODATA - 1} classes (255 is "
                           f"nodata); this model has {meta.arch.classes}")
@@ -173,13 +178,13 @@ def predict_raster(
         torch.set_num_threads(config.threads)
     threshold = meta.threshold if config.threshold is None else config.threshold
     log.info(
-        "%s: %dx%d px, %d tiles of %dx%d (overlap %d, %.2fx compute), bands %s, device %s",
-        info.path, info.width, info.height, grid.tile_count, grid.tile_height,
-        grid.tile_width, overlap, grid.compute_overhead, bands, device,
+        "%s: %dx%d px, %d tiles of %dx%d (overlap %d, %.2fx compute), bands %s, device %s, "
+        "engine %s", info.path, info.width, info.height, grid.tile_count, grid.tile_height,
+        grid.tile_width, overlap, grid.compute_overhead, bands, device, prepared.engine,
     )
 
     start = time.perf_counter()
-    engine = _Engine(net, meta, info, bands, grid, config, device, threshold)
+    engine = _Engine(prepared.forward, meta, info, bands, grid, config, device, threshold)
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
         engine.run(mask_path, probabilities_path)
     return PredictResult(
@@ -189,16 +194,17 @@ def predict_raster(
         tiles_skipped=engine.tiles_skipped, device=str(device),
         seconds=time.perf_counter() - start,
         class_pixels=dict(zip(engine.class_names, engine.class_pixels.tolist())),
+        engine=prepared.engine,
     )
 
 
 class _Engine:
-    """State of one streaming run: model, grid, carried accumulators, open outputs."""
+    """State of one streaming run: forward pass, grid, carried accumulators, open outputs."""
 
-    def __init__(self, net: UNet, meta: ModelMetadata, info: RasterInfo,
+    def __init__(self, forward: Forward, meta: ModelMetadata, info: RasterInfo,
                  bands: Sequence[int], grid: TileGrid, config: PredictConfig,
                  device: torch.device, threshold: float):
-        self.net, self.meta, self.info, self.bands = net, meta, info, tuple(bands)
+        self.forward, self.meta, self.info, self.bands = forward, meta, info, tuple(bands)
         self.grid, self.config, self.device, self.threshold = grid, config, device, threshold
         self.channels = meta.arch.classes
         self.profile = resolve_window(config.window)
@@ -207,7 +213,6 @@ class _Engine:
         self.class_names = list(meta.class_names)
         self.class_pixels = np.zeros(len(self.class_names), dtype=np.int64)
         self.tiles_skipped = 0
-        self.amp = config.amp and device.type == "cuda"
         self.out_info = info
         self.block_rows, self.first_row, self.out_rows = range(10**9), 0, (0, info.height)
         if config.region is not None:
@@ -345,15 +350,14 @@ class _Engine:
             bar.update(len(batch))
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities (N, C, H, W) of a batch of normalized tiles, by the engine's
+        forward pass (all of it that depends on the engine)."""
         x = torch.from_numpy(batch).to(self.device, non_blocking=True)
-        with torch.inference_mode(), torch.autocast(
-            device_type=self.device.type, dtype=torch.float16, enabled=self.amp
-        ):
+        with torch.inference_mode():
             if not self.config.tta:
-                return logits_to_probabilities(self.net(x).float()).cpu().numpy()
-            probs = sum(undo_orientation(
-                logits_to_probabilities(self.net(orient(x, turns, mirror)).float()),
-                turns, mirror) for turns in range(4) for mirror in (False, True))
+                return self.forward(x).cpu().numpy()
+            probs = sum(undo_orientation(self.forward(orient(x, turns, mirror)), turns, mirror)
+                        for turns in range(4) for mirror in (False, True))
         return (probs / 8).cpu().numpy()
 
     # -- output -----------------------------------------------------------------------

@@ -491,7 +491,7 @@ def test_failure_midway_leaves_nothing_behind(odd_rgb, checkpoint, quiet, tmp_pa
     out.mkdir()
     with pytest.raises(RuntimeError, match="simulated crash"):
         predict_raster(odd_rgb, (model, meta), out / "m.tif", out / "p.tif",
-                       quiet(batch_size=1, block_tiles=1))
+                       quiet(batch_size=1, block_tiles=1, engine="torch"))  # patched forward
     assert calls["n"] == 4  # it did fail partway, with tiles already blended
     assert not (out / "m.tif").exists() and not (out / "p.tif").exists()
     assert list(out.iterdir()) == []
@@ -522,7 +522,7 @@ def test_failure_with_overwrite_keeps_the_previous_output(odd_rgb, checkpoint, q
     _failing(model, after=2)
     with pytest.raises(RuntimeError, match="simulated crash"):
         predict_raster(odd_rgb, (model, meta), mask, None,
-                       quiet(batch_size=1, block_tiles=1, overwrite=True))
+                       quiet(batch_size=1, block_tiles=1, overwrite=True, engine="torch"))
     assert _sha(mask) == before
     assert _hidden(tmp_path) == []
 

@@ -110,6 +110,7 @@ def _register() -> None:
     from geounet.cli import (
         demo,
         evaluate,
+        export,
         info,
         predict,
         preview,
@@ -121,7 +122,7 @@ def _register() -> None:
     )
 
     for module in (predict, vectorize, train, evaluate, sample, demo, info, preview, run,
-                   schedule):
+                   schedule, export):
         main.add_command(module.command)
 
 

@@ -18,7 +18,8 @@ from geounet.outputs import atomic_path, check_output
 @click.argument("prediction", required=False, type=click.Path(path_type=Path))
 @click.argument("truth", required=False, type=click.Path(path_type=Path))
 @click.option("-m", "--model", type=click.Path(path_type=Path),
-              help="Checkpoint to run on --images instead of giving PREDICTION.")
+              help="Checkpoint (or exported .onnx) to run on --images instead of giving "
+              "PREDICTION.")
 @click.option("--images", type=click.Path(exists=True, path_type=Path),
               help="Image file or folder for --model.")
 @click.option("--labels", type=click.Path(exists=True, path_type=Path),
@@ -37,6 +38,9 @@ from geounet.outputs import atomic_path, check_output
 @click.option("--line-width-units", default="pixels", show_default=True,
               type=click.Choice(["pixels", "map", "metres"]))
 @click.option("--device", default="auto", show_default=True, help="For --model.")
+@click.option("--engine", default="auto", show_default=True,
+              type=click.Choice(["auto", "torch", "onnx"]),
+              help="For --model: forward pass by torch or ONNX Runtime, as in predict.")
 @click.option("--threads", type=click.IntRange(1), help="CPU threads for --model.")
 @click.option("--tta", is_flag=True, help="For --model: average the 8 flips/quarter turns of "
               "each tile, as `geounet predict --tta`.")
@@ -46,8 +50,8 @@ from geounet.outputs import atomic_path, check_output
 @click.option("--overwrite", is_flag=True, help="Replace an existing --output.")
 @verbosity
 def command(prediction, truth, model, images, labels, split_file, split, tolerance,
-            threshold, thresholds, line_width, line_width_units, device, threads, tta, as_json,
-            output, overwrite, quiet, verbose) -> None:
+            threshold, thresholds, line_width, line_width_units, device, engine, threads, tta,
+            as_json, output, overwrite, quiet, verbose) -> None:
     """Precision, recall, F1 and IoU per class of PREDICTION against TRUTH.
 
     PREDICTION and TRUTH are rasters or folders paired by file name; TRUTH may be vector
@@ -78,7 +82,7 @@ def command(prediction, truth, model, images, labels, split_file, split, toleran
                             LabelConfig(line_width, line_width_units))
     if model is not None:
         report = evaluate_model(model, pairs, config, device, threads, progress=not quiet,
-                                tta=tta)
+                                tta=tta, engine=engine)
     else:
         report = evaluate_pairs(pairs, config, progress=not quiet and len(pairs) > 1)
     foreground = [name for name in report["classes"] if name != _background(report)]

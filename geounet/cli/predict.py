@@ -18,7 +18,8 @@ from geounet.outputs import check_outputs, temporary_sibling
 @click.command("predict")
 @click.argument("input_path", metavar="IN.tif", type=click.Path(path_type=Path))
 @click.option("-m", "--model", required=True, type=click.Path(path_type=Path),
-              help="Checkpoint (.safetensors) from `geounet train`.")
+              help="Checkpoint (.safetensors) from `geounet train`, or an .onnx file from "
+              "`geounet export`.")
 @click.option("-o", "--output", type=click.Path(path_type=Path),
               help="Class mask GeoTIFF (uint8, nodata 255).")
 @click.option("--probabilities", type=click.Path(path_type=Path),
@@ -32,6 +33,9 @@ from geounet.outputs import check_outputs, temporary_sibling
 @click.option("--window", default="hann", show_default=True,
               type=click.Choice(["hann", "average"]), help="Blend window across overlaps.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--engine", default="auto", show_default=True,
+              type=click.Choice(["auto", "torch", "onnx"]),
+              help="Forward pass by torch or ONNX Runtime (CPU); auto: onnx on the CPU.")
 @click.option("--no-amp", is_flag=True, help="Full float32 precision on CUDA.")
 @click.option("--threshold", type=click.FloatRange(0, 1), help="Binary foreground cut.")
 @click.option("--threads", type=click.IntRange(1), help="CPU threads for the model.")
@@ -47,8 +51,8 @@ from geounet.outputs import check_outputs, temporary_sibling
 @click.pass_context
 def command(ctx: click.Context, input_path: Path, model: Path, output: Path | None,
             probabilities: Path | None, bands, tile_size, overlap, batch_size, block_tiles,
-            window, device, no_amp, threshold, threads, cog, tta, vector, as_json, overwrite,
-            quiet, verbose) -> None:
+            window, device, engine, no_amp, threshold, threads, cog, tta, vector, as_json,
+            overwrite, quiet, verbose) -> None:
     """Segment IN.tif tile by tile and write a georeferenced mask and/or probabilities.
 
     With --vector, the mask is also turned into polygons (a temporary mask is used when no
@@ -71,8 +75,8 @@ def command(ctx: click.Context, input_path: Path, model: Path, output: Path | No
                 output = temporary_sibling(vector, ".tif", create=False)
                 stack.callback(output.unlink, missing_ok=True)
         result = _predict(input_path, model, output, probabilities, bands, tile_size, overlap,
-                          batch_size, block_tiles, window, device, no_amp, threshold, threads,
-                          cog, tta, overwrite, quiet)
+                          batch_size, block_tiles, window, device, engine, no_amp, threshold,
+                          threads, cog, tta, overwrite, quiet)
         vectors = None
         if vector is not None:
             vectors = request.run(output, vector, overwrite, quiet or as_json, probabilities)
@@ -80,13 +84,15 @@ def command(ctx: click.Context, input_path: Path, model: Path, output: Path | No
 
 
 def _predict(input_path, model, output, probabilities, bands, tile_size, overlap, batch_size,
-             block_tiles, window, device, no_amp, threshold, threads, cog, tta, overwrite, quiet):
+             block_tiles, window, device, engine, no_amp, threshold, threads, cog, tta, overwrite,
+             quiet):
     from geounet.predict import PredictConfig, predict_raster  # torch: loaded on use
 
     config = PredictConfig(
         tile_size=tile_size, overlap=overlap, batch_size=batch_size, block_tiles=block_tiles,
-        window=window, device=device, amp=not no_amp, bands=bands, threshold=threshold,
-        threads=threads, cog=cog, overwrite=overwrite, progress=not quiet, tta=tta,
+        window=window, device=device, engine=engine, amp=not no_amp, bands=bands,
+        threshold=threshold, threads=threads, cog=cog, overwrite=overwrite, progress=not quiet,
+        tta=tta,
     )
     return predict_raster(input_path, model, output, probabilities, config)
 
@@ -99,16 +105,19 @@ def _summarize(result, vectors, temporary_mask: bool, as_json: bool, quiet: bool
         "probabilities": str(result.probabilities) if result.probabilities else None,
         "size": [result.width, result.height], "tiles": result.tiles,
         "tiles_skipped": result.tiles_skipped, "device": result.device,
+        "engine": result.engine,
         "seconds": round(result.seconds, 3), "class_pixels": result.class_pixels,
     }
     row = {"input": result.input.name, "size": f"{result.width}x{result.height}",
            "tiles": result.tiles, "empty": result.tiles_skipped, "device": result.device,
+           "engine": result.engine,
            "seconds": result.seconds,
            "rate": result.tiles / result.seconds if result.seconds else None,
            **{f"px:{name}": n for name, n in result.class_pixels.items()}}
     columns = [Column("input", "input", align="<"), Column("size", "size"),
                Column("tiles", "tiles"), Column("empty", "empty tiles"),
-               Column("device", "device"), Column("seconds", "seconds", fixed(1)),
+               Column("device", "device"), Column("engine", "engine"),
+               Column("seconds", "seconds", fixed(1)),
                Column("rate", "tiles/s", fixed(2))]
     columns += [Column(f"px:{name}", f"{name} px", fixed(0)) for name in result.class_pixels]
     written = [p for p in (mask, result.probabilities) if p]
