@@ -1,12 +1,18 @@
 """Running workflow items on a Dask cluster (``executor: dask``).
 
-Each input file is one task (:func:`geounet.runner.attempt_item`), so a batch spreads over the
-workers. A raster of at least ``executor.split_min_pixels`` pixels is instead split into row
+Each input file is one task (:func:`run_item`, i.e. :func:`geounet.runner.attempt_item`), so a
+batch spreads over the workers. A raster of at least ``executor.split_min_pixels`` pixels is instead split into row
 regions of the global tile grid (``executor.region_block_rows`` block rows each): every region
 is a task that computes its tiles plus the halo tiles it shares with the region above (see
 :mod:`geounet.predict`) and writes its rows to a hidden temporary GeoTIFF; one final task
 stacks the regions into the output, atomically, and vectorizes it. No two tasks ever write the
-same file, so there are no races, and the result equals a whole-raster run bit for bit.
+same file, so there are no races, and the result equals a whole-raster run byte for byte.
+
+Tasks write only into this run's staging folder (:class:`Staging`); the run, which holds the
+output folder's lock, moves an item's outputs into place and then records it. So a task that
+outlives its run (``geounet run`` killed, the scheduler lost) never writes a final output, and
+what it leaves is deleted by the next run. A task restarted after its worker died counts as
+another attempt (:class:`Attempts`); an item the cluster lost is reported in one line.
 
 Workers run one task at a time with ``workflow.threads`` torch threads (1 by default; GDAL
 compresses outputs with as many), so ``workers x threads`` never oversubscribes the cores, and
@@ -21,20 +27,25 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import secrets
+import shutil
 import time
+from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import CancelledError
 from functools import partial
 from pathlib import Path
 
 import rasterio
 from rasterio.windows import Window
 
-from geounet.errors import ConfigError, GeoUNetError
+from geounet.errors import ConfigError, GeoUNetError, OutputError
 from geounet.geotiff import MODEL_SOURCE_TAG, describe, finish, open_output, read_class_names
 from geounet.io import open_raster
-from geounet.outputs import atomic_path, temporary_sibling
+from geounet.outputs import atomic_path, rename_parts, temporary_sibling
 from geounet.runner import (
     PERMANENT,
+    STAGING,
     Item,
     ItemResult,
     attempt_item,
@@ -42,7 +53,6 @@ from geounet.runner import (
     failure_reason,
     finish_item,
     predict_config,
-    remove_stale_temporaries,
 )
 from geounet.workflow import Workflow
 
@@ -83,59 +93,195 @@ def restore_malloc_heuristics() -> bool:
 
 @contextlib.contextmanager
 def dask_executor(workflow: Workflow) -> Iterator:
-    """Start (or connect to) a cluster; yield ``(items, workflow, model_sha256) -> results``."""
+    """Start (or connect to) a cluster; yield ``(items, workflow, model_sha256) -> results``.
+
+    Dask's own log lines (reconnection attempts, with tracebacks) are silenced below ``-v``
+    and shown at ``-v`` as warnings: the run reports each item a fault cost in one line."""
     from dask.distributed import Client, LocalCluster
 
     config = workflow.executor
     cluster = None
-    if not logging.getLogger().isEnabledFor(logging.DEBUG):  # Dask's INFO chatter only with -vv
-        logging.getLogger("distributed").setLevel(logging.WARNING)
+    root = logging.getLogger()
+    dask_level = (logging.DEBUG if root.isEnabledFor(logging.DEBUG) else logging.WARNING
+                  if root.isEnabledFor(logging.INFO) else logging.CRITICAL + 1)
+    # Dask's logging config gives some loggers their own level and handler: set them all.
+    dask_logs = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
+                 if name.split(".")[0] == "distributed"]
+    previous = [(logger, logger.level) for logger in dask_logs]
+    for logger in dask_logs:
+        if logger.level != logging.NOTSET or logger.name == "distributed":
+            logger.setLevel(dask_level)
     try:
-        if config.scheduler:
-            client = Client(config.scheduler, timeout="20s")
-        else:
-            cluster = LocalCluster(n_workers=config.workers, threads_per_worker=1,
-                                   processes=config.processes, dashboard_address=None,
-                                   silence_logs=logging.WARNING)
-            client = Client(cluster)
-    except (OSError, TimeoutError) as exc:
-        if cluster is not None:
-            cluster.close()
-        raise ConfigError(f"executor.scheduler: cannot reach the Dask scheduler "
-                          f"{config.scheduler or 'LocalCluster'} ({exc})") from None
-    try:
-        client.run(prepare_worker, workflow.threads)
-        yield partial(_execute, client)
+        try:
+            if config.scheduler:
+                client = Client(config.scheduler, timeout="20s")
+            else:
+                cluster = LocalCluster(n_workers=config.workers, threads_per_worker=1,
+                                       processes=config.processes, dashboard_address=None,
+                                       silence_logs=max(dask_level, logging.WARNING))
+                client = Client(cluster)
+        except (OSError, TimeoutError) as exc:
+            if cluster is not None:
+                cluster.close()
+            raise ConfigError(f"executor.scheduler: cannot reach the Dask scheduler "
+                              f"{config.scheduler or 'LocalCluster'} ({exc})") from None
+        try:
+            client.run(prepare_worker, workflow.threads)
+            with Staging(workflow.outputs.folder) as staging:
+                yield partial(_execute, client, staging)
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
     finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+        for logger, level in previous:
+            logger.setLevel(level)
 
 
-def _execute(client, items: list[Item], workflow: Workflow,
+class Staging:
+    """This run's folder for the outputs Dask tasks write (``OUTPUTS/.geounet.staging/ID``).
+
+    Workers write an item's outputs there under their final file names (a GeoPackage's
+    layer is named after its file), and only this process, which holds the output folder's
+    lock, renames them into place once the item's result is back, then records it. A task
+    that outlives its run (the run was killed, the scheduler lost) can therefore only write
+    into a staging folder, which the next run deletes before it starts (and this run when
+    it ends); once deleted, such a task can write nothing at all, as no task makes folders.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.root = folder / STAGING / f"{os.getpid()}-{secrets.token_hex(4)}"
+
+    def __enter__(self) -> Staging:
+        self.root.mkdir(parents=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # What failed or lost tasks left; a task still running on a lost cluster may add to
+        # it afterwards: the next run removes the whole staging folder first.
+        shutil.rmtree(self.root, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.root.parent.rmdir()
+
+    def item(self, item: Item) -> Item:
+        """``item`` with its outputs in the staging folder (folders made)."""
+        outputs = {}
+        for kind, path in item.outputs.items():
+            outputs[kind] = None if path is None else self.root / path.relative_to(self.folder)
+            if path is not None:
+                outputs[kind].parent.mkdir(parents=True, exist_ok=True)
+        return Item(item.input, outputs)
+
+    def commit(self, staged: Item, item: Item) -> None:
+        """Rename every staged output of a finished item onto its final name."""
+        for kind, final in item.outputs.items():
+            source = staged.outputs[kind]
+            if final is None or source is None:
+                continue
+            if not source.is_file():
+                raise OutputError(f"{final}: the Dask task that wrote it reported success but "
+                                  f"{source} is missing; is {self.folder} on a file system "
+                                  "every worker shares?")
+            rename_parts(source, final)
+
+
+class Attempts:
+    """How many times each item's tasks were started, as the workers announce it (a task
+    that a dead worker was running is started again elsewhere, unknown to the task)."""
+
+    TOPIC = "geounet-attempt"
+
+    def __init__(self, client) -> None:
+        self.started: Counter[tuple[str, str]] = Counter()
+        client.subscribe_topic(self.TOPIC, self._seen)
+
+    def _seen(self, event: tuple[float, dict]) -> None:
+        self.started[(event[1]["input"], event[1]["task"])] += 1
+
+    def of(self, item: Item) -> int:
+        """The most attempts any one task of ``item`` started (0: none started)."""
+        name = str(item.input)
+        return max((n for (i, _), n in list(self.started.items()) if i == name), default=0)
+
+
+def announce_attempt(item: Item) -> None:
+    """Tell the client that a task of ``item`` starts an attempt (see :class:`Attempts`)."""
+    from distributed import get_worker
+
+    with contextlib.suppress(ValueError):   # not on a worker (called directly)
+        worker = get_worker()
+        worker.log_event(Attempts.TOPIC, {"input": str(item.input),
+                                          "task": str(worker.get_current_task())})
+
+
+def run_item(item: Item, workflow: Workflow, model_sha256: str) -> ItemResult:
+    """A Dask task: :func:`geounet.runner.attempt_item`, announcing each attempt."""
+    return attempt_item(item, workflow, model_sha256, partial(announce_attempt, item))
+
+
+def _execute(client, staging: Staging, items: list[Item], workflow: Workflow,
              model_sha256: str) -> Iterator[ItemResult]:
-    """Submit every item (split ones as region tasks + an assembly task); yield results."""
+    """Submit every item (split ones as region tasks + an assembly task) writing into the
+    ``staging`` folder; as each finishes, move its outputs into place; yield results."""
     from dask.distributed import as_completed
 
-    owners, futures, start = {}, [], time.perf_counter()
+    attempts = Attempts(client)
+    tasks, futures, start = {}, [], time.perf_counter()
     for item in items:
+        staged = staging.item(item)
         regions = split_regions(item, workflow)
+        parts = []
         if len(regions) > 1:
-            parts = [client.submit(predict_region, item, workflow, model_sha256, region,
+            parts = [client.submit(predict_region, staged, workflow, model_sha256, region,
                                    pure=False) for region in regions]
-            future = client.submit(assemble_regions, item, workflow, parts, pure=False)
+            future = client.submit(assemble_regions, staged, workflow, parts, pure=False)
         else:
-            future = client.submit(attempt_item, item, workflow, model_sha256, pure=False)
-        owners[future.key] = item
+            future = client.submit(run_item, staged, workflow, model_sha256, pure=False)
+        tasks[future.key] = (item, staged, parts)
         futures.append(future)
     for future in as_completed(futures):
-        item = owners[future.key]
+        item, staged, parts = tasks[future.key]
         try:
-            yield future.result()
-        except Exception as exc:  # a region that failed all its attempts
-            remove_stale_temporaries([item])
-            yield ItemResult(item.input, "failed", failure_reason(exc), 1 + workflow.retries,
-                             time.perf_counter() - start, item.outputs, None)
+            result = future.result()
+            if result.status == "done":
+                staging.commit(staged, item)
+        except Exception as exc:  # lost by the cluster, a failed region, a failed commit
+            _drop_regions(parts)
+            result = ItemResult(item.input, "failed", lost_reason(exc, workflow), 0,
+                                time.perf_counter() - start, item.outputs, None)
+        result.input, result.outputs = item.input, item.outputs
+        result.attempts = max(result.attempts, attempts.of(item))
+        yield result
+
+
+def _drop_regions(parts: list) -> None:
+    """Let the region tasks of a failed item end (they may still be writing), then delete
+    the regions they wrote; with the cluster gone, the staging folder's removal does it."""
+    from dask.distributed import wait
+
+    with contextlib.suppress(Exception):   # cancelled or lost with the scheduler
+        wait(parts)
+    for part in parts:
+        with contextlib.suppress(Exception):
+            if part.status == "finished":
+                for path in part.result()[:2]:
+                    if path is not None:
+                        path.unlink(missing_ok=True)
+
+
+def lost_reason(exc: BaseException, workflow: Workflow) -> str:
+    """One line for an item whose task did not return a result of its own."""
+    from distributed import KilledWorker
+
+    if isinstance(exc, KilledWorker):
+        return ("Dask workers died each time they ran it (out of memory or killed?); see "
+                "the workers' logs, then rerun")
+    if isinstance(exc, CancelledError):
+        where = workflow.executor.scheduler or "LocalCluster"
+        return (f"the Dask cluster lost it ({getattr(exc, 'reason', None) or 'cancelled'}, "
+                f"scheduler {where}); rerun to redo it")
+    return failure_reason(exc)
 
 
 def split_regions(item: Item, workflow: Workflow) -> list[tuple[int, int]]:
@@ -164,7 +310,8 @@ def split_regions(item: Item, workflow: Workflow) -> list[tuple[int, int]]:
 
 def predict_region(item: Item, workflow: Workflow, model_sha256: str,
                    region: tuple[int, int]) -> tuple[Path, Path | None, float]:
-    """Compute one row region into hidden temporary GeoTIFFs beside the outputs (retried).
+    """Compute one row region into hidden temporary GeoTIFFs beside the item's (staged)
+    outputs (retried; each attempt announced).
 
     Returns the mask and probabilities parts and the seconds spent."""
     start = time.perf_counter()
@@ -172,6 +319,7 @@ def predict_region(item: Item, workflow: Workflow, model_sha256: str,
 
     anchor = item.outputs["mask"] or item.outputs["vector"] or item.outputs["probabilities"]
     for attempt in range(workflow.retries + 1):
+        announce_attempt(item)
         mask = temporary_sibling(anchor, ".tif")
         prob = (temporary_sibling(item.outputs["probabilities"])
                 if item.outputs["probabilities"] else None)
@@ -197,6 +345,7 @@ def assemble_regions(item: Item, workflow: Workflow,
 
     The item's seconds are those of its region tasks plus this one's."""
     start = time.perf_counter()
+    announce_attempt(item)
     try:
         info = open_raster(item.input)
         masks = [m for m, _, _ in parts]

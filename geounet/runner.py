@@ -26,10 +26,11 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import stat
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -55,6 +56,8 @@ MANIFEST = ".geounet_manifest.json"
 LOCK = ".geounet.lock"
 REPORT = "run_report.json"
 HTML_REPORT = "report.html"
+# Where Dask workers write an item's outputs before this run renames them into place.
+STAGING = ".geounet.staging"
 HASH_CHUNK = 1 << 20
 # Errors that a second attempt cannot fix: not retried.
 PERMANENT = (InputError, ModelError, ConfigError)
@@ -136,7 +139,9 @@ def discover_inputs(workflow: Workflow) -> list[Path]:
     spec = workflow.inputs
     if spec.folder is not None:
         pattern = spec.folder.rglob if spec.recursive else spec.folder.glob
-        found = [p for p in pattern(spec.glob) if p.is_file()]
+        # Nothing in a hidden folder either (e.g. the staging folder of a Dask run).
+        found = [p for p in pattern(spec.glob) if p.is_file() and not any(
+            part.startswith(".") for part in p.relative_to(spec.folder).parts)]
     elif spec.list is not None:
         found = list(spec.list)
     else:
@@ -329,6 +334,28 @@ def _open_lock(path: Path) -> int:
     return fd
 
 
+def remove_staging(folder: Path) -> None:
+    """Delete ``folder``'s staging folder (:data:`STAGING`, see
+    :class:`geounet.distributed.Staging`) with what the Dask tasks of killed runs left in it;
+    call it holding the lock. Anything but a real folder there is refused, never followed or
+    deleted."""
+    path = folder / STAGING
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(mode):
+        raise OutputError(f"{path}: is not a folder geounet made (a symlink or a file); "
+                          "remove it")
+    for _ in range(10):   # a task of a killed run may still be adding files to it
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.lexists(path):
+            return
+        time.sleep(0.2)
+    raise OutputError(f"{path}: cannot be removed (a task of an earlier run still writing, or "
+                      "no permission); stop that run's Dask tasks and retry")
+
+
 def remove_stale_temporaries(items: list[Item], folder: Path | None = None) -> int:
     """Delete hidden temporary files left beside outputs (and the manifest and report of
     ``folder``) by a killed run; call it holding the lock."""
@@ -475,12 +502,16 @@ def pixel_summary(mask: Path | None) -> dict[str, Any] | None:
     return {"features": None, "area_m2": area, "centerline_length_m": None, "classes": classes}
 
 
-def attempt_item(item: Item, workflow: Workflow, model_sha256: str) -> ItemResult:
-    """:func:`process_item` with up to ``workflow.retries`` retries of transient failures."""
+def attempt_item(item: Item, workflow: Workflow, model_sha256: str,
+                 on_attempt: Callable[[], None] | None = None) -> ItemResult:
+    """:func:`process_item` with up to ``workflow.retries`` retries of transient failures;
+    ``on_attempt`` is called as each attempt starts."""
     start = time.perf_counter()
     attempts, reason = 0, None
     while attempts <= workflow.retries:
         attempts += 1
+        if on_attempt is not None:
+            on_attempt()
         try:
             summary = process_item(item, workflow, model_sha256)
             return ItemResult(item.input, "done", None, attempts,
@@ -524,9 +555,8 @@ def run_workflow(workflow: Workflow, dry_run: bool = False, wait: float = 0.0,
                          _class_names(workflow, manifest, model_sha256), dry_run=True)
     folder.mkdir(parents=True, exist_ok=True)
     with output_lock(folder, wait):
-        removed = remove_stale_temporaries(items, folder)
-        if removed:
-            log.info("removed %d temporary file(s) left by an interrupted run", removed)
+        remove_stale_temporaries(items, folder)
+        remove_staging(folder)
         manifest = Manifest(folder)
         model_sha256 = file_sha256(workflow.model)
         class_names = _class_names(workflow, manifest, model_sha256)
