@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from geounet import __version__
-from geounet.checkpoint import MAX_TILE, ModelMetadata, load_checkpoint
+from geounet.checkpoint import MAX_TILE, ModelMetadata, load_checkpoint, read_metadata
 from geounet.errors import ConfigError, GeoUNetError, ModelError
 from geounet.inputs import require_regular_file
 from geounet.model import UNet, fastest_memory_format, logits_to_probabilities
@@ -121,6 +121,13 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"
 def model_metadata(model: tuple[UNet, ModelMetadata] | OnnxModel) -> ModelMetadata:
     """The metadata of a model returned by :func:`load_model`."""
     return model.meta if isinstance(model, OnnxModel) else model[1]
+
+
+def read_model_metadata(path: str | Path) -> ModelMetadata:
+    """The metadata of a checkpoint (weights not read) or of an exported ``.onnx`` file."""
+    if Path(path).suffix.lower() == ".onnx":
+        return load_onnx(path).meta
+    return read_metadata(path)
 
 
 def prepare(model: str | Path | tuple[UNet, ModelMetadata] | OnnxModel, engine: str,

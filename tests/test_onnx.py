@@ -29,6 +29,7 @@ from geounet.engines import (
     export_onnx,
     load_onnx,
     prepare,
+    read_model_metadata,
     resolve_engine,
 )
 from geounet.errors import ConfigError, ModelError, OutputError
@@ -227,6 +228,7 @@ def test_exported_file_runs_in_predict_as_the_checkpoint_does(odd_rgb, checkpoin
                                        engine="torch")
     run, file_mask, file_prob = _predict(odd_rgb, tmp_path / "m.onnx", tmp_path, quiet, "f")
     assert run.engine == "onnx"
+    assert read_model_metadata(tmp_path / "m.onnx") == read_model_metadata(checkpoint)
     assert np.abs(file_prob - ckpt_prob).max() < NOISE
     assert np.array_equal(np.isnan(file_prob), np.isnan(ckpt_prob))
 
