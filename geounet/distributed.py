@@ -1,12 +1,13 @@
 """Running workflow items on a Dask cluster (``executor: dask``).
 
 Each input file is one task (:func:`run_item`, i.e. :func:`geounet.runner.attempt_item`), so a
-batch spreads over the workers. A raster of at least ``executor.split_min_pixels`` pixels is instead split into row
-regions of the global tile grid (``executor.region_block_rows`` block rows each): every region
-is a task that computes its tiles plus the halo tiles it shares with the region above (see
-:mod:`geounet.predict`) and writes its rows to a hidden temporary GeoTIFF; one final task
-stacks the regions into the output, atomically, and vectorizes it. No two tasks ever write the
-same file, so there are no races, and the result equals a whole-raster run byte for byte.
+batch spreads over the workers. A raster of at least ``executor.split_min_pixels`` pixels is
+instead split into row regions of the global tile grid (``executor.region_block_rows`` block
+rows each): every region is a task that computes its tiles plus the halo tiles it shares with
+the region above (see :mod:`geounet.predict`) and writes its rows to a hidden temporary
+GeoTIFF; one final task stacks the regions into the output, atomically, and vectorizes it.
+No two tasks ever write the same file, so there are no races, and the result equals a
+whole-raster run byte for byte.
 
 Tasks write only into this run's staging folder (:class:`Staging`); the run, which holds the
 output folder's lock, moves an item's outputs into place and then records it. So a task that
@@ -166,11 +167,12 @@ class Staging:
 
     def item(self, item: Item) -> Item:
         """``item`` with its outputs in the staging folder (folders made)."""
-        outputs = {}
+        outputs: dict[str, Path | None] = {}
         for kind, path in item.outputs.items():
-            outputs[kind] = None if path is None else self.root / path.relative_to(self.folder)
-            if path is not None:
-                outputs[kind].parent.mkdir(parents=True, exist_ok=True)
+            staged = None if path is None else self.root / path.relative_to(self.folder)
+            if staged is not None:
+                staged.parent.mkdir(parents=True, exist_ok=True)
+            outputs[kind] = staged
         return Item(item.input, outputs)
 
     def commit(self, staged: Item, item: Item) -> None:
