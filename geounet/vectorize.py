@@ -1,68 +1,58 @@
-"""Class masks to polygons (and centerlines), block by block, merged exactly across blocks.
+"""Class masks to polygons (and centerlines) in a GIS format, with their measurements.
 
-The mask is read in square blocks, row by row. Each block is polygonized with
-:func:`rasterio.features.shapes` (GDAL's polygonizer) in pixel coordinates, where every vertex
-is an integer, so geometry operations on them are exact. A polygon that does not reach an
-inner block edge is complete: it is finished (mapped through the raster's transform into its
-CRS, measured) and written at once. A polygon that reaches one may continue in a neighbouring
-block: such pieces are held back, grouped with the pieces they share a boundary with (an edge
-for 4-connectivity, also a corner for 8-connectivity) and unioned; after each row of blocks,
-groups that cannot reach the next row are complete and written. The result equals polygonizing
-the whole mask at once (same features, same areas, same union), while only one block of pixels
-and the pieces along one row of block edges are ever in memory.
+Polygonizing happens in raster pixel coordinates, block by block and merged exactly across
+blocks (:mod:`geounet.polygonize`); this module finishes each batch of complete features in
+map space and streams it to the output: filtered, mapped through the raster's transform into
+its CRS, measured and written (:mod:`geounet.export`), so only one block of pixels and the
+features still open across block edges are ever in memory.
 
 Per feature: class id and name, area and perimeter (m^2 / m, geodesic in a geographic CRS),
-the mean probability when a probability raster is given, and, with centerlines, the length,
-mean width (area / length) and maximum width (m) of its skeleton (see
-:mod:`geounet.centerline`), which is computed on the finished feature, so it is joined across
-blocks by construction.
+the mean probability when a probability raster is given (the exact pixel-weighted mean, from
+the pixels), and, with centerlines, the length, mean width (area / length) and maximum width
+(m) of its skeleton (see :mod:`geounet.centerline`), computed from the complete feature's
+pixels, so it is joined across blocks by construction. The centerline branches are spooled
+to a temporary Arrow stream as they come and written after the polygons: memory does not grow
+with the number of lines, and the polygon and centerline files appear together or not at all.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import logging
 import math
-import multiprocessing
-import os
-import sys
 import time
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
+import pyarrow as pa
 import pyproj
 import rasterio
 import shapely
-from rasterio import features
-from rasterio.errors import RasterioError
-from rasterio.windows import Window
-from tqdm import tqdm
 
-from geounet.centerline import Centerline, centerlines
+from geounet.centerline import Branches
 from geounet.errors import ConfigError, InputError
 from geounet.export import (
     CENTERLINE_FIELDS,
+    check_layer_crs,
     measure,
     measure_lines,
+    pixel_size,
     polygon_fields,
     vector_format,
     write_layer,
 )
 from geounet.geotiff import read_class_names
-from geounet.io import RasterInfo, open_raster
-from geounet.outputs import check_outputs, first_line
-
-log = logging.getLogger(__name__)
-
-MAX_CENTERLINE_PATCH_PX = 64_000_000   # a feature's bounding box, for its skeleton
-PARALLEL_MIN_PIXELS = 32_000_000   # below this, blocks are polygonized in-process
-GDAL_CACHE_MB = 32   # each block is read once: a large raster cache only holds memory
-POLYGONIZE_DTYPES = ("uint8", "uint16", "int16", "int32")
+from geounet.io import open_raster
+from geounet.outputs import check_outputs, first_line, temporary_sibling
+from geounet.polygonize import (
+    GDAL_CACHE_MB,
+    Pieces,
+    PixelSettings,
+    check_same_grid,
+    polygonize,
+)
 
 
 @dataclass(frozen=True)
@@ -107,222 +97,21 @@ class VectorizeConfig:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name.replace('_', ' ')} must be >= 0")
 
-    def is_linear(self, class_id: int) -> bool:
-        return self.centerlines and (self.linear_classes is None
-                                     or class_id in self.linear_classes)
-
-
-@dataclass
-class _Pieces:
-    """Polygons in raster pixel coordinates with their class and probability sums."""
-
-    ids: np.ndarray
-    polygons: np.ndarray
-    score_sum: np.ndarray
-    score_count: np.ndarray
-
-    @staticmethod
-    def concat(parts: list[_Pieces]) -> _Pieces:
-        return _Pieces(*(np.concatenate([getattr(p, f.name) for p in parts])
-                         for f in fields(_Pieces)))
-
-    def take(self, keep: np.ndarray) -> _Pieces:
-        return _Pieces(*(getattr(self, f.name)[keep] for f in fields(_Pieces)))
-
-
-def polygonize_blocks(mask_path: str | Path, config: VectorizeConfig | None = None,
-                      probabilities: str | Path | None = None, progress: bool = False,
-                      ) -> Iterator[_Pieces]:
-    """Yield complete features in raster pixel coordinates, block by block (see the module
-    docstring). Nodata pixels and class 0 are not vectorized."""
-    config = config or VectorizeConfig()
-    size = config.block_size
-    info = open_raster(mask_path)
-    if probabilities is not None:
-        check_same_grid(info, open_raster(probabilities))
-    width, height = info.width, info.height
-    windows = [Window(col, row, min(size, width - col), min(size, height - row))
-               for row in range(0, height, size) for col in range(0, width, size)]
-    pending: list[_Pieces] = []
-    bar = tqdm(total=len(windows), disable=not progress, file=sys.stderr, unit="block",
-               desc="vectorize")
-    blocks = _polygonized(mask_path, probabilities, windows, config)
-    for window, pieces in zip(windows, blocks):
-        bar.update()
-        col, row = window.col_off, window.row_off
-        if pieces is not None:
-            x0, y0, x1, y1 = shapely.bounds(pieces.polygons).T
-            right, bottom = col + window.width, row + window.height
-            on_edge = ((col > 0) & (x0 == col)) | ((row > 0) & (y0 == row))
-            on_edge |= (right < width) & (x1 == right)
-            on_edge |= (bottom < height) & (y1 == bottom)
-            pending.append(pieces.take(on_edge))
-            yield pieces.take(~on_edge)
-        if col + window.width == width and pending:   # a row of blocks is done
-            merged = _merge_touching(_Pieces.concat(pending), config.connectivity)
-            bottom = row + window.height
-            reaches_next_row = (shapely.bounds(merged.polygons)[:, 3] == bottom) & (
-                bottom < height)
-            pending = [merged.take(reaches_next_row)]
-            yield merged.take(~reaches_next_row)
-    bar.close()
-
-
-def _polygonized(mask_path, probabilities, windows: list[Window], config: VectorizeConfig,
-                 ) -> Iterator[_Pieces | None]:
-    """The pieces of each window, in order: in this process, or polygonized by
-    ``config.workers`` processes a few blocks ahead (GDAL's polygonizer holds the GIL)."""
-    workers = config.workers
-    if workers == 0:   # auto: starting processes pays off on large masks only
-        pixels = sum(w.width * w.height for w in windows)
-        workers = len(os.sched_getaffinity(0)) if pixels >= PARALLEL_MIN_PIXELS else 1
-    workers = min(workers, len(windows))
-    if workers <= 1:   # datasets of this call only: callers may run in several threads
-        with rasterio.open(mask_path) as src, (
-                rasterio.open(probabilities) if probabilities is not None
-                else contextlib.nullcontext()) as prob_src:
-            yield from (_block_pieces(src, prob_src, w, config) for w in windows)
-        return
-    context = multiprocessing.get_context("spawn")   # no fork of a threaded process
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_open_sources,
-                             initargs=(mask_path, probabilities)) as pool:
-        ahead: collections.deque = collections.deque()
-        for window in windows:
-            ahead.append(pool.submit(_worker_block, window, config))
-            if len(ahead) > 2 * workers:
-                yield ahead.popleft().result()
-        while ahead:
-            yield ahead.popleft().result()
-
-
-_sources: dict[str, rasterio.DatasetReader | None] = {}   # of a worker process
-
-
-def _open_sources(mask_path, probabilities) -> None:
-    """Open the mask (and probabilities) once per worker process, with a small GDAL cache."""
-    rasterio.env.set_gdal_config("GDAL_CACHEMAX", GDAL_CACHE_MB)
-    _sources["mask"] = rasterio.open(mask_path)
-    _sources["prob"] = rasterio.open(probabilities) if probabilities is not None else None
-
-
-def _worker_block(window: Window, config: VectorizeConfig) -> _Pieces | None:
-    return _block_pieces(_sources["mask"], _sources["prob"], window, config)
-
-
-def check_same_grid(mask: RasterInfo, probabilities: RasterInfo) -> None:
-    """Refuse a probability raster that is not on the mask's grid."""
-    if (probabilities.width, probabilities.height) != (mask.width, mask.height) or (
-            probabilities.transform != mask.transform):
-        raise InputError(f"{probabilities.path} is not on the grid of {mask.path} (size "
-                         f"{probabilities.width}x{probabilities.height} vs "
-                         f"{mask.width}x{mask.height}); give the probabilities written with "
-                         "this mask")
-
-
-def _block_pieces(src, prob_src, window: Window, config: VectorizeConfig) -> _Pieces | None:
-    """All polygons of one block in raster pixel coordinates, with probability sums."""
-    try:
-        values = src.read(1, window=window)
-        keep = src.read_masks(1, window=window) > 0
-    except RasterioError as exc:   # named here: worker processes do not carry GDAL's cause
-        raise InputError(f"{src.name}: cannot read pixels {window.col_off},{window.row_off} "
-                         f"+{window.width}x{window.height}; the file looks truncated or corrupt "
-                         f"(GDAL: {first_line(exc)})") from exc
-    if values.dtype.kind == "f":
-        keep &= np.isfinite(values)
-    if values.dtype.name not in POLYGONIZE_DTYPES:   # class ids as GDAL's polygonizer takes
-        values = np.where(keep, values, 0).astype(np.int32)
-    keep &= values != 0
-    if config.classes is not None:
-        keep &= np.isin(values, config.classes)
-    if not keep.any():
-        return None
-    offset = rasterio.Affine.translation(window.col_off, window.row_off)
-    found = list(features.shapes(values, mask=keep, transform=offset,
-                                 connectivity=config.connectivity))
-    polygons = _repaired(_polygons([geom for geom, _ in found]))
-    ids = np.array([value for _, value in found], dtype=np.int32)
-    score_sum = np.zeros(len(ids))
-    score_count = np.zeros(len(ids))
-    if prob_src is not None:
-        zones = features.rasterize(zip(polygons, range(1, len(ids) + 1)),
-                                   out_shape=values.shape, transform=offset, dtype="int32")
-        if prob_src.count == 1:   # a binary model: the foreground probability
-            prob = prob_src.read(1, window=window)
-            score_sum = np.bincount(zones.ravel(), np.nan_to_num(prob).ravel(), len(ids) + 1)[1:]
-        else:                     # one band per class: each feature's own class
-            for class_id in np.unique(ids):
-                prob = np.nan_to_num(prob_src.read(int(class_id) + 1, window=window))
-                sums = np.bincount(zones.ravel(), prob.ravel(), len(ids) + 1)[1:]
-                score_sum[ids == class_id] = sums[ids == class_id]
-        score_count = np.bincount(zones.ravel(), minlength=len(ids) + 1)[1:].astype(float)
-    return _Pieces(ids, polygons, score_sum, score_count)
-
-
-def _repaired(polygons: np.ndarray) -> np.ndarray:
-    """GDAL's rings may touch themselves at a pixel corner (8-connected parts, holes touching
-    the shell), which OGC calls invalid: split them there. Exact: every vertex is an integer.
-    (Unions of valid pieces are valid by construction, so merged features need no repair.)
-
-    Such rings touch but never cross, so a zero buffer rebuilds them exactly (3x faster than
-    ``make_valid``); any whose area it would change goes through ``make_valid`` instead.
-    """
-    invalid = np.flatnonzero(~shapely.is_valid(polygons))
-    if len(invalid):
-        rebuilt = shapely.buffer(polygons[invalid], 0)
-        changed = shapely.area(rebuilt) != shapely.area(polygons[invalid])
-        rebuilt[changed] = shapely.make_valid(polygons[invalid[changed]], method="structure",
-                                              keep_collapsed=False)
-        polygons[invalid] = rebuilt
-    return polygons
-
-
-def _polygons(geojson: list[dict]) -> np.ndarray:
-    """GeoJSON polygon dicts to an array of shapely Polygons, built in one vectorized call."""
-    rings = [np.asarray(ring, dtype=np.float64) for g in geojson for ring in g["coordinates"]]
-    ring_ends = np.cumsum([len(r) for r in rings])
-    polygon_ends = np.cumsum([len(g["coordinates"]) for g in geojson])
-    return shapely.from_ragged_array(
-        shapely.GeometryType.POLYGON, np.concatenate(rings),
-        (np.concatenate([[0], ring_ends]), np.concatenate([[0], polygon_ends])),
-    )
-
-
-def _merge_touching(pieces: _Pieces, connectivity: int) -> _Pieces:
-    """Union pieces of one class into connected groups: sharing an edge (4) or any point (8)."""
-    tree = shapely.STRtree(pieces.polygons)
-    left, right = tree.query(pieces.polygons, predicate="touches")
-    same = pieces.ids[left] == pieces.ids[right]
-    left, right = left[same], right[same]
-    if connectivity == 4:  # corner-only contacts do not connect under 4-connectivity
-        shared = shapely.intersection(pieces.polygons[left], pieces.polygons[right])
-        edge = shapely.length(shared) > 0
-        left, right = left[edge], right[edge]
-    parent = np.arange(len(pieces.ids))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for a, b in zip(left.tolist(), right.tolist()):
-        parent[find(a)] = find(b)
-    roots = np.array([find(i) for i in range(len(parent))], dtype=np.intp)
-    groups, group_of = np.unique(roots, return_inverse=True)
-    polygons = np.empty(len(groups), dtype=object)
-    for g in range(len(groups)):
-        members = pieces.polygons[group_of == g]
-        polygons[g] = members[0] if len(members) == 1 else shapely.union_all(members)
-    first = np.unique(group_of, return_index=True)[1]
-    return _Pieces(pieces.ids[first], polygons,
-                   np.bincount(group_of, pieces.score_sum, len(groups)),
-                   np.bincount(group_of, pieces.score_count, len(groups)))
+    def pixel_settings(self, transform: rasterio.Affine) -> PixelSettings:
+        """The polygonizing settings, in pixel units of a raster with ``transform``."""
+        skeleton: tuple[int, ...] | None = ()
+        if self.centerlines:
+            skeleton = self.linear_classes
+        spur_px = None
+        if self.spur_length is not None:
+            spur_px = self.spur_length / math.sqrt(abs(transform.determinant))
+        return PixelSettings(self.connectivity, self.block_size, self.classes, skeleton,
+                             spur_px, self.workers)
 
 
 @dataclass
 class _Outputs:
-    """Feature frames of the polygon and centerline layers, built block by block."""
+    """Feature frames of the polygon and centerline layers, built batch by batch."""
 
     transform: rasterio.Affine
     crs: pyproj.CRS | None
@@ -330,16 +119,16 @@ class _Outputs:
     config: VectorizeConfig
     scores: bool
     target_crs: str | None
+    spool: _Spool | None = None
     features: int = 0
     area_m2: float = 0.0
+    centerline_features: int = 0
     centerline_length_m: float = 0.0
-    lines: list[gpd.GeoDataFrame] = field(default_factory=list)
 
-    def polygons(self, pieces: _Pieces) -> gpd.GeoDataFrame:
-        """Finish complete pieces: filter, map to the CRS, repair, measure."""
+    def polygons(self, pieces: Pieces) -> gpd.GeoDataFrame:
+        """Finish complete features: filter, map to the CRS, measure."""
         config = self.config
-        keep = shapely.area(pieces.polygons) >= max(config.min_pixels, 1)
-        pieces = pieces.take(keep)
+        pieces = pieces.take(pieces.pixels >= max(config.min_pixels, 1))
         geometries = _to_map(pieces.polygons, self.transform)
         if config.fill_holes > 0:
             geometries = _fill_holes(geometries, config.fill_holes)
@@ -356,7 +145,7 @@ class _Outputs:
         }
         if self.scores:
             with np.errstate(invalid="ignore", divide="ignore"):
-                columns["score"] = pieces.score_sum / pieces.score_count
+                columns["score"] = pieces.score_sum / pieces.pixels
         if config.centerlines:
             columns.update(self._centerlines(pieces, columns["feature_id"], areas))
         self.features += len(geometries)
@@ -370,59 +159,64 @@ class _Outputs:
         names = np.array([self.class_names.get(int(c), str(c)) for c in unique], dtype=object)
         return names[index.reshape(-1)]
 
-    def _centerlines(self, pieces: _Pieces, feature_ids: np.ndarray, areas: np.ndarray,
+    def _centerlines(self, pieces: Pieces, feature_ids: np.ndarray, areas: np.ndarray,
                      ) -> dict[str, np.ndarray]:
-        """Skeleton branches of the linear features (kept in ``self.lines``) and the
-        per-feature length (m), mean width (area / length, m) and maximum width (m)."""
-        n = len(pieces.ids)
+        """Skeleton branches of the linear features (to the spool) and the per-feature
+        length (m), mean width (area / length, m) and maximum width (m)."""
+        n = len(pieces)
         length, max_width = np.full(n, np.nan), np.full(n, np.nan)
-        rows: dict[str, list] = {name: [] for name in CENTERLINE_FIELDS}
-        geometries = []
-        for i in np.flatnonzero([self.config.is_linear(int(c)) for c in pieces.ids]):
-            branches = _feature_centerlines(pieces.polygons[i], self.config, self.transform)
-            if branches is None:
-                continue
-            class_id = int(pieces.ids[i])
-            lines = _to_map(np.array([b.line for b in branches], dtype=object), self.transform)
+        have = [i for i in range(n) if pieces.branches[i] is not None and len(pieces.branches[i])]
+        found = Branches.concat([pieces.branches[i] for i in have], shapes=have)
+        if len(found):
+            owner = found.shape
+            lines = _to_map(found.lines, self.transform)
             metres = measure_lines(lines, self.crs)
-            scale = metres / np.array([b.length_px for b in branches])  # metres per pixel
-            length[i] = metres.sum()
-            max_width[i] = max(b.max_width_px * k for b, k in zip(branches, scale))
-            geometries.extend(lines)
-            rows["feature_id"] += [int(feature_ids[i])] * len(branches)
-            rows["class_id"] += [class_id] * len(branches)
-            rows["class_name"] += [self.class_names.get(class_id, str(class_id))] * len(branches)
-            rows["length_m"] += metres.tolist()
-            rows["mean_width_m"] += [b.mean_width_px * k for b, k in zip(branches, scale)]
-            rows["max_width_m"] += [b.max_width_px * k for b, k in zip(branches, scale)]
-        if geometries:
-            frame = gpd.GeoDataFrame(rows, geometry=geometries, crs=self.crs)
-            self.lines.append(frame.to_crs(self.target_crs) if self.target_crs else frame)
+            scale = metres / found.length_px   # metres per pixel, per branch
+            widest = found.max_width_px * scale
+            length[have] = np.bincount(owner, metres, n)[have]
+            max_width[have] = 0.0
+            np.maximum.at(max_width, owner, widest)
+            ids = pieces.ids[owner]
+            rows = {"feature_id": feature_ids[owner], "class_id": ids,
+                    "class_name": self._names(ids), "length_m": metres,
+                    "mean_width_m": found.mean_width_px * scale, "max_width_m": widest}
+            self.centerline_features += len(found)
+            if self.spool is not None:
+                frame = gpd.GeoDataFrame(rows, geometry=lines, crs=self.crs)
+                self.spool.add(frame.to_crs(self.target_crs) if self.target_crs else frame)
         self.centerline_length_m += float(np.nansum(length))
         with np.errstate(invalid="ignore", divide="ignore"):
             mean_width = np.where(length > 0, areas / length, np.nan)
         return {"length_m": length, "mean_width_m": mean_width, "max_width_m": max_width}
 
 
-def _feature_centerlines(polygon_px, config: VectorizeConfig, transform: rasterio.Affine):
-    """Centerline branches of one feature (raster pixel coordinates), from its own pixels
-    rasterized in its bounding box; ``None`` when it has none or is too large."""
-    x0, y0, x1, y1 = (int(v) for v in shapely.bounds(polygon_px))
-    if (x1 - x0) * (y1 - y0) > MAX_CENTERLINE_PATCH_PX:
-        log.warning("a feature spans %dx%d px: too large for a centerline (limit %d px); "
-                    "its length and width are left empty", x1 - x0, y1 - y0,
-                    MAX_CENTERLINE_PATCH_PX)
-        return None
-    patch = features.rasterize([(polygon_px, 1)], out_shape=(y1 - y0, x1 - x0),
-                               transform=rasterio.Affine.translation(x0, y0), dtype="uint8")
-    spur_px = None
-    if config.spur_length is not None:
-        spur_px = config.spur_length / math.sqrt(abs(transform.determinant))
-    branches = centerlines(patch > 0, spur_px)
-    if not branches:
-        return None
-    return [Centerline(shapely.transform(b.line, lambda xy: xy + (x0, y0)), b.length_px,
-                       b.area_px, b.max_width_px) for b in branches]
+class _Spool:
+    """Feature frames kept in a temporary Arrow stream file as they come, read back batch by
+    batch (so a second layer is streamed while the first is written)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.writer: pa.ipc.RecordBatchStreamWriter | None = None
+
+    def add(self, frame: gpd.GeoDataFrame) -> None:
+        table = pa.table(frame.to_arrow(geometry_encoding="WKB"))
+        if self.writer is None:
+            self.writer = pa.ipc.new_stream(str(self.path), table.schema)
+        self.writer.write_table(table)
+
+    def frames(self) -> Iterator[gpd.GeoDataFrame]:
+        if self.writer is None:
+            return
+        self.writer.close()
+        with pa.memory_map(str(self.path)) as source:
+            for batch in pa.ipc.open_stream(source):
+                yield gpd.GeoDataFrame.from_arrow(pa.Table.from_batches([batch]))
+
+    def close(self) -> None:
+        if self.writer is not None:
+            with contextlib.suppress(pa.ArrowException, OSError):
+                self.writer.close()
+        self.path.unlink(missing_ok=True)
 
 
 def _to_map(geometries: np.ndarray, transform: rasterio.Affine) -> np.ndarray:
@@ -527,7 +321,7 @@ def vectorize_raster(mask_path: str | Path, output: str | Path,
     fmt, lines_path, lines_fmt = plan.polygons_format, plan.centerlines, plan.centerlines_format
     source_crs = info.crs
     if source_crs is None:
-        if crs is not None:
+        if plan.crs is not None:   # declared
             source_crs, crs = rasterio.crs.CRS.from_user_input(plan.crs.to_wkt()), None
         elif not pixel_coordinates:
             raise InputError(f"{mask_path}: raster has no CRS; declare it with --crs EPSG:XXXX "
@@ -536,16 +330,26 @@ def vectorize_raster(mask_path: str | Path, output: str | Path,
         class_names = dict(enumerate(read_class_names(src)))
     pyproj_crs = pyproj.CRS.from_user_input(source_crs.to_wkt()) if source_crs else None
     target = plan.crs if crs else pyproj_crs
+    check_layer_crs(output, fmt, target)
+    check_layer_crs(lines_path, lines_fmt, target)
+    size = pixel_size(info.transform, (info.height, info.width), pyproj_crs, target)
     outputs = _Outputs(info.transform, pyproj_crs, class_names, config,
                        probabilities is not None, crs)
-    frames = (outputs.polygons(pieces) for pieces in polygonize_blocks(
-        mask_path, config, probabilities, progress) if len(pieces.ids))
+    frames = (outputs.polygons(pieces) for pieces in polygonize(
+        mask_path, config.pixel_settings(info.transform), probabilities, progress)
+        if len(pieces))
+    fields = polygon_fields(probabilities is not None, config.centerlines)
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
-        write_layer(frames, output, fmt, target, "MultiPolygon",
-                    polygon_fields(probabilities is not None, config.centerlines))
-    if lines_path is not None:
-        write_layer(iter(outputs.lines), lines_path, lines_fmt, target, "LineString",
-                    CENTERLINE_FIELDS)
+        if lines_path is None or lines_fmt is None:
+            write_layer(frames, output, fmt, target, "MultiPolygon", fields, size)
+        else:
+            outputs.spool = _Spool(temporary_sibling(lines_path, ".arrows"))
+            try:
+                write_layer(frames, output, fmt, target, "MultiPolygon", fields, size)
+                write_layer(outputs.spool.frames(), lines_path, lines_fmt, target,
+                            "LineString", CENTERLINE_FIELDS, size)
+            finally:
+                outputs.spool.close()
     return VectorizeResult(output, outputs.features, outputs.area_m2, fmt, lines_path,
-                           sum(len(f) for f in outputs.lines), outputs.centerline_length_m,
+                           outputs.centerline_features, outputs.centerline_length_m,
                            time.perf_counter() - started)

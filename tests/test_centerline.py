@@ -12,7 +12,7 @@ import shapely
 from rasterio import features
 from rasterio.transform import from_origin
 
-from geounet.centerline import centerlines
+from geounet.centerline import centerlines, skeleton_branches
 from geounet.vectorize import VectorizeConfig, vectorize_raster
 
 PIXEL = 0.001   # 1 mm pixels, as in crack inspection
@@ -36,11 +36,10 @@ def test_straight_crack_length_and_width(length, width, angle):
     shape = band(600, length, width, angle)
     branches = centerlines(shape)
     assert len(branches) == 1
-    total = sum(b.length_px for b in branches)
-    assert total == pytest.approx(length, rel=0.02)
+    assert branches.length_px.sum() == pytest.approx(length, rel=0.02)
     true_width = shape.sum() / length          # the rasterized band's own mean width
-    assert abs(branches[0].mean_width_px - true_width) <= 0.5
-    assert abs(branches[0].max_width_px - width) <= 1.5
+    assert abs(branches.mean_width_px[0] - true_width) <= 0.5
+    assert abs(branches.max_width_px[0] - width) <= 1.5
 
 
 def road_network(size: int = 900, width: float = 12.0) -> tuple[np.ndarray, float]:
@@ -59,7 +58,7 @@ def road_network(size: int = 900, width: float = 12.0) -> tuple[np.ndarray, floa
 
 def test_road_network_total_length_within_3_percent():
     shape, true_length = road_network()
-    total = sum(b.length_px for b in centerlines(shape))
+    total = centerlines(shape).length_px.sum()
     assert total == pytest.approx(true_length, rel=0.03)
 
 
@@ -150,3 +149,28 @@ def test_empty_mask_with_centerlines_writes_full_schemas(make_raster, tmp_path):
         "mean_wid_m", "max_wid_m"]   # Shapefile names have at most 10 characters
     assert pyogrio.read_info(lines)["geometry_type"] == "LineString"
     assert pyogrio.read_info(lines)["crs"] == "EPSG:32633"
+
+
+def test_closed_loop_is_one_branch_around():
+    rows, cols = np.mgrid[:200, :200]
+    radius = np.hypot(rows - 99.5, cols - 99.5)
+    ring = (radius > 60) & (radius < 70)
+    branches = centerlines(ring)
+    assert len(branches) == 1 and branches.lines[0].is_closed
+    assert branches.length_px[0] == pytest.approx(2 * math.pi * 65, rel=0.02)
+    assert branches.area_px[0] == ring.sum()
+
+
+def test_shapes_computed_together_equal_each_alone():
+    shape, _ = road_network(300, 8)
+    shapes = [shape, band(200, 150, 4, 30), np.ones((1, 1), bool), np.ones((2, 3), bool),
+              shape[:120, :200]]
+    corners = np.array([[10.0, 20.0], [0.0, 0.0], [5.0, 5.0], [7.0, 1.0], [1e5, 2e5]])
+    together = skeleton_branches(shapes, None, corners)
+    for i, one in enumerate(shapes):
+        alone = skeleton_branches([one], None, corners[i:i + 1])
+        mine = together.take(together.shape == i)
+        assert len(mine) == len(alone)
+        assert shapely.equals_exact(mine.lines, alone.lines, 0).all()
+        assert np.array_equal(mine.area_px, alone.area_px)
+        assert np.array_equal(mine.max_width_px, alone.max_width_px)

@@ -44,8 +44,8 @@ from rasterio.transform import Affine, from_origin
 from rasterio.windows import Window
 from safetensors.torch import save_file
 
+import geounet.polygonize
 import geounet.predict
-import geounet.vectorize
 from geounet.checkpoint import FORMAT, ModelMetadata, read_metadata, save_checkpoint
 from geounet.cli import main
 from geounet.model import UNet, UNetConfig
@@ -315,7 +315,7 @@ def test_huge_sparse_raster_is_streamed_in_blocks(world, monkeypatch, command):
         interrupt_after(monkeypatch, geounet.predict._Engine, "_write", 4)
         args = ("predict", huge, "-m", model, "-o", world.out / "mask.tif", "-q")
     else:
-        interrupt_after(monkeypatch, geounet.vectorize, "Window", 4)
+        interrupt_after(monkeypatch, geounet.polygonize, "Window", 4)
         args = ("vectorize", huge, "-o", world.out / "polygons.gpkg", "-q")
     tracemalloc.start()
     try:

@@ -13,7 +13,8 @@ from scipy import ndimage
 from shapely.geometry import shape
 
 from geounet.errors import InputError, OutputError
-from geounet.vectorize import VectorizeConfig, polygonize_blocks, vectorize_raster
+from geounet.polygonize import PixelSettings, polygonize
+from geounet.vectorize import VectorizeConfig, vectorize_raster
 
 TRANSFORM = from_origin(500000.0, 5000000.0, 0.5, 0.5)
 
@@ -34,8 +35,8 @@ def test_blocks_equal_whole_mask(make_raster, random_mask, connectivity, block_s
     path = make_raster(random_mask[None], transform=TRANSFORM)
     whole = [(shape(g), int(v)) for g, v in features.shapes(
         random_mask, mask=random_mask > 0, connectivity=connectivity)]
-    got = [(g, int(c)) for pieces in polygonize_blocks(
-        path, VectorizeConfig(connectivity, block_size))
+    got = [(g, int(c)) for pieces in polygonize(
+        path, PixelSettings(connectivity, block_size))
         for c, g in zip(pieces.ids, pieces.polygons)]
     for class_id in (1, 2):
         a = [g for g, v in whole if v == class_id]
@@ -144,3 +145,79 @@ def test_cli_predict_to_polygons_in_one_command(rgb, tiny_model, tmp_path):
                            str(tmp_path / "v.gpkg"), "--json"], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0 and json.loads(done.stdout)["format"] == "GPKG"
+
+
+def component_means(mask: np.ndarray, prob: np.ndarray, connectivity: int) -> np.ndarray:
+    """Per pixel, the mean of ``prob`` (bands: per class, class id + 1) over its class's
+    connected component (NaN on background)."""
+    structure = ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
+    out = np.full(mask.shape, np.nan)
+    for class_id in np.unique(mask[mask > 0]):
+        labels, count = ndimage.label(mask == class_id, structure)
+        band = prob[0] if len(prob) == 1 else prob[class_id]
+        means = ndimage.mean(band, labels, np.arange(1, count + 1))
+        out[labels > 0] = means[labels[labels > 0] - 1]
+    return out
+
+
+@pytest.mark.parametrize("connectivity,bands", [(4, 1), (8, 3)])
+def test_scores_are_the_exact_pixel_means_of_features_across_blocks(
+        make_raster, random_mask, tmp_path, connectivity, bands):
+    rng = np.random.default_rng(1)
+    prob = rng.random((bands, *random_mask.shape)).astype(np.float32)
+    path = make_raster(random_mask[None], transform=TRANSFORM)
+    prob_path = make_raster(prob, transform=TRANSFORM, name="prob.tif")
+    out = tmp_path / "scored.gpkg"
+    vectorize_raster(path, out, VectorizeConfig(connectivity, block_size=37),
+                     probabilities=prob_path)
+    frame = gpd.read_file(out)
+    expected = component_means(random_mask, prob.astype(np.float64), connectivity)
+    inverse = ~TRANSFORM
+    spans = 0
+    for geometry, score in zip(frame.geometry, frame.score):
+        # a pixel of the feature: the one right of the first edge of its exterior
+        (x0, y0), (x1, y1) = (inverse @ xy for xy in geometry.geoms[0].exterior.coords[:2])
+        dx, dy = np.sign(x1 - x0), np.sign(y1 - y0)
+        col, row = int(np.floor(x0 + 0.5 * dx + 0.5 * dy)), int(np.floor(y0 + 0.5 * dy - 0.5 * dx))
+        assert score == pytest.approx(expected[row, col], rel=1e-9, abs=1e-12)
+        x_min, y_min, x_max, y_max = geometry.bounds
+        spans += (x_max - x_min) > 37 * 0.5 or (y_max - y_min) > 37 * 0.5
+    assert spans > 5   # features joined across blocks were checked
+
+
+def test_features_are_measured_from_their_pixels_never_drawn_back(make_raster, tmp_path,
+                                                                   monkeypatch):
+    """Scores and centerlines come from the labelled pixels: a polygon with thousands of
+    holes costs no more than its pixels (drawing it back took minutes)."""
+    mask = np.ones((1, 200, 200), np.uint8)
+    mask[0, 2:-2:4, 2:-2:4] = 0                      # 2,401 holes in one feature
+    path = make_raster(mask, transform=TRANSFORM)
+    prob_path = make_raster(np.full((1, 200, 200), 0.25, np.float32), transform=TRANSFORM,
+                            name="prob.tif")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a feature was rasterized back")
+
+    monkeypatch.setattr("rasterio.features.rasterize", refuse)
+    out, lines = tmp_path / "holes.gpkg", tmp_path / "lines.gpkg"
+    vectorize_raster(path, out, VectorizeConfig(block_size=64), probabilities=prob_path,
+                     centerlines_output=lines)
+    frame = gpd.read_file(out)
+    assert len(frame) == 1 and len(frame.geometry.iloc[0].geoms[0].interiors) == 2401
+    assert frame.score.iloc[0] == pytest.approx(0.25)
+    assert frame.length_m.iloc[0] > 0 and pyogrio.read_info(lines)["features"] > 0
+
+
+def test_class_ids_beyond_the_vector_field_are_refused(make_raster, tmp_path):
+    mask = np.zeros((1, 20, 20), np.uint32)
+    mask[0, 5:10, 5:10] = 3_000_000_000
+    path = make_raster(mask, transform=TRANSFORM)
+    out = tmp_path / "x.gpkg"
+    with pytest.raises(InputError, match=r"3000000000.*class mask") as caught:
+        vectorize_raster(path, out)
+    assert "\n" not in str(caught.value)
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]
+    mask[0, 5:10, 5:10] = 2_000_000_000                    # within range: kept as it is
+    path = make_raster(mask, transform=TRANSFORM, name="ok.tif")
+    vectorize_raster(path, out)
+    assert gpd.read_file(out).class_id.tolist() == [2_000_000_000]

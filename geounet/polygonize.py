@@ -1,0 +1,562 @@
+"""Class masks to polygons in raster pixel coordinates, block by block, joined exactly.
+
+The mask is read in square blocks, row by row. Each block is polygonized with
+:func:`rasterio.features.shapes` (GDAL's polygonizer) in pixel coordinates, where every vertex
+is an integer pixel corner, and labelled with the same connectivity
+(:func:`scipy.ndimage.label`): each polygon is one labelled component, found by its top-left
+pixel. From the labels come, per polygon and without drawing it back, its pixel count, its
+sum of probabilities, the corners where its rings touch (repaired by
+:func:`geounet.rings.repair`), its pixels for a centerline, and the pieces on each side of the
+block's inner edges.
+
+A polygon with no pixel on an inner block edge is complete and is yielded at once. The others
+are held as pieces; pieces of one class on either side of a block edge with pixels next to
+each other (across the edge; also diagonally for 8-connectivity) belong to one feature. After
+each row of blocks, features none of whose pieces reach the next row are complete: their
+pieces are joined once, however many blocks they span (:func:`geounet.rings.stitch`, linear in
+their vertices), and their sums and counts added, so a score is the exact pixel-weighted mean.
+The result equals polygonizing the whole mask at once (same features, same areas, same
+union), while one block of pixels per process and the pieces of features that are still open
+are in memory.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import multiprocessing
+import os
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import shapely
+from rasterio import features
+from rasterio.errors import RasterioError
+from rasterio.windows import Window
+from scipy import ndimage
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from tqdm import tqdm
+
+from geounet import rings
+from geounet.errors import InputError
+from geounet.io import RasterInfo, open_raster
+from geounet.outputs import first_line
+
+log = logging.getLogger(__name__)
+
+MAX_CENTERLINE_PATCH_PX = 64_000_000   # a feature's bounding box, for its skeleton
+PARALLEL_MIN_PIXELS = 32_000_000   # below this, blocks are polygonized in-process
+GDAL_CACHE_MB = 32   # each block is read once: a large raster cache only holds memory
+POLYGONIZE_DTYPES = ("uint8", "uint16", "int16", "int32")
+CLASS_ID_RANGE = (-(2**31), 2**31 - 1)   # what GDAL's polygonizer and the class_id field hold
+SHAPES_CHUNK = 10_000   # GeoJSON polygons turned into geometries at a time (bounds memory)
+
+
+@dataclass(frozen=True)
+class PixelSettings:
+    """Polygonizing settings in pixel units.
+
+    Attributes:
+        connectivity: 4 (edge neighbours) or 8 (edge and corner neighbours).
+        block_size: edge of the square blocks read at a time (pixels).
+        classes: class ids to polygonize; ``None``: every class except 0.
+        skeleton_classes: class ids whose centerline branches are computed; ``None``: all.
+        spur_px: prune skeleton branches shorter than this (pixels); ``None``: automatic.
+        workers: processes polygonizing blocks ahead of the merge (1: in this process);
+            0: one per CPU for masks of 32 Mpx or more.
+    """
+
+    connectivity: int = 4
+    block_size: int = 2048
+    classes: tuple[int, ...] | None = None
+    skeleton_classes: tuple[int, ...] | None = ()
+    spur_px: float | None = None
+    workers: int = 1
+
+    def skeletonized(self, class_id: int) -> bool:
+        return self.skeleton_classes is None or class_id in self.skeleton_classes
+
+
+@dataclass
+class Pieces:
+    """Features (or pieces of them) in raster pixel coordinates (x = column, y = row).
+
+    Attributes:
+        ids: class id of each.
+        polygons: shapely Polygons or MultiPolygons (valid).
+        score_sum: sum of the probabilities over its pixels (0 without probabilities).
+        pixels: its pixel count.
+        seeds: ``row * width + column`` of its first pixel in raster order.
+        branches: its centerline branches (:class:`geounet.centerline.Branches`, raster
+            pixel coordinates) for skeletonized classes, else ``None``.
+    """
+
+    ids: np.ndarray
+    polygons: np.ndarray
+    score_sum: np.ndarray
+    pixels: np.ndarray
+    seeds: np.ndarray
+    branches: np.ndarray
+
+    @staticmethod
+    def concat(parts: list[Pieces]) -> Pieces:
+        return Pieces(*(np.concatenate([getattr(p, f.name) for p in parts])
+                        for f in fields(Pieces)))
+
+    def take(self, keep: np.ndarray) -> Pieces:
+        return Pieces(*(getattr(self, f.name)[keep] for f in fields(Pieces)))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class _Block:
+    """One block's pieces, which of them reach an inner block edge, and along each inner
+    edge (top, bottom, left, right) the piece index (-1: none) and class of each pixel."""
+
+    pieces: Pieces
+    on_edge: np.ndarray
+    sides: dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+def check_same_grid(mask: RasterInfo, probabilities: RasterInfo) -> None:
+    """Refuse a probability raster that is not on the mask's grid."""
+    if (probabilities.width, probabilities.height) != (mask.width, mask.height) or (
+            probabilities.transform != mask.transform):
+        raise InputError(f"{probabilities.path} is not on the grid of {mask.path} (size "
+                         f"{probabilities.width}x{probabilities.height} vs "
+                         f"{mask.width}x{mask.height}); give the probabilities written with "
+                         "this mask")
+
+
+def polygonize(mask_path: str | Path, settings: PixelSettings | None = None,
+               probabilities: str | Path | None = None, progress: bool = False,
+               ) -> Iterator[Pieces]:
+    """Yield complete features in raster pixel coordinates, block by block (see the module
+    docstring). Nodata pixels and class 0 are not polygonized."""
+    settings = settings or PixelSettings()
+    size = settings.block_size
+    info = open_raster(mask_path)
+    if probabilities is not None:
+        check_same_grid(info, open_raster(probabilities))
+    width, height = info.width, info.height
+    windows = [Window(col, row, min(size, width - col), min(size, height - row))
+               for row in range(0, height, size) for col in range(0, width, size)]
+    bar = tqdm(total=len(windows), disable=not progress, file=sys.stderr, unit="block",
+               desc="vectorize")
+    joiner = _Joiner(mask_path, settings, width, height)
+    try:
+        for window, block in zip(windows, _blocks(mask_path, probabilities, windows, settings)):
+            bar.update()
+            if block is not None and (~block.on_edge).any():
+                yield block.pieces.take(~block.on_edge)
+            joiner.add(window, block)
+            if window.col_off + window.width == width:   # a row of blocks is done
+                done = joiner.row_done(window.row_off + window.height)
+                if len(done):
+                    yield done
+    finally:
+        joiner.close()
+        bar.close()
+
+
+# -- blocks: in this process or in worker processes ------------------------------------
+def _blocks(mask_path, probabilities, windows: list[Window], settings: PixelSettings,
+            ) -> Iterator[_Block | None]:
+    """The polygonized blocks, in order: in this process, or by ``settings.workers``
+    processes a few blocks ahead (GDAL's polygonizer holds the GIL)."""
+    workers = settings.workers
+    if workers == 0:   # auto: starting processes pays off on large masks only
+        pixels = sum(w.width * w.height for w in windows)
+        workers = len(os.sched_getaffinity(0)) if pixels >= PARALLEL_MIN_PIXELS else 1
+    workers = min(workers, len(windows))
+    shape = (windows[-1].row_off + windows[-1].height, windows[-1].col_off + windows[-1].width)
+    if workers <= 1:   # datasets of this call only: callers may run in several threads
+        with rasterio.open(mask_path) as src, (
+                rasterio.open(probabilities) if probabilities is not None
+                else contextlib.nullcontext()) as prob_src:
+            yield from (_block(src, prob_src, w, settings, shape) for w in windows)
+        return
+    context = multiprocessing.get_context("spawn")   # no fork of a threaded process
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_open_sources,
+                             initargs=(mask_path, probabilities)) as pool:
+        ahead: collections.deque = collections.deque()
+        for window in windows:
+            ahead.append(pool.submit(_worker_block, window, settings, shape))
+            if len(ahead) > 2 * workers:
+                yield ahead.popleft().result()
+        while ahead:
+            yield ahead.popleft().result()
+
+
+_sources: dict[str, rasterio.DatasetReader | None] = {}   # of a worker process
+
+
+def _open_sources(mask_path, probabilities) -> None:
+    """Open the mask (and probabilities) once per worker process, with a small GDAL cache."""
+    rasterio.env.set_gdal_config("GDAL_CACHEMAX", GDAL_CACHE_MB)
+    _sources["mask"] = rasterio.open(mask_path)
+    _sources["prob"] = rasterio.open(probabilities) if probabilities is not None else None
+
+
+def _worker_block(window: Window, settings: PixelSettings, shape: tuple[int, int],
+                  ) -> _Block | None:
+    return _block(_sources["mask"], _sources["prob"], window, settings, shape)
+
+
+def _read(src, window: Window, band: int = 1) -> np.ndarray:
+    """One band of ``window``; a read error named in one line (worker processes do not
+    carry GDAL's cause)."""
+    try:
+        return src.read(band, window=window)
+    except RasterioError as exc:
+        raise InputError(f"{src.name}: cannot read pixels {window.col_off},{window.row_off} "
+                         f"+{window.width}x{window.height}; the file looks truncated or corrupt "
+                         f"(GDAL: {first_line(exc)})") from exc
+
+
+def _class_pixels(src, window: Window, classes: tuple[int, ...] | None,
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(class ids as GDAL's polygonizer takes them, pixels to polygonize) of ``window``:
+    not nodata, not 0, of ``classes``."""
+    values = _read(src, window)
+    try:
+        keep = src.read_masks(1, window=window) > 0
+    except RasterioError as exc:
+        raise InputError(f"{src.name}: cannot read the valid-pixel mask of {window}; the file "
+                         f"looks truncated or corrupt (GDAL: {first_line(exc)})") from exc
+    if values.dtype.kind == "f":
+        keep &= np.isfinite(values)
+    if values.dtype.name not in POLYGONIZE_DTYPES:
+        kept = values[keep & (values != 0)]
+        if kept.size and (kept.min() < CLASS_ID_RANGE[0] or kept.max() > CLASS_ID_RANGE[1]):
+            bad = kept.max() if kept.max() > CLASS_ID_RANGE[1] else kept.min()
+            raise InputError(f"{src.name}: holds the value {bad:.15g}, beyond the class ids a "
+                             f"vector layer holds ({CLASS_ID_RANGE[0]} to {CLASS_ID_RANGE[1]}); "
+                             "give a class mask (small whole numbers per class) or set that "
+                             "value as the raster's nodata")
+        values = np.where(keep, values, 0).astype(np.int32)
+    keep &= values != 0
+    if classes is not None:
+        keep &= np.isin(values, classes)
+    return values, keep
+
+
+def _block(src, prob_src, window: Window, settings: PixelSettings, shape: tuple[int, int],
+           ) -> _Block | None:
+    """Polygonize and label one block (see the module docstring)."""
+    values, keep = _class_pixels(src, window, settings.classes)
+    if not keep.any():
+        return None
+    x0, y0 = window.col_off, window.row_off
+    labels = _labels(values, keep, settings.connectivity)
+    polygons, ids, top_left = _shapes(values, keep, window, settings.connectivity)
+    label = labels[top_left[:, 1] - y0, top_left[:, 0] - x0]   # each polygon's component
+    if not np.array_equal(np.sort(label), np.arange(1, len(label) + 1)):
+        raise RuntimeError(f"{src.name}: the polygons of block {window} do not match its "
+                           "connected components")
+    piece = np.full(len(label) + 1, -1, np.int64)   # label -> polygon index
+    piece[label] = np.arange(len(label))
+    polygons = _repaired(polygons, labels, label, piece, (x0, y0))
+    pixels = np.bincount(labels.ravel(), minlength=len(label) + 1)[label]
+    height, width = shape
+    inner = {"top": y0 > 0, "bottom": y0 + window.height < height, "left": x0 > 0,
+             "right": x0 + window.width < width}
+    sides = {side: (piece[_side(labels, side)], _side(values, side)) for side in inner
+             if inner[side]}
+    on_edge = np.zeros(len(label), bool)
+    for index, _ in sides.values():
+        on_edge[index[index >= 0]] = True
+    seeds = (top_left[:, 1] * width + top_left[:, 0]).astype(np.int64)
+    pieces = Pieces(ids, polygons, _score_sums(prob_src, window, labels, label, ids),
+                    pixels, seeds, np.full(len(label), None, dtype=object))
+    _block_branches(pieces, labels, label, on_edge, settings, (x0, y0))
+    return _Block(pieces, on_edge, sides)
+
+
+def _side(array: np.ndarray, side: str) -> np.ndarray:
+    """The pixels of ``array`` along one side of it."""
+    return {"top": array[0], "bottom": array[-1], "left": array[:, 0],
+            "right": array[:, -1]}[side]
+
+
+def _labels(values: np.ndarray, keep: np.ndarray, connectivity: int) -> np.ndarray:
+    """Connected components of equal class (int32, 0 where not kept), with the connectivity
+    of GDAL's polygonizer."""
+    structure = ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
+    kept = values[keep]
+    low, high = int(kept.min()), int(kept.max())
+    if high - low < 1 << 16:
+        classes = np.flatnonzero(np.bincount(kept - low)) + low
+    else:
+        classes = np.unique(kept)
+    labels, count = ndimage.label(keep & (values == classes[0]), structure)
+    for class_id in classes[1:]:   # few: a mask has a handful of classes
+        component, found = ndimage.label(keep & (values == class_id), structure)
+        component[component > 0] += count
+        labels += component   # the classes' pixels do not overlap
+        count += found
+    return labels
+
+
+def _shapes(values: np.ndarray, keep: np.ndarray, window: Window, connectivity: int,
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """GDAL's polygons of one block (pixel corners of the raster), their class ids and the
+    top-left corner of each (that of its first pixel in raster order)."""
+    offset = rasterio.Affine.translation(window.col_off, window.row_off)
+    parts, ids, chunk = [], [], []
+    for geometry, value in features.shapes(values, mask=keep, transform=offset,
+                                           connectivity=connectivity):
+        chunk.append(geometry)
+        ids.append(value)
+        if len(chunk) == SHAPES_CHUNK:
+            parts.append(_polygons(chunk))
+            chunk = []
+    if chunk:
+        parts.append(_polygons(chunk))
+    polygons = np.concatenate(parts)
+    xy, index = shapely.get_coordinates(shapely.get_exterior_ring(polygons), return_index=True)
+    order = np.lexsort((xy[:, 0], xy[:, 1], index))   # per polygon: the top row, leftmost
+    first = order[np.r_[True, index[order][1:] != index[order][:-1]]]
+    return polygons, np.array(ids, dtype=np.int64), xy[first].astype(np.int64)
+
+
+def _polygons(geojson: list[dict]) -> np.ndarray:
+    """GeoJSON polygon dicts to an array of shapely Polygons, built in one vectorized call."""
+    rings_ = [np.asarray(ring, dtype=np.float64) for g in geojson for ring in g["coordinates"]]
+    ring_ends = np.cumsum([len(r) for r in rings_])
+    polygon_ends = np.cumsum([len(g["coordinates"]) for g in geojson])
+    return shapely.from_ragged_array(
+        shapely.GeometryType.POLYGON, np.concatenate(rings_),
+        (np.concatenate([[0], ring_ends]), np.concatenate([[0], polygon_ends])),
+    )
+
+
+def _repaired(polygons: np.ndarray, labels: np.ndarray, label: np.ndarray, piece: np.ndarray,
+              origin: tuple[int, int]) -> np.ndarray:
+    """Polygons whose rings touch at a corner rebuilt valid (:func:`geounet.rings.repair`).
+
+    A ring touches itself or another at a pixel corner exactly where two diagonal pixels of
+    the component meet and the other two are not of it: found on the labels, not by testing
+    every polygon's validity (slow on large ones)."""
+    a, b, c, d = labels[:-1, :-1], labels[:-1, 1:], labels[1:, :-1], labels[1:, 1:]
+    found = []
+    for mine, other, side1, side2 in ((a, d, b, c), (b, c, a, d)):
+        rows, cols = np.nonzero((mine == other) & (mine != 0) & (side1 != mine)
+                                & (side2 != mine))
+        found.append((mine[rows, cols], cols + 1 + origin[0], rows + 1 + origin[1]))
+    owner, x, y = (np.concatenate(v) for v in zip(*found))
+    if not len(owner):
+        return polygons
+    order = np.argsort(owner, kind="stable")
+    owner, corners = owner[order], np.column_stack([x, y])[order]
+    starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
+    for start, end in zip(starts, np.r_[starts[1:], len(owner)]):
+        i = piece[owner[start]]
+        polygons[i] = rings.repair(polygons[i], corners[start:end])
+    return polygons
+
+
+def _score_sums(prob_src, window: Window, labels: np.ndarray, label: np.ndarray,
+                ids: np.ndarray) -> np.ndarray:
+    """Sum of the probabilities over each polygon's pixels: of band 1 for a binary model,
+    else of the band of each polygon's own class (band = class id + 1)."""
+    sums = np.zeros(len(label))
+    if prob_src is None:
+        return sums
+    flat = labels.ravel()
+    for class_id in ([None] if prob_src.count == 1 else np.unique(ids)):
+        band = 1 if class_id is None else int(class_id) + 1
+        if not 1 <= band <= prob_src.count:
+            raise InputError(f"{prob_src.name}: has {prob_src.count} bands but the mask has "
+                             f"class {class_id} (its probability is band {band}); give the "
+                             "probabilities written with this mask")
+        prob = np.nan_to_num(_read(prob_src, window, band), nan=0.0).ravel()
+        total = np.bincount(flat, prob, len(label) + 1)[label]
+        mine = slice(None) if class_id is None else ids == class_id
+        sums[mine] = total[mine]
+    return sums
+
+
+def _block_branches(pieces: Pieces, labels: np.ndarray, label: np.ndarray,
+                    on_edge: np.ndarray, settings: PixelSettings, origin: tuple[int, int],
+                    ) -> None:
+    """Centerline branches of the complete features of skeletonized classes, from their
+    labelled pixels, all at once (those on an edge get theirs once joined)."""
+    wanted = [i for i in np.flatnonzero(~on_edge) if settings.skeletonized(int(pieces.ids[i]))]
+    if not wanted:
+        return
+    boxes = ndimage.find_objects(labels)
+    boxes = [boxes[label[i] - 1] for i in wanted]
+    corners = [(cols.start + origin[0], rows.start + origin[1]) for rows, cols in boxes]
+    patches = [labels[box] == label[i] for i, box in zip(wanted, boxes)]
+    for i, found in zip(wanted, _branches(patches, corners, settings.spur_px)):
+        pieces.branches[i] = found
+
+
+def _branches(patches: list[np.ndarray], corners: list[tuple[int, int]],
+              spur_px: float | None) -> list:
+    """Centerline branches (:class:`geounet.centerline.Branches`, raster pixel coordinates)
+    of features given by their pixels in their bounding boxes, whose top-left pixels are
+    ``corners`` (column, row)."""
+    from geounet.centerline import Branches, skeleton_branches  # scikit-image: on use
+
+    fit = [k for k, p in enumerate(patches) if not _too_large(*p.shape)]
+    found = skeleton_branches([patches[k] for k in fit], spur_px,
+                              np.array([corners[k] for k in fit], np.float64).reshape(-1, 2))
+    order = np.argsort(found.shape, kind="stable")
+    ends = np.searchsorted(found.shape[order], np.arange(len(fit) + 1))
+    out = [Branches.concat([])] * len(patches)
+    for j, k in enumerate(fit):
+        out[k] = found.take(order[ends[j]:ends[j + 1]])
+    return out
+
+
+def _too_large(rows: int, cols: int) -> bool:
+    """Whether a feature's bounding box is too large for a centerline (says so)."""
+    if rows * cols <= MAX_CENTERLINE_PATCH_PX:
+        return False
+    log.warning("a feature spans %dx%d px: too large for a centerline (limit %d px); its "
+                "length and width are left empty", cols, rows, MAX_CENTERLINE_PATCH_PX)
+    return True
+
+
+# -- joining pieces across block edges ---------------------------------------------------
+class _Joiner:
+    """Pieces on inner block edges, grouped into features by pixel contacts across the
+    edges, and joined once a feature is complete (see the module docstring)."""
+
+    def __init__(self, mask_path, settings: PixelSettings, width: int, height: int) -> None:
+        self.mask_path, self.settings = mask_path, settings
+        self.width, self.height = width, height
+        self.diagonal = settings.connectivity == 8
+        self.pending: list[Pieces] = []
+        self.gids: list[np.ndarray] = []    # a global id per pending piece
+        self.groups = np.zeros(0, np.int64)   # feature of each earlier pending piece
+        self.next_gid = 0
+        self.pairs: list[np.ndarray] = []   # (gid, gid) in contact, found in this row
+        self.above = self._line()           # the last pixel row of the row of blocks above
+        self.below = self._line()           # the last pixel row of this row of blocks
+        self.left: tuple[np.ndarray, np.ndarray] | None = None   # right side, block before
+        self.src = None
+
+    def _line(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.full(self.width, -1, np.int64), np.zeros(self.width, np.int32)
+
+    def add(self, window: Window, block: _Block | None) -> None:
+        """Record the pieces of ``block`` on inner edges and their contacts with the blocks
+        above and to the left."""
+        x0, w = window.col_off, window.width
+        if block is None:
+            self.left = None
+            return
+        gid = np.full(len(block.pieces) + 1, -1, np.int64)   # index -1 -> gid -1
+        edge = np.flatnonzero(block.on_edge)
+        gid[edge] = self.next_gid + np.arange(len(edge))
+        self.next_gid += len(edge)
+        self.pending.append(block.pieces.take(edge))
+        self.gids.append(gid[edge])
+        sides = {k: (gid[index], value) for k, (index, value) in block.sides.items()}
+        if "top" in sides:
+            self._contacts(sides["top"], self.above, x0)
+        if "left" in sides and self.left is not None:
+            self._contacts(sides["left"], self.left, 0)
+        self.left = sides.get("right")
+        if "bottom" in sides:
+            self.below[0][x0:x0 + w], self.below[1][x0:x0 + w] = sides["bottom"]
+
+    def _contacts(self, side: tuple[np.ndarray, np.ndarray],
+                  line: tuple[np.ndarray, np.ndarray], start: int) -> None:
+        """Pairs of pieces of one class with pixels next to each other across an edge:
+        ``side[k]`` faces ``line[start + k]`` (and its neighbours with 8-connectivity)."""
+        (gid, value), (other, other_value) = side, line
+        k = np.flatnonzero(gid >= 0)
+        for shift in (-1, 0, 1) if self.diagonal else (0,):
+            j = k + start + shift
+            ok = (j >= 0) & (j < len(other))
+            a, b = k[ok], j[ok]
+            touch = (other[b] >= 0) & (other_value[b] == value[a])
+            self.pairs.append(np.column_stack([gid[a[touch]], other[b[touch]]]))
+
+    def row_done(self, bottom: int) -> Pieces:
+        """The features complete after the row of blocks ending at pixel row ``bottom``."""
+        self.left, self.above, self.below = None, self.below, self._line()
+        pieces = Pieces.concat([_empty(), *self.pending])
+        gids = np.concatenate([np.zeros(0, np.int64), *self.gids])
+        n = len(gids)
+        if not n:
+            self.pairs = []
+            return pieces
+        sorter = np.argsort(gids)
+        pairs = np.concatenate(self.pairs or [np.zeros((0, 2), np.int64)])
+        pairs = sorter[np.searchsorted(gids, pairs, sorter=sorter)]   # gid -> position
+        earlier = np.flatnonzero(self.groups[1:] == self.groups[:-1])   # same feature before
+        links = np.concatenate([pairs, np.column_stack([earlier, earlier + 1])])
+        graph = coo_matrix((np.ones(len(links)), (links[:, 0], links[:, 1])), shape=(n, n))
+        _, feature = connected_components(graph, directed=False)
+        open_ = np.zeros(feature.max() + 1, bool)
+        if bottom < self.height:
+            open_[feature[np.isin(gids, self.above[0])]] = True
+        still = open_[feature]
+        order = np.argsort(feature[still], kind="stable")   # members of a feature together
+        self.pending = [pieces.take(np.flatnonzero(still)[order])]
+        self.gids = [gids[still][order]]
+        self.groups = feature[still][order]
+        self.pairs = []
+        return self._joined(pieces.take(~still), feature[~still])
+
+    def _joined(self, pieces: Pieces, feature: np.ndarray) -> Pieces:
+        """One feature per value of ``feature``: pieces stitched, sums added."""
+        if not len(pieces):
+            return _empty()
+        order = np.argsort(feature, kind="stable")
+        pieces, feature = pieces.take(order), feature[order]
+        starts = np.flatnonzero(np.r_[True, feature[1:] != feature[:-1]])
+        polygons = np.empty(len(starts), dtype=object)
+        branches = np.full(len(starts), None, dtype=object)
+        for k, (start, end) in enumerate(zip(starts, np.r_[starts[1:], len(feature)])):
+            if end - start == 1:
+                polygons[k] = pieces.polygons[start]
+            else:
+                polygons[k] = rings.stitch(pieces.polygons[start:end],
+                                           self.settings.block_size, self.width, self.height)
+            class_id = int(pieces.ids[start])
+            if self.settings.skeletonized(class_id):
+                branches[k] = self._branches(polygons[k], class_id,
+                                             int(pieces.seeds[start:end].min()))
+        return Pieces(pieces.ids[starts], polygons, np.add.reduceat(pieces.score_sum, starts),
+                      np.add.reduceat(pieces.pixels, starts),
+                      np.minimum.reduceat(pieces.seeds, starts), branches)
+
+    def _branches(self, polygon, class_id: int, seed: int):
+        """Centerline branches of a joined feature, from its pixels read back from the mask
+        (the component of its class around its first pixel, in its bounding box)."""
+        x0, y0, x1, y1 = (int(v) for v in shapely.bounds(polygon))
+        if _too_large(y1 - y0, x1 - x0):
+            return None
+        window = Window(x0, y0, x1 - x0, y1 - y0)
+        if self.src is None:
+            self.src = rasterio.open(self.mask_path)
+        values, keep = _class_pixels(self.src, window, self.settings.classes)
+        structure = ndimage.generate_binary_structure(2, 2 if self.diagonal else 1)
+        component, _ = ndimage.label(keep & (values == class_id), structure)
+        row, col = divmod(seed, self.width)
+        pixels = component == component[row - y0, col - x0]
+        return _branches([pixels], [(x0, y0)], self.settings.spur_px)[0]
+
+    def close(self) -> None:
+        if self.src is not None:
+            self.src.close()
+
+
+def _empty() -> Pieces:
+    return Pieces(np.zeros(0, np.int64), np.empty(0, dtype=object), np.zeros(0),
+                  np.zeros(0, np.int64), np.zeros(0, np.int64), np.empty(0, dtype=object))
