@@ -40,7 +40,7 @@ def scenes(tmp_path, make_raster, checkpoint):
     """Four rasters in tmp/in; ``write(folder, executor, count)`` writes a workflow for the
     first ``count`` of them."""
     rng = np.random.default_rng(5)
-    for i, (h, w) in enumerate([(300, 260), (280, 300), (260, 240), (240, 300)]):
+    for i, (h, w) in enumerate([(200, 180), (180, 190), (170, 160), (160, 190)]):
         make_raster(rng.integers(0, 255, (3, h, w), dtype=np.uint8), name=f"in/r{i}.tif")
 
     def write(folder: str, executor: str, count: int = 4) -> Path:
@@ -140,7 +140,7 @@ def test_losing_the_scheduler_is_one_line_per_item_and_attempts_are_counted(
     traceback reaches stderr at default verbosity, an item is never reported as attempted
     more often than it was started, and the next run redoes only what was not recorded."""
     path = scenes("lost", f"{{kind: dask, scheduler: '{cluster.scheduler_address}', "
-                          "split_min_pixels: 70000, region_block_rows: 1}")   # r0 is split
+                          "split_min_pixels: 35000, region_block_rows: 1}")   # r0 is split
     out = tmp_path / "lost"
 
     def kill_scheduler():
