@@ -45,7 +45,7 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window
 from tqdm import tqdm
 
-from geounet.blend import WindowProfile, axis_overlaps, resolve_window, tile_weights
+from geounet.blend import axis_overlaps, resolve_window, tile_weights
 from geounet.checkpoint import ModelMetadata
 from geounet.engines import Forward, OnnxModel, prepare
 from geounet.errors import ConfigError, InputError
@@ -53,6 +53,7 @@ from geounet.geotiff import MASK_NODATA, describe, finish, open_output
 from geounet.io import RasterInfo, normalize, open_raster, read_masked, select_bands
 from geounet.model import UNet, resolve_device
 from geounet.outputs import atomic_outputs, check_outputs, first_line
+from geounet.settings import CallSettings, PredictSettings
 from geounet.tiling import Block, TileGrid
 
 log = logging.getLogger(__name__)
@@ -60,49 +61,22 @@ log = logging.getLogger(__name__)
 GDAL_CACHE_MB = 32
 
 
-@dataclass(frozen=True)
-class PredictConfig:
-    """Inference settings; ``None`` means "as recommended by the checkpoint".
+class PredictConfig(PredictSettings, CallSettings):
+    """Inference settings (:class:`geounet.settings.PredictSettings`: tiling, blending,
+    bands, device, engine, threads, tta) and the options of one call.
 
     Attributes:
-        tile_size: tile edge in pixels.
-        overlap: overlap between neighbouring tiles in pixels.
-        batch_size: tiles per forward pass.
-        block_tiles: a block is ``block_tiles x block_tiles`` tiles (memory ~ its square).
-        window: blend window name (``hann``, ``average``) or a profile function.
-        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
-        engine: what runs the forward pass: ``torch``, ``onnx`` (ONNX Runtime, CPU) or
-            ``auto`` (onnx on the CPU when installed, torch otherwise); see
-            :mod:`geounet.engines`. Probabilities agree within float noise.
-        amp: mixed precision (float16 autocast) on CUDA; ignored on CPU.
-        bands: 1-based input bands in model order; ``None`` uses the checkpoint's.
-        threshold: foreground probability cut of a binary model.
-        threads: torch CPU threads; ``None`` keeps torch's default.
         cog: write Cloud-Optimized GeoTIFFs with overviews.
         overwrite: replace existing outputs.
         progress: show a progress bar on stderr.
-        tta: average the probabilities of the 8 flips and quarter turns of each tile
-            (test-time augmentation; ~8x the model time).
         region: ``(first, stop)`` block rows of the global grid to compute; the outputs then
             hold only the pixel rows these block rows complete (see the module docstring and
             :func:`block_row_extents`).
     """
 
-    tile_size: int | None = None
-    overlap: int | None = None
-    batch_size: int = 4
-    block_tiles: int = 2
-    window: str | WindowProfile = "hann"
-    device: str = "auto"
-    engine: str = "auto"
-    amp: bool = True
-    bands: tuple[int, ...] | None = None
-    threshold: float | None = None
-    threads: int | None = None
     cog: bool = False
     overwrite: bool = False
     progress: bool = True
-    tta: bool = False
     region: tuple[int, int] | None = None
 
 

@@ -48,6 +48,7 @@ from geounet.outputs import (
     temporary_sibling,
 )
 from geounet.outputs import remove_stale_temporaries as remove_output_temporaries
+from geounet.settings import RuntimeSettings
 from geounet.workflow import Workflow, read_input_list
 
 log = logging.getLogger(__name__)
@@ -385,12 +386,9 @@ def predict_config(workflow: Workflow, **changes):
     the runner decides what may be overwritten)."""
     from geounet.predict import PredictConfig
 
-    t = workflow.tiling
-    settings = dict(
-        tile_size=t.tile_size, overlap=t.overlap, batch_size=t.batch_size,
-        block_tiles=t.block_tiles, window=t.window, device=workflow.device, amp=True,
-        bands=workflow.bands, threshold=t.threshold, threads=workflow.threads,
-        cog=workflow.outputs.cog, tta=t.tta, overwrite=True, progress=False)
+    runtime = {name: getattr(workflow, name) for name in RuntimeSettings.model_fields}
+    settings = dict(**workflow.tiling.model_dump(), **runtime, cog=workflow.outputs.cog,
+                    overwrite=True, progress=False)
     return PredictConfig(**(settings | changes))
 
 

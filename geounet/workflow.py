@@ -43,9 +43,9 @@ from pydantic import (
 
 from geounet.errors import ConfigError
 from geounet.inputs import require_regular_file
+from geounet.settings import PositiveInt, RuntimeSettings, TilingSettings
 
 TEMPLATE_FIELDS = ("stem", "name")   # {stem}: file name without extension; {name}: with it
-PositiveInt = Annotated[int, Field(ge=1)]
 VectorFormat = Literal["gpkg", "geojson", "shapefile", "parquet"]
 # A workflow is a few KB. These bound the (pure-Python) parse to well under a second whatever
 # the file holds; an explicit list of thousands of inputs belongs in a file (inputs.file).
@@ -74,18 +74,6 @@ class InputsConfig(_Strict):
             raise ValueError("give exactly one of folder (with glob), list or file; got "
                              f"{', '.join(given) or 'none'}")
         return self
-
-
-class TilingConfig(_Strict):
-    """Inference settings (see :class:`geounet.predict.PredictConfig`); null = checkpoint's."""
-
-    tile_size: Annotated[int, Field(ge=16)] | None = None
-    overlap: Annotated[int, Field(ge=0)] | None = None
-    batch_size: PositiveInt = 4
-    block_tiles: PositiveInt = 2
-    window: Literal["hann", "average"] = "hann"
-    threshold: Annotated[float, Field(ge=0, le=1)] | None = None
-    tta: bool = False   # test-time augmentation: 8 orientations per tile, ~8x the model time
 
 
 class OutputsConfig(_Strict):
@@ -208,16 +196,21 @@ class ExecutorConfig(_Strict):
         return {"kind": value} if isinstance(value, str) else value
 
 
-class Workflow(_Strict):
-    """A validated workflow; paths are absolute (resolved against the workflow's folder)."""
+class Workflow(RuntimeSettings):
+    """A validated workflow; paths are absolute (resolved against the workflow's folder).
+
+    ``tiling`` and the top-level ``bands``, ``device``, ``engine``, ``amp`` and ``threads``
+    are the settings of :mod:`geounet.settings`, with their defaults except one: a workflow
+    runs torch on one thread unless told otherwise, so its outputs are the same bytes on
+    every machine (torch's CPU results are bit-identical only at equal thread counts) and
+    Dask workers x threads never oversubscribe the cores.
+    """
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     inputs: InputsConfig
     model: Path
-    bands: tuple[PositiveInt, ...] | None = None
-    tiling: TilingConfig = TilingConfig()
-    device: str = "cpu"
-    threads: PositiveInt = 1
+    tiling: TilingSettings = TilingSettings()
+    threads: PositiveInt | None = Field(1, description="CPU threads for the model per item.")
     outputs: OutputsConfig
     vectorize: VectorizeOptions = VectorizeOptions()
     retries: Annotated[int, Field(ge=0, le=10)] = 1
@@ -225,21 +218,39 @@ class Workflow(_Strict):
     executor: ExecutorConfig = ExecutorConfig()
     source: Path | None = Field(default=None, exclude=True)
 
+    @field_validator("bands")
+    @classmethod
+    def _one_based(cls, bands: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if bands is not None and (not bands or min(bands) < 1):
+            raise ValueError(f"{list(bands)}: give 1-based band numbers like [1, 2, 3]")
+        return bands
+
     def output_settings(self) -> dict[str, Any]:
         """The settings that change output bytes (hashed into the manifest, in the report).
 
         Excludes what only changes how the work is run (executor, retries, schedule,
-        overwrite policy, input discovery) so that, for example, moving a workflow onto a
-        Dask cluster does not redo finished items.
+        overwrite policy, input discovery, the engine: its probabilities agree with torch's
+        within float noise) so that, for example, moving a workflow onto a Dask cluster does
+        not redo finished items. ``device: auto`` counts as the device it picks here.
+        Settings added later count only when not at their default, so manifests written
+        before them stay valid (the outputs are the same bytes).
         """
-        # tta only when on: manifests written before it existed stay valid (same bytes).
         tiling = self.tiling.model_dump(exclude=None if self.tiling.tta else {"tta"})
-        return {
-            "bands": self.bands, "tiling": tiling, "device": self.device,
+        settings = {
+            "bands": self.bands, "tiling": tiling, "device": self.resolved_device(),
             "threads": self.threads,
             "outputs": self.outputs.model_dump(exclude={"folder", "overwrite"}),
             "vectorize": self.vectorize.model_dump(),
         }
+        return settings | ({} if self.amp else {"amp": False})
+
+    def resolved_device(self) -> str:
+        """``device``, with ``auto`` as the kind it picks on this machine (cuda or cpu)."""
+        if self.device != "auto":
+            return self.device
+        from geounet.model import resolve_device  # torch: loaded on use
+
+        return resolve_device("auto").type
 
     def settings_sha256(self) -> str:
         text = json.dumps(self.output_settings(), sort_keys=True, default=str)

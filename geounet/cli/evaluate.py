@@ -8,10 +8,11 @@ from pathlib import Path
 
 import click
 
-from geounet.cli.options import verbosity
+from geounet.cli.options import setting_option, verbosity
 from geounet.errors import ConfigError
 from geounet.inputs import require_regular_file
 from geounet.outputs import atomic_path, check_output
+from geounet.settings import PredictSettings
 
 
 @click.command("evaluate")
@@ -37,13 +38,10 @@ from geounet.outputs import atomic_path, check_output
               help="Full width given to vector line labels.")
 @click.option("--line-width-units", default="pixels", show_default=True,
               type=click.Choice(["pixels", "map", "metres"]))
-@click.option("--device", default="auto", show_default=True, help="For --model.")
-@click.option("--engine", default="auto", show_default=True,
-              type=click.Choice(["auto", "torch", "onnx"]),
-              help="For --model: forward pass by torch or ONNX Runtime, as in predict.")
-@click.option("--threads", type=click.IntRange(1), help="CPU threads for --model.")
-@click.option("--tta", is_flag=True, help="For --model: average the 8 flips/quarter turns of "
-              "each tile, as `geounet predict --tta`.")
+@setting_option(PredictSettings, "device")
+@setting_option(PredictSettings, "engine")
+@setting_option(PredictSettings, "threads")
+@setting_option(PredictSettings, "tta")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("-o", "--output", type=click.Path(path_type=Path),
               help="Also write the full JSON report (with per-image scores) here.")

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import types
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
+from pydantic import BaseModel
 
 from geounet.errors import GeoUNetError
 from geounet.inputs import require_regular_file
@@ -73,3 +76,47 @@ class InputPath(click.Path):
             except GeoUNetError as exc:
                 self.fail(str(exc), param, ctx)
         return super().convert(value, param, ctx)
+
+
+def setting_option(model: type[BaseModel], name: str, *flags: str, **changes: Any,
+                   ) -> Callable[[Callable], Callable]:
+    """A click option for the setting ``name`` of ``model`` (a :mod:`geounet.settings`
+    model): its default, range or choices and help come from the field, so the CLI cannot
+    drift from the API and the workflow keys. ``flags`` default to ``--name-with-dashes``;
+    ``changes`` override click's arguments (e.g. a ``callback`` that parses bands)."""
+    field = model.model_fields[name]
+    kind, bounds, choices = _field_type(field.annotation, list(field.metadata))
+    arguments: dict[str, Any] = {"help": field.description}
+    if kind is bool:
+        arguments["is_flag"] = True
+    elif choices:
+        arguments["type"] = click.Choice([str(c) for c in choices])
+    elif kind is int:
+        arguments["type"] = click.IntRange(bounds.get("ge"), bounds.get("le"))
+    elif kind is float:
+        arguments["type"] = click.FloatRange(bounds.get("ge"), bounds.get("le"))
+    if field.default is not None:
+        arguments.update(default=field.default, show_default=True)
+    arguments.update(changes)
+    return click.option(*(flags or ("--" + name.replace("_", "-"),)), name, **arguments)
+
+
+def _field_type(annotation: Any, metadata: list[Any]) -> tuple[Any, dict[str, Any], tuple]:
+    """``(int|float|bool|str|None, {"ge": ..., "le": ...}, literal choices)`` of a field."""
+    from typing import Annotated, Literal, Union, get_args, get_origin
+
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        base, *extra = get_args(annotation)
+        for item in extra:
+            metadata += list(getattr(item, "metadata", [item]))
+        return _field_type(base, metadata)
+    if origin is Literal:
+        return str, {}, get_args(annotation)
+    if origin in (Union, types.UnionType):
+        for arg in get_args(annotation):   # the first of Optional[X] / Literal | Callable
+            if arg is not type(None):
+                return _field_type(arg, metadata)
+    bounds = {key: getattr(item, key) for item in metadata for key in ("ge", "le")
+              if getattr(item, key, None) is not None}
+    return (annotation if annotation in (int, float, bool, str) else None), bounds, ()

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import click
 
-from geounet.cli.options import overwrite, parse_bands, verbosity
+from geounet.cli.options import overwrite, parse_bands, setting_option, verbosity
 from geounet.cli.summary import Column, emit, fixed
 from geounet.cli.vectorize import summary as vector_summary
 from geounet.cli.vectorize import vector_request, with_vector_options
 from geounet.errors import ConfigError
 from geounet.outputs import check_outputs, temporary_sibling
+from geounet.settings import PredictSettings
 
 
 @click.command("predict")
@@ -24,24 +25,20 @@ from geounet.outputs import check_outputs, temporary_sibling
               help="Class mask GeoTIFF (uint8, nodata 255).")
 @click.option("--probabilities", type=click.Path(path_type=Path),
               help="Probabilities GeoTIFF (float32, nodata NaN).")
-@click.option("--bands", callback=parse_bands, help="Input bands in model order, e.g. 1,2,3.")
-@click.option("--tile", "tile_size", type=click.IntRange(16), help="Tile edge in pixels.")
-@click.option("--overlap", type=click.IntRange(0), help="Tile overlap in pixels.")
-@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(1))
-@click.option("--block-tiles", default=2, show_default=True, type=click.IntRange(1),
-              help="Blocks of NxN tiles: the unit of memory.")
-@click.option("--window", default="hann", show_default=True,
-              type=click.Choice(["hann", "average"]), help="Blend window across overlaps.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--engine", default="auto", show_default=True,
-              type=click.Choice(["auto", "torch", "onnx"]),
-              help="Forward pass by torch or ONNX Runtime (CPU); auto: onnx on the CPU.")
-@click.option("--no-amp", is_flag=True, help="Full float32 precision on CUDA.")
-@click.option("--threshold", type=click.FloatRange(0, 1), help="Binary foreground cut.")
-@click.option("--threads", type=click.IntRange(1), help="CPU threads for the model.")
+@setting_option(PredictSettings, "bands", callback=parse_bands,
+                help="Input bands in model order, e.g. 1,2,3 (default: the checkpoint's).")
+@setting_option(PredictSettings, "tile_size", "--tile")
+@setting_option(PredictSettings, "overlap")
+@setting_option(PredictSettings, "batch_size")
+@setting_option(PredictSettings, "block_tiles")
+@setting_option(PredictSettings, "window")
+@setting_option(PredictSettings, "device")
+@setting_option(PredictSettings, "engine")
+@setting_option(PredictSettings, "amp", "--amp/--no-amp")
+@setting_option(PredictSettings, "threshold")
+@setting_option(PredictSettings, "threads")
+@setting_option(PredictSettings, "tta")
 @click.option("--cog", is_flag=True, help="Write Cloud-Optimized GeoTIFFs with overviews.")
-@click.option("--tta", is_flag=True,
-              help="Average the 8 flips/quarter turns of each tile (~8x the model time).")
 @click.option("--vector", type=click.Path(path_type=Path),
               help="Also polygonize the mask into this vector file (.gpkg, .geojson, ...).")
 @with_vector_options
@@ -50,9 +47,8 @@ from geounet.outputs import check_outputs, temporary_sibling
 @verbosity
 @click.pass_context
 def command(ctx: click.Context, input_path: Path, model: Path, output: Path | None,
-            probabilities: Path | None, bands, tile_size, overlap, batch_size, block_tiles,
-            window, device, engine, no_amp, threshold, threads, cog, tta, vector, as_json,
-            overwrite, quiet, verbose) -> None:
+            probabilities: Path | None, cog: bool, vector: Path | None, as_json: bool,
+            overwrite: bool, quiet: bool, verbose: int, **settings) -> None:
     """Segment IN.tif tile by tile and write a georeferenced mask and/or probabilities.
 
     With --vector, the mask is also turned into polygons (a temporary mask is used when no
@@ -74,27 +70,14 @@ def command(ctx: click.Context, input_path: Path, model: Path, output: Path | No
             if output is None:  # a mask only for the polygons: removed in any case
                 output = temporary_sibling(vector, ".tif", create=False)
                 stack.callback(output.unlink, missing_ok=True)
-        result = _predict(input_path, model, output, probabilities, bands, tile_size, overlap,
-                          batch_size, block_tiles, window, device, engine, no_amp, threshold,
-                          threads, cog, tta, overwrite, quiet)
+        from geounet.predict import PredictConfig, predict_raster  # torch: loaded on use
+
+        config = PredictConfig(**settings, cog=cog, overwrite=overwrite, progress=not quiet)
+        result = predict_raster(input_path, model, output, probabilities, config)
         vectors = None
         if vector is not None:
             vectors = request.run(output, vector, overwrite, quiet or as_json, probabilities)
         _summarize(result, vectors, temporary_mask, as_json, quiet)
-
-
-def _predict(input_path, model, output, probabilities, bands, tile_size, overlap, batch_size,
-             block_tiles, window, device, engine, no_amp, threshold, threads, cog, tta, overwrite,
-             quiet):
-    from geounet.predict import PredictConfig, predict_raster  # torch: loaded on use
-
-    config = PredictConfig(
-        tile_size=tile_size, overlap=overlap, batch_size=batch_size, block_tiles=block_tiles,
-        window=window, device=device, engine=engine, amp=not no_amp, bands=bands,
-        threshold=threshold, threads=threads, cog=cog, overwrite=overwrite, progress=not quiet,
-        tta=tta,
-    )
-    return predict_raster(input_path, model, output, probabilities, config)
 
 
 def _summarize(result, vectors, temporary_mask: bool, as_json: bool, quiet: bool) -> None:
