@@ -24,6 +24,7 @@ from geounet.errors import GeoUNetError, ModelError
 from geounet.inputs import require_regular_file
 from geounet.model import UNet, UNetConfig, argument_problem, state_shapes
 from geounet.outputs import atomic_path, write_failed
+from geounet.palette import colors_problem, default_class_colors
 
 FORMAT = "geounet-checkpoint"
 VERSION = 1
@@ -47,6 +48,10 @@ class ModelMetadata:
         tile_size: recommended tile edge in pixels.
         overlap: recommended overlap between neighbouring tiles in pixels.
         threshold: probability above which a binary model's pixel is foreground.
+        class_colors: ``'#rrggbb'`` per class for previews and legends (empty: the default
+            palette, :func:`geounet.palette.default_class_colors`).
+        ignore_value: the label value that meant "unlabelled" in training (255: only
+            nodata); informative, inference does not use it.
         source: provenance (training data, command, seed, date, geounet version).
     """
 
@@ -60,6 +65,13 @@ class ModelMetadata:
     overlap: int = 64
     threshold: float = 0.5
     source: dict[str, Any] = field(default_factory=dict)
+    class_colors: tuple[str, ...] = ()
+    ignore_value: int = 255
+
+    @property
+    def colors(self) -> tuple[str, ...]:
+        """One ``'#rrggbb'`` per class name: ``class_colors`` or the default palette."""
+        return self.class_colors or default_class_colors(len(self.class_names))
 
     def __post_init__(self) -> None:
         for name, check in _FIELD_CHECKS.items():
@@ -75,6 +87,10 @@ class ModelMetadata:
                 f"checkpoint metadata is inconsistent: {n} input channels but "
                 f"{len(self.bands)} bands, {len(self.mean)} means, {len(self.std)} stds"
             )
+        if self.class_colors:
+            problem = colors_problem(self.class_colors, len(self.class_names))
+            if problem:
+                raise ModelError(f"checkpoint metadata key 'class_colors': {problem}")
         expected_names = 2 if self.arch.classes == 1 else self.arch.classes
         if len(self.class_names) != expected_names:
             raise ModelError(
@@ -111,7 +127,7 @@ class ModelMetadata:
         return cls(arch=UNetConfig(**raw["arch"]), **values)
 
 
-_LISTS = ("bands", "mean", "std", "class_names")
+_LISTS = ("bands", "mean", "std", "class_names", "class_colors")
 FLOAT32_MAX = 3.4028234663852886e38
 
 
@@ -198,6 +214,8 @@ _FIELD_CHECKS = {
     "tile_size": _bounded_int(16, MAX_TILE),
     "overlap": _bounded_int(0, MAX_TILE),
     "threshold": _threshold,
+    "class_colors": lambda v: _sequence(v, "strings", lambda n: isinstance(n, str)),
+    "ignore_value": _bounded_int(0, 255),
     "source": lambda v: None if isinstance(v, dict) else f"must be an object, got {v!r}",
 }
 

@@ -14,6 +14,7 @@ Images without a CRS (plain PNG/JPEG) take vector coordinates as they are.
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,13 +47,16 @@ class LabelConfig:
         line_width_units: ``"pixels"`` (of the image grid), ``"map"`` (units of the
             image's CRS) or ``"metres"`` (on the ground, buffered in the local UTM zone: the
             choice for images in degrees).
-        class_field: attribute holding each feature's class id (1..254); None: all
-            features are class 1.
+        class_field: attribute holding each feature's class id (1..254) or, with
+            ``class_names``, its class name; None: all features are class 1.
+        class_names: names by class id (background first); when given, class ids must be
+            below their count and names in ``class_field`` are looked up in them.
     """
 
     line_width: float = 3.0
     line_width_units: Literal["pixels", "map", "metres"] = "pixels"
     class_field: str | None = None
+    class_names: tuple[str, ...] = ()
 
 
 def is_vector(path: str | Path) -> bool:
@@ -132,9 +136,7 @@ def rasterize_vector(path: str | Path, image: RasterInfo,
         raise InputError(f"{path}: no attribute {config.class_field!r}; it has "
                          f"{', '.join(map(str, frame.columns.drop('geometry')))}")
     classes = (np.ones(len(frame), np.int64) if config.class_field is None
-               else frame[config.class_field].to_numpy().astype(np.int64))
-    if len(classes) and (classes.min() < 1 or classes.max() >= IGNORE):
-        raise InputError(f"{path}: class ids in {config.class_field!r} must be 1..254")
+               else class_ids(frame[config.class_field], path, config))
     geoms = frame.geometry.to_numpy()
     if config.line_width_units == "metres" and image.crs is None:
         raise InputError(f"{image.path} has no CRS: give the line width in pixels")
@@ -150,6 +152,43 @@ def rasterize_vector(path: str | Path, image: RasterInfo,
     if shapes:
         rasterize(shapes, out=target, transform=image.transform, all_touched=False)
     return target
+
+
+def class_ids(column, path: str | Path, config: LabelConfig) -> np.ndarray:
+    """Class ids (int64) of a vector attribute holding ids or, with ``config.class_names``,
+    names (both may be mixed, ids written as text too); refuses unknown or empty values."""
+    names = {name: i for i, name in enumerate(config.class_names)}
+    top = len(names) if names else IGNORE
+    ids, unknown = np.zeros(len(column), np.int64), []
+    for i, value in enumerate(column.to_numpy()):
+        text = str(value).strip()
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            unknown.append("NULL")
+        elif text in names:
+            ids[i] = names[text]
+        elif re.fullmatch(r"[0-9]+(\.0*)?", text) and 1 <= float(text) < top:
+            ids[i] = int(float(text))
+        else:
+            unknown.append(text)
+    if unknown:
+        known = (f"class names {', '.join(config.class_names[1:])} or ids 1..{top - 1}"
+                 if names else "class ids 1..254")
+        raise InputError(f"{path}: {config.class_field!r} holds "
+                         f"{', '.join(repr(u) for u in sorted(set(unknown))[:8])}, not "
+                         f"{known}; fix those features or the class list")
+    return ids
+
+
+def check_class_ids(target: np.ndarray, count: int, path: str | Path) -> None:
+    """Refuse a target value that is neither a class id below ``count`` nor IGNORE, in one
+    line naming the value, how many pixels hold it and the first (row, col)."""
+    bad = (target >= count) & (target != IGNORE)
+    if bad.any():
+        value = int(target[bad].min())
+        rows, cols = np.nonzero(target == value)
+        raise InputError(f"{path}: label value {value} (at row {rows[0]}, col {cols[0]}, "
+                         f"{len(rows)} px) is not a class id 0..{count - 1}; give class_names "
+                         "for every value, or mark it as unlabelled with ignore_value")
 
 
 def _check_coordinates(frame, path: str | Path) -> None:

@@ -41,13 +41,10 @@ from geounet.errors import InputError
 from geounet.geotiff import read_class_names
 from geounet.io import open_raster
 from geounet.outputs import atomic_path, check_output, first_line
+from geounet.palette import CLASS_COLOURS, class_colour  # noqa: F401 (public here before)
 
 log = logging.getLogger(__name__)
 
-#: Overlay colours of class ids 1, 2, ... (class 0 is background and not drawn).
-CLASS_COLOURS: tuple[tuple[int, int, int], ...] = (
-    (255, 0, 200), (0, 200, 255), (255, 200, 0), (0, 255, 80), (255, 60, 0), (160, 80, 255),
-)
 NODATA_GREY = (128, 128, 128)
 MASK_STRIP_BYTES = 32 * 2**20  # full-resolution mask rows read at once
 GDAL_CACHE_BYTES = 64 * 2**20  # GDAL block cache while reading: bounds memory on big rasters
@@ -233,11 +230,6 @@ def render_preview(image: str | Path, output_png: str | Path, mask: str | Path |
         scale_bar_m=bar.metres, mask_pixels=mask_pixels, features=features,
         seconds=time.perf_counter() - start,
     )
-
-
-def class_colour(class_id: int) -> tuple[int, int, int]:
-    """Overlay colour of a class id (1-based; the palette repeats)."""
-    return CLASS_COLOURS[(class_id - 1) % len(CLASS_COLOURS)]
 
 
 def metres_per_pixel(crs, transform: Affine, width: int, height: int,

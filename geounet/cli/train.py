@@ -1,4 +1,4 @@
-"""``geounet train``: train a binary U-Net from a YAML config and/or flags."""
+"""``geounet train``: train a U-Net (binary or multi-class) from a YAML config and/or flags."""
 
 from __future__ import annotations
 
@@ -33,7 +33,15 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
               help="Best checkpoint to write (.safetensors); the last one goes beside it.")
 @click.option("--resume", is_flag=True,
               help="Continue the run whose last checkpoint lies beside --output.")
-@click.option("--classes", help="Background and foreground names, e.g. background,crack.")
+@click.option("--classes", help="Class names by id, background first: two (e.g. "
+              "background,crack) train a binary model, more a softmax model "
+              "(background,building,road,water).")
+@click.option("--class-field", help="Attribute of vector labels with each feature's class "
+              "id or name.")
+@click.option("--ignore-value", type=click.IntRange(0, 254),
+              help="Label value meaning unlabelled (besides nodata and 255).")
+@click.option("--class-weights", help="Per-class loss weights, comma-separated, or 'auto' "
+              "(inverse square root of class frequency); softmax models.")
 @click.option("--width", type=click.IntRange(1))
 @click.option("--depth", type=click.IntRange(1))
 @click.option("--patch", type=click.IntRange(16))
@@ -49,7 +57,7 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
                    "previous epoch (hard-example mining; default 0: off).")
 @click.option("--line-width", type=click.FloatRange(0), help="Full width of vector lines.")
 @click.option("--line-width-units", type=click.Choice(["pixels", "map", "metres"]))
-@click.option("--monitor", type=click.Choice(["iou", "f1", "tolerant_f1"]),
+@click.option("--monitor", type=click.Choice(["iou", "miou", "f1", "tolerant_f1"]),
               help="Validation score that picks the best checkpoint.")
 @click.option("--patience", type=click.IntRange(1), help="Early stop after N flat epochs.")
 @click.option("--max-minutes", type=click.FloatRange(0, min_open=True),
@@ -61,8 +69,8 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 @click.option("--name", help="Model name recorded in the checkpoint.")
 @overwrite
 @verbosity
-def command(config_file, output, resume, classes, name, overwrite, quiet, verbose,
-            **flags) -> None:
+def command(config_file, output, resume, classes, class_weights, name, overwrite, quiet,
+            verbose, **flags) -> None:
     """Train a U-Net; write the best checkpoint (by validation score) and the last one."""
     from geounet.train import TrainConfig, last_paths, train_model  # torch: loaded on use
 
@@ -70,10 +78,17 @@ def command(config_file, output, resume, classes, name, overwrite, quiet, verbos
               if v is not None and v != ()}
     if classes is not None:
         names = tuple(c.strip() for c in classes.split(","))
-        if len(names) != 2:
-            raise ConfigError(f"--classes needs two names (background,foreground), "
-                              f"got {classes!r}")
+        if len(names) < 2 or not all(names):
+            raise ConfigError(f"--classes needs two or more names, background first "
+                              f"(background,foreground), got {classes!r}")
         values["class_names"] = names
+    if class_weights is not None:
+        try:
+            values["class_weights"] = class_weights.strip() if class_weights.strip() == "auto" \
+                else [float(w) for w in class_weights.split(",")]
+        except ValueError:
+            raise ConfigError(f"--class-weights: give numbers separated by commas or 'auto', "
+                              f"got {class_weights!r}") from None
     if config_file is not None:
         config = TrainConfig.load(config_file, **values)
     else:

@@ -17,8 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from geounet.errors import ConfigError
 from geounet.labels import pair_folders, select_split
 
-Monitor = Literal["iou", "f1", "tolerant_f1"]
+Monitor = Literal["iou", "f1", "tolerant_f1", "miou"]
 LossName = Literal["bce_dice", "focal_dice", "bce"]
+UNLABELLED = "unlabelled"   # a class of this name marks pixels the loss and scores skip
 
 
 class TrainConfig(BaseModel):
@@ -42,7 +43,20 @@ class TrainConfig(BaseModel):
     bands: tuple[int, ...] | None = None
     line_width: float = Field(3.0, ge=0, description="full width given to vector lines")
     line_width_units: Literal["pixels", "map", "metres"] = "pixels"
-    class_names: tuple[str, str] = ("background", "foreground")
+    class_names: tuple[str, ...] = Field(("background", "foreground"), min_length=2,
+                                         max_length=254, description="by class id, "
+                                         "background (id 0) first; two: a binary model, "
+                                         "more: a softmax model")
+    class_field: str | None = Field(None, description="attribute of vector labels holding "
+                                    "each feature's class id or class name")
+    ignore_value: int | None = Field(None, ge=0, le=254, description="label value meaning "
+                                     "unlabelled (besides nodata and 255); default: the id "
+                                     "of a class named 'unlabelled', if any")
+    class_weights: list[float] | Literal["auto"] | None = Field(
+        None, description="per-class weights of the pixel loss (softmax models), or 'auto': "
+        "inverse square root of each class's share of the valid training pixels")
+    class_colors: tuple[str, ...] | None = Field(None, description="'#rrggbb' per class for "
+                                                 "previews; default: a readable palette")
     # Model
     width: int = Field(16, ge=1)
     depth: int = Field(4, ge=1)
@@ -87,7 +101,35 @@ class TrainConfig(BaseModel):
             raise ValueError(f"scale_range {self.scale_range}: give 0 < low <= high")
         if self.overlap * 2 >= self.tile_size:
             raise ValueError(f"overlap {self.overlap} must be below half of tile_size")
+        n = len(self.class_names)
+        if len(set(self.class_names)) != n:
+            raise ValueError(f"class_names {list(self.class_names)} repeat a name")
+        if isinstance(self.class_weights, list) and (
+                len(self.class_weights) != n or min(self.class_weights) < 0):
+            raise ValueError(f"class_weights: give {n} weights >= 0 (one per class) or 'auto'")
+        if self.class_colors is not None:
+            from geounet.palette import colors_problem
+            problem = colors_problem(self.class_colors, n)
+            if problem:
+                raise ValueError(f"class_colors: {problem}")
+        if self.ignore_value is not None and self.ignore_value < n \
+                and self.class_names[self.ignore_value].lower() != UNLABELLED:
+            raise ValueError(f"ignore_value {self.ignore_value} is the id of class "
+                             f"{self.class_names[self.ignore_value]!r}")
         return self
+
+    @property
+    def classes(self) -> int:
+        """Output channels of the model: 1 (binary, sigmoid) for two classes, else one each."""
+        return 1 if len(self.class_names) == 2 else len(self.class_names)
+
+    @property
+    def unlabelled(self) -> int | None:
+        """The label value that marks unlabelled pixels (besides nodata and 255), or None."""
+        if self.ignore_value is not None:
+            return self.ignore_value
+        names = [n.lower() for n in self.class_names]
+        return names.index(UNLABELLED) if UNLABELLED in names else None
 
     @classmethod
     def load(cls, path: str | Path, **overrides: Any) -> TrainConfig:

@@ -28,7 +28,7 @@ from rasterio.windows import Window
 
 from geounet.errors import InputError
 from geounet.io import read_masked
-from geounet.labels import IGNORE, LabelConfig, image_info, load_target
+from geounet.labels import IGNORE, LabelConfig, check_class_ids, image_info, load_target
 from geounet.training.config import TrainConfig
 
 IN_MEMORY_PIXELS = 64 * 2**20     # images up to this many pixels are read once, into memory
@@ -47,6 +47,8 @@ class Scene:
     valid: np.ndarray | None = None    # bool (rows, cols)
     held_rows: tuple[int, int] = (0, 0)   # [first, end) rows kept for validation
     positives: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
+    # (row, col) pixels of each foreground class (binary: one array, the positives)
+    class_pixels: list[np.ndarray] = field(default_factory=list)
     hard: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
 
     @property
@@ -68,7 +70,8 @@ class Scene:
 
 def load_data(config: TrainConfig) -> tuple[list[Scene], list[Scene]]:
     """Training and validation scenes of ``config``, checked; the caller closes their files."""
-    labels = LabelConfig(config.line_width, config.line_width_units)
+    labels = LabelConfig(config.line_width, config.line_width_units, config.class_field,
+                         tuple(config.class_names) if config.class_field else ())
     pairs = config.pairs()
     val_pairs = config.val_pairs()
     if not val_pairs and len(pairs) > 1:
@@ -100,13 +103,24 @@ def load_data(config: TrainConfig) -> tuple[list[Scene], list[Scene]]:
 
 
 def open_scene(image: Path, label: Path, config: TrainConfig, labels: LabelConfig) -> Scene:
-    """The scene of one (image, label) pair; its foreground pixels are ``positives``."""
+    """The scene of one (image, label) pair; its foreground pixels are ``positives``.
+
+    A binary model's target is 1 wherever the label has a class id > 0; a softmax model's
+    keeps the class ids, which must be below ``len(class_names)``. The ``unlabelled`` value
+    of the config becomes IGNORE in both.
+    """
     info = image_info(image)
     bands = config.bands or tuple(range(1, info.count + 1))
     if max(bands) > info.count:
         raise InputError(f"{image}: has {info.count} band(s); bands {bands} asked for")
-    raw = load_target(label, info, labels)   # binary training: any class id > 0 is 1
-    target = np.where(raw == IGNORE, IGNORE, raw > 0).astype(np.uint8)
+    raw = load_target(label, info, labels)
+    if config.unlabelled is not None:
+        raw[raw == config.unlabelled] = IGNORE
+    if config.classes == 1:   # binary training: any class id > 0 is 1
+        target = np.where(raw == IGNORE, IGNORE, raw > 0).astype(np.uint8)
+    else:
+        check_class_ids(raw, len(config.class_names), label)
+        target = raw
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         src = rasterio.open(image)
@@ -117,23 +131,59 @@ def open_scene(image: Path, label: Path, config: TrainConfig, labels: LabelConfi
             raise InputError(f"{image}: no valid pixel (all nodata or masked); there is "
                              "nothing to learn from it: drop it or fix its nodata value")
         scene.target[~scene.valid] = IGNORE
-    rows, cols = np.nonzero(scene.target == 1)
+    rows, cols = np.nonzero(foreground(scene.target))
     scene.positives = np.stack([rows, cols], axis=1)
+    if config.classes == 1:
+        scene.class_pixels = [scene.positives]
+    else:
+        ids = scene.target[rows, cols]
+        scene.class_pixels = [scene.positives[ids == k]
+                              for k in range(1, len(config.class_names))]
     return scene
+
+
+def foreground(target: np.ndarray) -> np.ndarray:
+    """Pixels of a target labelled with a class other than the background (id 0)."""
+    return (target > 0) & (target != IGNORE)
 
 
 def hold_out_strip(scene: Scene, config: TrainConfig) -> Scene:
     """Keep the row strip of ``scene`` richest in foreground for validation (same object)."""
     rows = scene.shape[0]
     strip = min(rows, max(config.patch, int(rows * config.val_fraction)))
-    per_row = (scene.target == 1).sum(axis=1)
+    per_row = foreground(scene.target).sum(axis=1)
     starts = range(0, rows - strip + 1, max(1, strip // 2))
     first = max(starts, key=lambda r: (per_row[r : r + strip].sum(), r))
     scene.held_rows = (first, first + strip)
-    keep = np.array([scene.clear_of_validation(int(r), 1) for r in scene.positives[:, 0]],
-                    dtype=bool) if len(scene.positives) else np.zeros(0, bool)
-    scene.positives = scene.positives[keep]
+    binary = len(scene.class_pixels) == 1
+    scene.positives = _clear_rows(scene, scene.positives)
+    if binary:
+        scene.class_pixels = [scene.positives]
+    else:   # only pixels a window of the largest size can hold without touching the strip
+        largest = min(round(config.patch * config.scale_range[1]),
+                      max(first, rows - first - strip))
+        above, below = first >= largest, rows - first - strip >= largest
+        scene.class_pixels = [p[(above & (p[:, 0] < first)) | (below & (p[:, 0] >= first + strip))]
+                              for p in scene.class_pixels]
     return scene
+
+
+def _clear_rows(scene: Scene, pixels: np.ndarray) -> np.ndarray:
+    """The (row, col) ``pixels`` outside the scene's validation rows."""
+    keep = np.array([scene.clear_of_validation(int(r), 1) for r in pixels[:, 0]],
+                    dtype=bool) if len(pixels) else np.zeros(0, bool)
+    return pixels[keep]
+
+
+def class_frequencies(scenes: list[Scene], count: int) -> np.ndarray:
+    """Share of each of ``count`` classes among the labelled, valid training pixels (the
+    validation rows left out)."""
+    total = np.zeros(count, np.int64)
+    for scene in scenes:
+        first, end = scene.held_rows
+        for part in (scene.target[:first], scene.target[end:]):
+            total += np.bincount(part[part != IGNORE].ravel(), minlength=count)[:count]
+    return total / max(1, total.sum())
 
 
 def band_statistics(scenes: list[Scene]) -> tuple[tuple[float, ...], tuple[float, ...]]:

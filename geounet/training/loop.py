@@ -32,9 +32,17 @@ from tqdm import tqdm
 
 from geounet import __version__
 from geounet.checkpoint import ModelMetadata, save_checkpoint
+from geounet.labels import IGNORE
 from geounet.model import UNet, UNetConfig, resolve_device
+from geounet.palette import default_class_colors
 from geounet.training.config import TrainConfig
-from geounet.training.data import Scene, band_statistics, load_data, validation_windows
+from geounet.training.data import (
+    Scene,
+    band_statistics,
+    class_frequencies,
+    load_data,
+    validation_windows,
+)
 from geounet.training.losses import loss as training_loss
 from geounet.training.sampler import mine_hard_pixels, training_batch
 from geounet.training.state import last_paths, restore, save_last
@@ -86,7 +94,7 @@ def _fit(config: TrainConfig, output: Path, train: list[Scene], val: list[Scene]
     torch.manual_seed(config.seed)
     bands = train[0].bands
     mean, std = band_statistics(train)
-    arch = UNetConfig(len(bands), 1, config.width, config.depth, config.bilinear)
+    arch = UNetConfig(len(bands), config.classes, config.width, config.depth, config.bilinear)
     model = UNet(arch).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
                                   weight_decay=config.weight_decay)
@@ -102,11 +110,16 @@ def _fit(config: TrainConfig, output: Path, train: list[Scene], val: list[Scene]
     metadata = ModelMetadata(
         arch=arch, bands=bands, mean=mean, std=std, class_names=tuple(config.class_names),
         tile_size=config.tile_size, overlap=config.overlap, threshold=config.threshold,
+        class_colors=config.class_colors or default_class_colors(len(config.class_names)),
+        ignore_value=IGNORE if config.unlabelled is None else config.unlabelled,
         source={**config.source, "trained_on": f"{len(train)} image(s), first {train[0].path}",
                 "config": config.model_dump(mode="json"), "seed": str(config.seed),
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "geounet_version": __version__},
     )
+    weights = class_weights(config, train)
+    if weights is not None:
+        log.info("class weights %s", dict(zip(config.class_names, weights.round(3).tolist())))
     seconds = sum(h["seconds"] for h in history)
     stopped = "epochs"
     bar = tqdm(total=total, initial=epoch * config.steps_per_epoch, disable=not progress,
@@ -116,7 +129,7 @@ def _fit(config: TrainConfig, output: Path, train: list[Scene], val: list[Scene]
         if config.hard_fraction and epoch:  # from the weights of the epoch just done
             mine_hard_pixels(model, train, mean, std, config, device, epoch)
         losses = _train_epoch(model, optimizer, scaler, train, mean, std, config, device, rng,
-                              epoch, amp, bar)
+                              epoch, amp, bar, weights)
         epoch += 1
         scores = validate(model, val_windows, mean, std, config, device)
         seconds += time.perf_counter() - start
@@ -142,11 +155,12 @@ def _fit(config: TrainConfig, output: Path, train: list[Scene], val: list[Scene]
 def _train_epoch(model: UNet, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                  train: list[Scene], mean: Stats, std: Stats, config: TrainConfig,
                  device: torch.device, rng: np.random.Generator, epoch: int, amp: bool,
-                 bar: tqdm) -> list[float]:
+                 bar: tqdm, weights: np.ndarray | None = None) -> list[float]:
     """The steps of epoch ``epoch`` (0-based); returns each step's loss."""
     model.train()
     total = config.epochs * config.steps_per_epoch
     losses = []
+    class_weight = None if weights is None else torch.from_numpy(weights).float().to(device)
     for i in range(config.steps_per_epoch):
         step = epoch * config.steps_per_epoch + i
         for group in optimizer.param_groups:
@@ -154,7 +168,8 @@ def _train_epoch(model: UNet, optimizer: torch.optim.Optimizer, scaler: torch.am
         x, y = training_batch(train, mean, std, config, rng)
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
             logits = model(torch.from_numpy(x).to(device))
-        loss = training_loss(logits.float(), torch.from_numpy(y).to(device), config.loss)
+        loss = training_loss(logits.float(), torch.from_numpy(y).to(device), config.loss,
+                             class_weight)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -163,6 +178,23 @@ def _train_epoch(model: UNet, optimizer: torch.optim.Optimizer, scaler: torch.am
         bar.update()
         bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
     return losses
+
+
+def class_weights(config: TrainConfig, train: list[Scene]) -> np.ndarray | None:
+    """Per-class weights of a softmax model's pixel loss (None: all 1, or a binary model).
+
+    ``auto``: the inverse square root of each class's share of the valid training pixels,
+    scaled to a mean of 1 over the classes present (absent and unlabelled classes weigh 0).
+    """
+    if config.class_weights is None or config.classes == 1:
+        return None
+    if config.class_weights != "auto":
+        return np.asarray(config.class_weights, np.float64)
+    share = class_frequencies(train, len(config.class_names))
+    weights = np.where(share > 0, 1 / np.sqrt(np.maximum(share, 1e-12)), 0.0)
+    if config.unlabelled is not None and config.unlabelled < len(weights):
+        weights[config.unlabelled] = 0
+    return weights / weights[weights > 0].mean()
 
 
 def _stop_reason(config: TrainConfig, epoch: int, seconds: float, best: dict[str, float]

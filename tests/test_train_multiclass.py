@@ -1,0 +1,209 @@
+"""Multi-class training: softmax models, class-id and vector class labels, checkpoints."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+import torch
+from shapely.geometry import LineString, box
+
+from geounet.checkpoint import load_checkpoint, read_metadata
+from geounet.errors import ConfigError, InputError
+from geounet.labels import IGNORE, LabelConfig, image_info, load_target
+from geounet.predict import PredictConfig, predict_raster
+from geounet.train import TrainConfig, train_model
+from geounet.training import data, loop, sampler
+from geounet.training.losses import loss as training_loss
+from geounet.vectorize import vectorize_raster
+
+NAMES = ("background", "building", "road", "water")
+COLOURS = np.array([[70, 110, 60], [200, 90, 70], [130, 130, 130], [40, 60, 160]])
+TINY = dict(class_names=NAMES, width=8, depth=2, patch=32, batch_size=4, epochs=3,
+            steps_per_epoch=8, lr=1e-2, seed=1, tile_size=64, overlap=16, threads=1)
+
+
+def _classes(size: int = 96) -> np.ndarray:
+    """Class ids: building squares, a road stripe, a water pond, background elsewhere."""
+    ids = np.zeros((size, size), np.uint8)
+    for r, c in ((8, 8), (60, 20), (20, 60), (70, 70)):
+        ids[r : r + 14, c : c + 14] = 1
+    ids[44:50, :] = 2
+    ids[2:20, 34:54] = 3
+    return ids
+
+
+@pytest.fixture
+def scene(make_raster):
+    """96x96 RGB scene whose colour says the class (plus noise), and its class-id mask."""
+    ids = _classes()
+    rng = np.random.default_rng(0)
+    image = np.clip(np.moveaxis(COLOURS[ids], -1, 0) + rng.normal(0, 12, (3, 96, 96)), 1, 255)
+    return (make_raster(image.astype(np.uint8), name="image.tif"),
+            make_raster(ids[None], name="classes.tif"), ids)
+
+
+def test_softmax_model_learns_every_class(scene, tmp_path):
+    image, mask, _ = scene
+    out = tmp_path / "lc.safetensors"
+    config = TrainConfig(images=[image], labels=[mask], val_images=[image], val_labels=[mask],
+                         monitor="miou", **{**TINY, "epochs": 3, "steps_per_epoch": 20})
+    result = train_model(config, out, progress=False)
+    model, meta = load_checkpoint(out)
+    assert meta.arch.classes == 4 and meta.class_names == NAMES
+    losses = [h["loss"] for h in result.history]
+    assert losses[-1] < losses[0]
+    # Chance for a 3-of-4 class guess is ~0.25 IoU at best; colour makes the task easy.
+    assert result.best["miou"] > 0.5
+    assert {f"iou/{n}" for n in NAMES[1:]} <= set(result.best)
+    assert result.best["miou"] == pytest.approx(np.mean([result.best[f"iou/{n}"]
+                                                         for n in NAMES[1:]]))
+
+
+def test_softmax_loss_ignores_unlabelled_pixels_and_weighs_classes():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 8, 8, requires_grad=True)
+    target = torch.randint(0, 3, (2, 8, 8), dtype=torch.uint8)
+    target[:, :4] = IGNORE
+    value = training_loss(logits, target, "bce_dice")
+    value.backward()
+    assert torch.isfinite(value) and (logits.grad[:, :, :4] == 0).all()
+    changed = logits.detach().clone()
+    changed[:, :, :4] = 100  # unlabelled pixels: any logits give the same loss
+    assert training_loss(changed, target, "bce_dice") == pytest.approx(value.item())
+    plain = training_loss(logits.detach(), target, "bce")
+    ones = training_loss(logits.detach(), target, "bce", torch.ones(3))
+    assert ones == pytest.approx(plain.item())
+    heavy = training_loss(logits.detach(), target, "bce", torch.tensor([1.0, 1.0, 5.0]))
+    assert heavy != pytest.approx(plain.item())
+
+
+def test_label_value_outside_the_classes_is_refused(scene, make_raster, tmp_path):
+    image, _, ids = scene
+    bad = ids.copy()
+    bad[90, 7] = 6
+    mask = make_raster(bad[None], name="bad.tif")
+    with pytest.raises(InputError, match=r"bad.tif: label value 6 \(at row 90, col 7, 1 px\)"):
+        train_model(TrainConfig(images=[image], labels=[mask], **TINY), tmp_path / "m.st",
+                    progress=False)
+
+
+def test_unlabelled_value_is_ignored_not_learned(scene, make_raster):
+    image, _, ids = scene
+    labels = ids.copy()
+    labels[:10] = 9
+    mask = make_raster(labels[None], name="partial.tif")
+    config = TrainConfig(images=[image], labels=[mask], ignore_value=9, **TINY)
+    loaded = data.open_scene(image, mask, config, LabelConfig())
+    assert (loaded.target[:10] == IGNORE).all()
+    np.testing.assert_array_equal(loaded.target[10:], ids[10:])
+    with pytest.raises(ConfigError, match="ignore_value 2 is the id of class 'road'"):
+        TrainConfig.build({**TINY, "ignore_value": 2})
+
+
+def _vector_layer(tmp_path, values):
+    """Overlapping polygons and a line, each with a class value, in the scene's CRS."""
+    with rasterio.open(tmp_path / "image.tif") as src:
+        t, crs = src.transform, src.crs
+    x0, y0, px = t.c, t.f, t.a
+
+    def rect(c0, r0, c1, r1):
+        return box(x0 + c0 * px, y0 - r1 * px, x0 + c1 * px, y0 - r0 * px)
+
+    geoms = [rect(5, 5, 40.5, 30), rect(30.3, 20, 60, 61.7),
+             LineString([(x0, y0 - 70.2 * px), (x0 + 96 * px, y0 - 80 * px)]),
+             rect(50, 50, 90, 90)]
+    frame = gpd.GeoDataFrame({"kind": values}, geometry=geoms, crs=crs)
+    path = tmp_path / "labels.gpkg"
+    frame.to_file(path)
+    return path
+
+
+def test_class_field_by_name_equals_gdal_rasterize_by_id(scene, tmp_path):
+    image, _, _ = scene
+    info = image_info(image)
+    by_name = _vector_layer(tmp_path, ["building", "water", "road", "building"])
+    config = LabelConfig(line_width=0.5, line_width_units="map", class_field="kind",
+                         class_names=NAMES)
+    target = load_target(by_name, info, config)
+    assert set(np.unique(target)) == {0, 1, 2, 3}
+    ids = _vector_layer(tmp_path, [1, 3, 2, 1])
+    np.testing.assert_array_equal(load_target(ids, info, config), target)
+    if shutil.which("gdal_rasterize") is None:
+        pytest.skip("gdal_rasterize is not installed")
+    gpd.read_file(ids).iloc[[0, 1, 3]].to_file(tmp_path / "polygons.gpkg")
+    reference = tmp_path / "reference.tif"
+    with rasterio.open(image) as src:
+        bounds, res = src.bounds, src.res
+    subprocess.run(["gdal_rasterize", "-q", "-a", "kind", "-init", "0", "-ot", "Byte",
+                    "-te", *map(str, bounds), "-tr", *map(str, res),
+                    str(tmp_path / "polygons.gpkg"), str(reference)], check=True)
+    with rasterio.open(reference) as src:
+        expected = src.read(1)
+    polygons_only = load_target(tmp_path / "polygons.gpkg", info, config)
+    np.testing.assert_array_equal(polygons_only, expected)
+
+
+def test_unknown_class_names_are_listed(scene, tmp_path):
+    image, _, _ = scene
+    path = _vector_layer(tmp_path, ["building", "lake", "road", "forest"])
+    config = LabelConfig(line_width=1, class_field="kind", class_names=NAMES)
+    with pytest.raises(InputError, match=r"'kind' holds 'forest', 'lake', not class names "
+                                         r"building, road, water"):
+        load_target(path, image_info(image), config)
+
+
+def test_rare_classes_get_their_share_of_windows(scene):
+    image, mask, ids = scene
+    config = TrainConfig(images=[image], labels=[mask], pos_fraction=1.0, **TINY)
+    loaded = data.open_scene(image, mask, config, LabelConfig())
+    assert [len(p) for p in loaded.class_pixels] == [(ids == k).sum() for k in (1, 2, 3)]
+    rng = np.random.default_rng(0)
+    picks = [id(sampler._centres(loaded, False, config, rng)) for _ in range(300)]
+    counts = [picks.count(id(p)) for p in loaded.class_pixels]
+    assert min(counts) > 70   # each of 3 classes about a third, whatever its area
+    weights = loop.class_weights(TrainConfig(**{**config.__dict__, "class_weights": "auto"}),
+                                 [loaded])
+    share = np.bincount(ids.ravel(), minlength=4) / ids.size
+    expected = 1 / np.sqrt(share)
+    np.testing.assert_allclose(weights, expected / expected.mean())
+
+
+def test_checkpoint_carries_classes_colours_and_ignore_value(scene, tmp_path):
+    image, mask, _ = scene
+    colours = ("#000000", "#ff0000", "#808080", "#0000ff")
+    out = tmp_path / "lc.safetensors"
+    train_model(TrainConfig(images=[image], labels=[mask], class_colors=colours,
+                            ignore_value=200, **{**TINY, "epochs": 1, "steps_per_epoch": 1}),
+                out, progress=False)
+    meta = read_metadata(out)
+    assert (meta.class_names, meta.class_colors, meta.ignore_value) == (NAMES, colours, 200)
+    with pytest.raises(ConfigError, match="class_colors: gives 2 colours for 4 classes"):
+        TrainConfig.build({**TINY, "class_colors": ["#000000", "#ffffff"]})
+
+
+def test_binary_names_stay_a_sigmoid_model(scene, tmp_path):
+    image, mask, _ = scene
+    out = tmp_path / "bin.safetensors"
+    train_model(TrainConfig(images=[image], labels=[mask],
+                            **{**TINY, "class_names": ("background", "road"), "epochs": 1,
+                               "steps_per_epoch": 1}), out, progress=False)
+    meta = read_metadata(out)
+    assert meta.arch.classes == 1 and meta.colors[0] == "#282828"
+
+
+def test_predicted_classes_vectorize_with_their_names(scene, tmp_path):
+    image, mask, ids = scene
+    out = tmp_path / "lc.safetensors"
+    train_model(TrainConfig(images=[image], labels=[mask], **TINY), out, progress=False)
+    predicted = tmp_path / "pred.tif"
+    predict_raster(image, out, predicted, None, PredictConfig(device="cpu", progress=False))
+    result = vectorize_raster(predicted, tmp_path / "pred.gpkg")
+    frame = gpd.read_file(result.output if hasattr(result, "output") else tmp_path / "pred.gpkg")
+    with rasterio.open(predicted) as src:
+        found = {NAMES[k] for k in np.unique(src.read(1)) if 0 < k < len(NAMES)}
+    assert set(frame["class_name"]) == found and found
