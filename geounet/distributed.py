@@ -55,7 +55,7 @@ from geounet.runner import (
     finish_item,
     predict_config,
 )
-from geounet.workflow import Workflow
+from geounet.workflow.config import Workflow
 
 log = logging.getLogger(__name__)
 COPY_ROWS = 512   # rows copied at a time when stacking regions

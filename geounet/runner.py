@@ -49,7 +49,7 @@ from geounet.outputs import (
 )
 from geounet.outputs import remove_stale_temporaries as remove_output_temporaries
 from geounet.settings import RuntimeSettings
-from geounet.workflow import Workflow, read_input_list
+from geounet.workflow.config import Workflow, read_input_list
 
 log = logging.getLogger(__name__)
 
