@@ -7,7 +7,8 @@ files rasterized onto it (:mod:`geounet.labels`). Nodata in either is ignored.
 
 Reported per class, counts pooled over all images: IoU, precision, recall, F1 (exact
 pixels), and for the foreground classes the tolerant precision/recall/F1 of the crack
-literature (a pixel counts as correct within ``tolerance`` pixels). For probability rasters,
+literature (a pixel counts as correct within ``tolerance`` pixels); with several foreground
+classes also their mean IoU and the confusion matrix. For probability rasters,
 ODS and OIS tolerant F1 over ``thresholds`` evenly spaced thresholds (see
 :func:`geounet.metrics.ods_ois`). :func:`evaluate_model` runs a checkpoint through
 ``predict_raster`` first, so it scores exactly what ``geounet predict`` writes.
@@ -94,6 +95,7 @@ def evaluate_pairs(pairs: Sequence[tuple[str | Path, str | Path]],
     thresholds = np.linspace(0, 1, config.thresholds + 2)[1:-1]
     threshold = 0.5 if config.threshold is None else config.threshold
     per_class: dict[int, Counts] = {}
+    confusion = np.zeros((IGNORE, IGNORE), np.int64)   # [true id, predicted id] pixels
     sweeps, images, kinds = [], [], set()
     for prediction, label in tqdm(pairs, disable=not progress, desc="evaluate", unit="image"):
         info = image_info(prediction)
@@ -105,6 +107,8 @@ def evaluate_pairs(pairs: Sequence[tuple[str | Path, str | Path]],
         image: dict[str, str | dict[str, dict[str, float]]] = {
             "prediction": str(prediction), "label": str(label)}
         ids = np.union1d(np.unique(pred[valid]), np.unique(target[valid])).tolist()
+        confusion += np.bincount(target[valid].astype(np.int64) * IGNORE + pred[valid],
+                                 minlength=IGNORE * IGNORE).reshape(IGNORE, IGNORE)
         for class_id in sorted(set(ids) | ({0, 1} if prob is not None else set())):
             counts = count(pred == class_id, target == class_id,
                            config.tolerance if class_id else 0, valid)
@@ -122,6 +126,8 @@ def evaluate_pairs(pairs: Sequence[tuple[str | Path, str | Path]],
         "classes": {_name(c, config): _scores(per_class[c], tolerant=c > 0)
                     for c in sorted(per_class)},
     }
+    if len([c for c in per_class if c]) > 1:   # several foreground classes
+        report.update(multi_class_summary(per_class, confusion, config))
     if sweeps and len(kinds) == 1:
         report["ods_ois"] = ods_ois(sweeps, thresholds)
     report["per_image"] = images
@@ -184,6 +190,18 @@ def _read_prediction(info: RasterInfo, threshold: float) -> tuple[np.ndarray, np
     pred = (prob > threshold).astype(np.uint8)
     pred[~valid] = IGNORE
     return pred, prob
+
+
+def multi_class_summary(per_class: dict[int, Counts], confusion: np.ndarray,
+                        config: EvaluateConfig) -> dict:
+    """Mean IoU over the foreground classes (those labelled or predicted) and the confusion
+    matrix of the classes seen: ``matrix[i][j]`` pixels of true class ``classes[i]``
+    predicted as ``classes[j]``."""
+    ious = [per_class[c].pixel().iou for c in sorted(per_class) if c]
+    seen = sorted(per_class)
+    return {"mean_iou": float(np.nanmean(ious)) if not np.all(np.isnan(ious)) else float("nan"),
+            "confusion": {"classes": [_name(c, config) for c in seen],
+                          "matrix": confusion[np.ix_(seen, seen)].tolist()}}
 
 
 def _scores(counts: Counts, tolerant: bool) -> dict[str, dict[str, float]]:

@@ -126,8 +126,21 @@ def _print_table(report: dict, tolerance: float) -> None:
     for label, s in rows:
         click.echo(f"{label:<{width}}{s['precision']:>10.4f}{s['recall']:>10.4f}"
                    f"{s['f1']:>10.4f}{s['iou']:>10.4f}")
+    if "mean_iou" in report:
+        click.echo(f"mean IoU over foreground classes {report['mean_iou']:.4f}")
+        _print_confusion(report["confusion"])
     if "ods_ois" in report:
         o = report["ods_ois"]
         click.echo(f"ODS tolerant F1 {o['ods_f1']:.4f} (threshold {o['ods_threshold']:.2f}, "
                    f"IoU {o['ods_iou']:.4f}); OIS tolerant F1 {o['ois_f1']:.4f}")
     click.echo(f"images: {report['images']}")
+
+
+def _print_confusion(confusion: dict) -> None:
+    """Pixels per true class (rows) and predicted class (columns)."""
+    names = confusion["classes"]
+    width = max(10, *(len(n) + 2 for n in names))
+    click.echo("confusion (rows: true, columns: predicted; pixels)")
+    click.echo(f"{'':<{width}}" + "".join(f"{n:>{width}}" for n in names))
+    for name, row in zip(names, confusion["matrix"]):
+        click.echo(f"{name:<{width}}" + "".join(f"{v:>{width}}" for v in row))
