@@ -207,3 +207,30 @@ def test_predicted_classes_vectorize_with_their_names(scene, tmp_path):
     with rasterio.open(predicted) as src:
         found = {NAMES[k] for k in np.unique(src.read(1)) if 0 < k < len(NAMES)}
     assert set(frame["class_name"]) == found and found
+
+
+def test_evaluate_reports_mean_iou_and_confusion_matrix(scene, make_raster, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from geounet.cli import main
+
+    _, mask, ids = scene
+    pred = ids.copy()
+    pred[44:50, :48] = 0          # half the road missed: 288 road pixels called background
+    pred[2:20, 34:44] = 1         # part of the water called building: 180 pixels
+    predicted = make_raster(pred[None], name="pred.tif")
+    result = CliRunner().invoke(main, ["evaluate", str(predicted), str(mask), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    names = report["confusion"]["classes"]
+    matrix = np.array(report["confusion"]["matrix"])
+    assert names == ["class 0", "class 1", "class 2", "class 3"]
+    assert matrix[2, 0] == 288 and matrix[3, 1] == 180 and matrix.sum() == ids.size
+    np.testing.assert_array_equal(matrix.sum(axis=1), np.bincount(ids.ravel()))
+    ious = [report["classes"][n]["pixel"]["iou"] for n in names[1:]]
+    assert report["mean_iou"] == pytest.approx(np.mean(ious))
+    assert ious[1] == pytest.approx(0.5)
+    table = CliRunner().invoke(main, ["evaluate", str(predicted), str(mask)]).output
+    assert "mean IoU over foreground classes" in table and "confusion" in table
