@@ -22,6 +22,11 @@ north-up grid whose top-left corner is (500000 m E, 5000000 m N).
     branches, 1-6 px wide. Layers ``cracks`` (polygons; ``class_id`` 1, ``class_name``
     "crack") and ``centerlines`` (LineStrings; ``width_px``, the mean nominal width).
 
+``landcover``
+    Aerial image, 0.5 m pixels by default, 1024 px a side: fields (background, id 0),
+    buildings (1), roads (2), ponds (3) and tree crowns (4); the mask holds class ids. Layer
+    ``landcover`` (polygons; ``class_id``, ``class_name``).
+
 Labels and pixels agree by construction. Road polygons are rasterized with rasterio's
 pixel-centre rule on the image grid (what a reader does with the GeoPackage), and road
 appearance is painted exactly there. Cracks are burned in pixel space, darkened exactly there
@@ -637,7 +642,73 @@ def generate_crack_scene(out_dir: Path, seed: int = 0, size: int = 2048,
                         {"compress": "deflate", "predictor": 2, "zlevel": 9})
 
 
+# -- land cover ------------------------------------------------------------------------------
+
+LANDCOVER_CLASSES = ("background", "building", "road", "water", "tree")
+LANDCOVER_COLOURS = np.array([[112, 128, 72], [176, 84, 66], [118, 118, 122], [38, 66, 104],
+                              [36, 84, 40]], dtype=np.float32)   # by class id
+LANDCOVER_TEXTURE = np.array([14, 10, 5, 4, 16], dtype=np.float32)
+
+
+def _ponds(rng: np.random.Generator, extent: float, count: int) -> list[BaseGeometry]:
+    """Irregular ponds: buffered random polygons, 15-45 m across."""
+    ponds = []
+    for _ in range(count):
+        centre = rng.uniform(0.1, 0.9, 2) * extent
+        angles = np.sort(rng.uniform(0, 2 * np.pi, 9))
+        radii = rng.uniform(8, 22) * rng.uniform(0.6, 1.0, 9)
+        ring = centre + np.column_stack([np.cos(angles), np.sin(angles)]) * radii[:, None]
+        ponds.append(Polygon(ring).buffer(4).buffer(-2))
+    return ponds
+
+
+def generate_landcover_scene(out_dir: Path, seed: int = 0, size: int = 1024,
+                             pixel_size: float = 0.5) -> SceneFiles:
+    """Write a land-cover scene: buildings, roads, water and trees on fields (class ids
+    :data:`LANDCOVER_CLASSES`); the mask holds class ids and the ``landcover`` layer one
+    polygon per feature with ``class_id`` and ``class_name``.
+
+    Features are painted in class order (water, trees, roads, buildings: a later one covers
+    an earlier one) and the mask is burned the same way, so labels are exact.
+    """
+    rng = np.random.default_rng(seed)
+    extent = size * pixel_size
+    scale = (extent / 512) ** 2             # counts scale with the area
+    roads = [line.buffer(rng.uniform(3, 6), cap_style="flat")
+             for line in _main_roads(rng, extent, max(2, round(3 * np.sqrt(scale))))]
+    ponds = _ponds(rng, extent, max(1, round(2 * scale)))
+    crowns = [Point(rng.uniform(0, extent, 2)).buffer(rng.uniform(2, 5))
+              for _ in range(round(90 * scale))]
+    trees = list(shapely.get_parts(shapely.union_all(crowns)))
+    keep_out = shapely.union_all(roads).buffer(3)
+    houses = []
+    for _ in range(round(60 * scale)):
+        centre = rng.uniform(0.03, 0.97, 2) * extent
+        house = affinity.rotate(box(*(centre - rng.uniform(4, 9, 2)),
+                                    *(centre + rng.uniform(4, 9, 2))), rng.uniform(0, 90))
+        if not house.intersects(keep_out) and all(house.distance(h) > 3 for h in houses):
+            houses.append(house)
+    layers_by_class = {3: ponds, 4: trees, 2: roads, 1: houses}   # paint order
+    flip = Affine(1, 0, 0, 0, -1, 0)          # local metres (y south) -> map (y north)
+    to_map = Affine.translation(*ORIGIN) * flip
+    transform = from_origin(*ORIGIN, pixel_size, pixel_size)
+    shapes = [(affinity.affine_transform(g, to_map.to_shapely()), k)
+              for k, geoms in layers_by_class.items() for g in geoms]
+    mask = _rasterize(shapes, size, transform)
+    fine = _noise(rng, size, 2.0)
+    coarse = _noise(rng, size, 40.0)
+    image = LANDCOVER_COLOURS[mask] + (LANDCOVER_TEXTURE[mask] * fine)[..., None] \
+        + (6 * coarse)[..., None]
+    image = np.clip(np.moveaxis(image, -1, 0), 1, 255).astype(np.uint8)
+    frame = gpd.GeoDataFrame({"class_id": [k for _, k in shapes],
+                              "class_name": [LANDCOVER_CLASSES[k] for _, k in shapes]},
+                             geometry=[g for g, _ in shapes], crs=CRS)
+    return _write_scene(out_dir, "landcover", image, mask, transform, {"landcover": frame},
+                        {"compress": "deflate", "predictor": 2})
+
+
 SCENES: dict[str, Callable[..., SceneFiles]] = {
     "roads": generate_road_scene,
     "cracks": generate_crack_scene,
+    "landcover": generate_landcover_scene,
 }

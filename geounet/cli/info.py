@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -10,7 +11,11 @@ import click
 @click.command("info")
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 def command(checkpoint: Path) -> None:
-    """Print a checkpoint's metadata (architecture, bands, normalization, classes) as JSON."""
+    """Print a checkpoint's metadata (architecture, bands, normalization, classes and their
+    colours, ignore value) as JSON; class_colors shows the default palette when none is set."""
     from geounet.checkpoint import read_metadata  # torch: loaded on use
 
-    click.echo(read_metadata(checkpoint).to_json())
+    meta = read_metadata(checkpoint)
+    out = json.loads(meta.to_json())
+    out["class_colors"] = list(meta.colors)
+    click.echo(json.dumps(out, sort_keys=True))
