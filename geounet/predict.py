@@ -33,9 +33,10 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import rasterio
@@ -330,8 +331,9 @@ class _Engine:
         with torch.inference_mode():
             if not self.config.tta:
                 return self.forward(x).cpu().numpy()
-            probs = sum(undo_orientation(self.forward(orient(x, turns, mirror)), turns, mirror)
-                        for turns in range(4) for mirror in (False, True))
+            probs = cast(torch.Tensor, sum(
+                undo_orientation(self.forward(orient(x, turns, mirror)), turns, mirror)
+                for turns in range(4) for mirror in (False, True)))
         return (probs / 8).cpu().numpy()
 
     # -- output -----------------------------------------------------------------------
@@ -389,7 +391,7 @@ def undo_orientation(y: torch.Tensor, turns: int, mirror: bool) -> torch.Tensor:
     return torch.flip(y, (3,)) if mirror else y
 
 
-def _prefetch(items: Iterator, depth: int = 1) -> Iterator:
+def _prefetch(items: Iterator, depth: int = 1) -> Generator[Any, None, None]:
     """Run ``items`` in a background thread, at most ``depth`` items ahead of the consumer.
 
     An item counts as held until the consumer asks for the next one, so at most

@@ -60,7 +60,7 @@ def command(ctx: click.Context, input_path: Path, model: Path, output: Path | No
         temporary_mask = vector is not None and output is None
         request = vector_request(ctx)
         # Every output is checked before the model runs.
-        inputs = [input_path, model]
+        inputs: list[str | Path] = [input_path, model]
         check_outputs([output, probabilities, vector, request.centerlines], inputs, overwrite)
         if vector is not None:
             from geounet.vectorize import check_vector_outputs
@@ -76,6 +76,7 @@ def command(ctx: click.Context, input_path: Path, model: Path, output: Path | No
         result = predict_raster(input_path, model, output, probabilities, config)
         vectors = None
         if vector is not None:
+            assert output is not None   # the user's mask or the temporary one
             vectors = request.run(output, vector, overwrite, quiet or as_json, probabilities)
         _summarize(result, vectors, temporary_mask, as_json, quiet)
 
