@@ -111,7 +111,7 @@ class ModelMetadata:
         raw = json.loads(text)
         if not isinstance(raw, dict):
             raise ModelError("checkpoint metadata is not a JSON object")
-        _check_keys(raw, {f.name for f in fields(cls)}, {"arch", *_LISTS}, "")
+        _check_keys(raw, {f.name for f in fields(cls)}, REQUIRED_KEYS, "")
         if not isinstance(raw["arch"], dict):
             raise ModelError(f"checkpoint metadata key 'arch': must be an object, got "
                              f"{raw['arch']!r}")
@@ -128,6 +128,9 @@ class ModelMetadata:
 
 
 _LISTS = ("bands", "mean", "std", "class_names", "class_colors")
+# Keys every checkpoint has had; later ones (class_colors, ignore_value) take their defaults,
+# so checkpoints written before them (the bundled models among them) still load.
+REQUIRED_KEYS = {"arch", "bands", "mean", "std", "class_names"}
 FLOAT32_MAX = 3.4028234663852886e38
 
 
