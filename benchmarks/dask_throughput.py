@@ -41,8 +41,7 @@ def workflow(name: str, inputs: Path, executor: str) -> Path:
 
 
 def timed_run(path: Path) -> float:
-    from geounet.runner import run_workflow
-    from geounet.workflow import load_workflow
+    from geounet.workflow import load_workflow, run_workflow
 
     shutil.rmtree(ROOT / path.stem, ignore_errors=True)
     start = time.perf_counter()
@@ -109,9 +108,8 @@ def main() -> None:
     split = ("{kind: dask, workers: 2, processes: true, split_min_pixels: 1000000, "
              "region_block_rows: 2}")
     split_seconds = timed_run(workflow("big_split", big, split))
-    from geounet.distributed import split_regions
-    from geounet.runner import discover_inputs, plan_items
-    from geounet.workflow import load_workflow
+    from geounet.workflow import discover_inputs, load_workflow, plan_items
+    from geounet.workflow.dask import split_regions
 
     wf = load_workflow(ROOT / "big_split.yaml")
     regions = len(split_regions(plan_items(wf, discover_inputs(wf))[0], wf))

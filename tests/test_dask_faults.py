@@ -24,11 +24,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from geounet import distributed, runner
 from geounet.cli import main
 from geounet.outputs import temporary_sibling
-from geounet.runner import run_workflow
-from geounet.workflow import load_workflow
+from geounet.workflow import STAGING, load_workflow, run_workflow
+from geounet.workflow import dask as distributed
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMP_MARK = ".geounet-"
@@ -74,7 +73,7 @@ def cluster():
 def leftovers(folder: Path) -> list[str]:
     """Temporaries and staging files anywhere under ``folder``."""
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
-                  if TEMP_MARK in p.name or runner.STAGING in p.parts)
+                  if TEMP_MARK in p.name or STAGING in p.parts)
 
 
 def finals(folder: Path) -> dict[str, int]:
@@ -90,7 +89,7 @@ def wait_for_a_task_writing(folder: Path, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if folder.exists() and any(
-                (TEMP_MARK in p.name or runner.STAGING in p.parts) and p.is_file()
+                (TEMP_MARK in p.name or STAGING in p.parts) and p.is_file()
                 and p.name.startswith((".r", "r")) for p in folder.rglob("*")):
             return
         time.sleep(0.01)
@@ -203,9 +202,9 @@ def test_the_staging_folder_is_never_followed_when_it_is_a_symlink(scenes, tmp_p
     (elsewhere / "keep.txt").write_text("mine")
     out = tmp_path / "planted"
     out.mkdir()
-    (out / runner.STAGING).symlink_to(elsewhere)
+    (out / STAGING).symlink_to(elsewhere)
     result = CliRunner().invoke(main, ["run", str(scenes("planted", "local")), "-q"])
-    assert result.exit_code == 1 and runner.STAGING in result.output
+    assert result.exit_code == 1 and STAGING in result.output
     assert len(result.output.strip().splitlines()) == 1, result.output
     assert [p.name for p in elsewhere.iterdir()] == ["keep.txt"]
-    assert os.path.islink(out / runner.STAGING)
+    assert os.path.islink(out / STAGING)

@@ -14,9 +14,8 @@ import pytest
 import rasterio
 
 from geounet.predict import block_row_extents, predict_raster
-from geounet.runner import run_workflow
 from geounet.tiling import TileGrid
-from geounet.workflow import load_workflow
+from geounet.workflow import load_workflow, run_workflow
 
 
 def read(path: Path) -> np.ndarray:
@@ -119,8 +118,8 @@ def test_dask_item_failure_is_reported_and_others_finish(scenes, tmp_path):
 def test_dask_tasks_vectorize_in_their_own_process(scenes, monkeypatch):
     """Dask's worker processes are daemonic and may not start the polygonizing processes
     vectorize uses on large masks: each task vectorizes in-process."""
-    from geounet import runner
     from geounet.vectorize import VectorizeConfig
+    from geounet.workflow import run as runner
 
     seen = []
 
@@ -144,9 +143,9 @@ def test_worker_thread_limit_covers_gdal_compression():
     import torch
     from rasterio._env import del_gdal_config
 
-    from geounet.distributed import prepare_worker
     from geounet.geotiff import profile as gtiff_profile
     from geounet.io import RasterInfo
+    from geounet.workflow.dask import prepare_worker
 
     info = RasterInfo(Path("x.tif"), 64, 64, 1, "uint8", None, rasterio.Affine.identity(), None)
     threads, gdal_threads = torch.get_num_threads(), rasterio.env.get_gdal_config(
@@ -172,7 +171,7 @@ def test_worker_reuses_freed_array_memory_under_dasks_malloc_trim_threshold():
     code = """
 import resource
 import numpy as np
-from geounet.distributed import prepare_worker
+from geounet.workflow.dask import prepare_worker
 def faults():
     start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(20):

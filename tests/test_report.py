@@ -22,8 +22,7 @@ from rasterio.windows import Window
 
 from geounet.errors import InputError
 from geounet.report import write_html_report
-from geounet.runner import run_workflow
-from geounet.workflow import load_workflow
+from geounet.workflow import load_workflow, run_workflow
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_data"

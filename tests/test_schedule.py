@@ -27,7 +27,7 @@ import rasterio
 from rasterio.windows import Window
 
 from geounet.cli.schedule import FINISHING
-from geounet.runner import MANIFEST, REPORT
+from geounet.workflow import MANIFEST, REPORT
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENE = ROOT / "sample_data" / "roads_image.tif"

@@ -13,12 +13,12 @@ import pytest
 import rasterio
 from click.testing import CliRunner
 
-from geounet import runner
 from geounet.cli import main
 from geounet.errors import ConfigError, OutputError
 from geounet.outputs import temporary_sibling
-from geounet.runner import MANIFEST, REPORT, output_lock, run_workflow
-from geounet.workflow import load_workflow
+from geounet.workflow import MANIFEST, REPORT, load_workflow, run_workflow
+from geounet.workflow import run as runner
+from geounet.workflow.run import output_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,8 +19,7 @@ import pytest
 from test_hostile import _restore_logging, assert_refused, invoke  # noqa: F401 (fixture)
 
 from geounet.errors import ConfigError
-from geounet.runner import run_workflow
-from geounet.workflow import load_workflow
+from geounet.workflow import load_workflow, run_workflow
 
 SECONDS = 5.0   # "at once", with room for a busy CI machine (each case takes ~10 ms here)
 HEAD = "name: t\ninputs: {folder: in}\nmodel: model.safetensors\noutputs: {folder: out}\n"

@@ -36,8 +36,14 @@ def command(data: Path, out_dir: Path, device: str, as_json: bool, quiet, verbos
     """Segment and vectorize every sample scene with its bundled model; score the masks."""
     from geounet.errors import InputError
     from geounet.evaluate import evaluate_masks
-    from geounet.runner import HTML_REPORT, run_workflow
-    from geounet.workflow import InputsConfig, OutputsConfig, VectorizeOptions, Workflow
+    from geounet.workflow import (
+        HTML_REPORT,
+        InputsConfig,
+        OutputsConfig,
+        VectorizeOptions,
+        Workflow,
+        run_workflow,
+    )
 
     rows = []
     for kind, (family, metric) in SCENES.items():

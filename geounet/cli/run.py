@@ -24,8 +24,7 @@ def command(workflow_file: Path, dry_run: bool, wait: float, as_json: bool, quie
 
     Exit status 1 when the workflow cannot run or any item failed.
     """
-    from geounet.runner import run_workflow
-    from geounet.workflow import load_workflow
+    from geounet.workflow import load_workflow, run_workflow
 
     workflow = load_workflow(workflow_file)
     report = run_workflow(workflow, dry_run=dry_run, wait=wait, progress=not quiet)
@@ -44,7 +43,7 @@ COLUMNS = (Column("input", "input", align="<"), Column("status", "status", align
 def print_summary(report, verbose: int, as_json: bool = False, quiet: bool = False) -> None:
     """A row per item that ran, failed or would run (skipped ones too with -v), then totals;
     with ``as_json`` the whole run report as JSON on stdout."""
-    from geounet.runner import HTML_REPORT
+    from geounet.workflow import HTML_REPORT
 
     rows = []
     for result in report.items:

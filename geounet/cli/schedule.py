@@ -137,8 +137,7 @@ def serve(scheduler, executor, started: Callable[[], None] | None = None) -> Non
 
 def run_once(workflow_file: Path, wait: float = 0.0) -> None:
     """One scheduled run: the file is re-read so edits apply; failures are logged, not fatal."""
-    from geounet.runner import run_workflow
-    from geounet.workflow import load_workflow
+    from geounet.workflow import load_workflow, run_workflow
 
     try:
         report = run_workflow(load_workflow(workflow_file), wait=wait, progress=False)

@@ -1,6 +1,6 @@
 """Running workflow items on a Dask cluster (``executor: dask``).
 
-Each input file is one task (:func:`run_item`, i.e. :func:`geounet.runner.attempt_item`), so a
+Each input file is one task (:func:`run_item`, i.e. :func:`geounet.workflow.run.attempt_item`), so a
 batch spreads over the workers. A raster of at least ``executor.split_min_pixels`` pixels is
 instead split into row regions of the global tile grid (``executor.region_block_rows`` block
 rows each): every region is a task that computes its tiles plus the halo tiles it shares with
@@ -44,7 +44,8 @@ from geounet.errors import ConfigError, GeoUNetError, OutputError
 from geounet.geotiff import MODEL_SOURCE_TAG, describe, finish, open_output, read_class_names
 from geounet.io import open_raster
 from geounet.outputs import atomic_path, rename_parts, temporary_sibling
-from geounet.runner import (
+from geounet.workflow.config import Workflow
+from geounet.workflow.run import (
     PERMANENT,
     STAGING,
     Item,
@@ -55,7 +56,6 @@ from geounet.runner import (
     finish_item,
     predict_config,
 )
-from geounet.workflow.config import Workflow
 
 log = logging.getLogger(__name__)
 COPY_ROWS = 512   # rows copied at a time when stacking regions
@@ -218,7 +218,7 @@ def announce_attempt(item: Item) -> None:
 
 
 def run_item(item: Item, workflow: Workflow, model_sha256: str) -> ItemResult:
-    """A Dask task: :func:`geounet.runner.attempt_item`, announcing each attempt."""
+    """A Dask task: :func:`geounet.workflow.run.attempt_item`, announcing each attempt."""
     return attempt_item(item, workflow, model_sha256, partial(announce_attempt, item))
 
 

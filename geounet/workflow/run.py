@@ -337,7 +337,7 @@ def _open_lock(path: Path) -> int:
 
 def remove_staging(folder: Path) -> None:
     """Delete ``folder``'s staging folder (:data:`STAGING`, see
-    :class:`geounet.distributed.Staging`) with what the Dask tasks of killed runs left in it;
+    :class:`geounet.workflow.dask.Staging`) with what the Dask tasks of killed runs left in it;
     call it holding the lock. Anything but a real folder there is refused, never followed or
     deleted."""
     path = folder / STAGING
@@ -537,7 +537,7 @@ def run_workflow(workflow: Workflow, dry_run: bool = False, wait: float = 0.0,
     """Run every item of ``workflow`` that is not already done; write ``run_report.json``.
 
     Args:
-        workflow: a validated workflow (:func:`geounet.workflow.load_workflow`).
+        workflow: a validated workflow (:func:`geounet.workflow.config.load_workflow`).
         dry_run: only decide what would run; nothing is read but hashes, nothing written.
         wait: seconds to wait for another run holding the output folder's lock.
         progress: show an items progress bar on stderr.
@@ -634,7 +634,7 @@ def _decide(workflow: Workflow, items: list[Item], manifest: Manifest | None,
 def _executor(workflow: Workflow):
     """A function ``(items, workflow, model_sha256) -> results as they finish``."""
     if workflow.executor.kind == "dask":
-        from geounet.distributed import dask_executor
+        from geounet.workflow.dask import dask_executor
 
         with dask_executor(workflow) as execute:
             yield execute
