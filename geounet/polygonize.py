@@ -5,9 +5,9 @@ The mask is read in square blocks, row by row. Each block is polygonized with
 is an integer pixel corner, and labelled with the same connectivity
 (:func:`scipy.ndimage.label`): each polygon is one labelled component, found by its top-left
 pixel. From the labels come, per polygon and without drawing it back, its pixel count, its
-sum of probabilities, the corners where its rings touch (repaired by
-:func:`geounet.rings.repair`), its pixels for a centerline, and the pieces on each side of the
-block's inner edges.
+sum of probabilities, the corners where its rings touch (8-connectivity: repaired by
+:func:`geounet.rings.repair`; GDAL writes 4-connected polygons valid), its pixels for a
+centerline, and the pieces on each side of the block's inner edges.
 
 A polygon with no pixel on an inner block edge is complete and is yielded at once. The others
 are held as pieces; pieces of one class on either side of a block edge with pixels next to
@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
+import ctypes.util
 import logging
 import multiprocessing
 import os
@@ -31,6 +33,7 @@ import sys
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, fields
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +43,6 @@ from rasterio import features
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 from scipy import ndimage
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 from tqdm import tqdm
 
 from geounet import rings
@@ -57,6 +58,9 @@ GDAL_CACHE_MB = 32   # each block is read once: a large raster cache only holds 
 POLYGONIZE_DTYPES = ("uint8", "uint16", "int16", "int32")
 CLASS_ID_RANGE = (-(2**31), 2**31 - 1)   # what GDAL's polygonizer and the class_id field hold
 SHAPES_CHUNK = 10_000   # GeoJSON polygons turned into geometries at a time (bounds memory)
+# GDAL >= 3.3.2 writes 4-connected polygons valid (a hole touching the exterior at a corner is
+# its own ring; OSGeo/gdal#3337); 8-connected ones touch themselves by design (gdal#7369).
+GDAL_VALID_4 = tuple(int(v) for v in rasterio.__gdal_version__.split(".")[:3]) >= (3, 3, 2)
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,8 @@ class PixelSettings:
         skeleton_classes: class ids whose centerline branches are computed; ``None``: all.
         spur_px: prune skeleton branches shorter than this (pixels); ``None``: automatic.
         workers: processes polygonizing blocks ahead of the merge (1: in this process);
-            0: one per CPU for masks of 32 Mpx or more.
+            0: for masks of 32 Mpx or more, one per CPU but the one left to this process
+            (which merges and writes), else in this process.
     """
 
     connectivity: int = 4
@@ -161,6 +166,7 @@ def polygonize(mask_path: str | Path, settings: PixelSettings | None = None,
             joiner.add(window, block)
             if window.col_off + window.width == width:   # a row of blocks is done
                 done = joiner.row_done(window.row_off + window.height)
+                release_memory()
                 if len(done):
                     yield done
     finally:
@@ -174,16 +180,21 @@ def _blocks(mask_path, probabilities, windows: list[Window], settings: PixelSett
     """The polygonized blocks, in order: in this process, or by ``settings.workers``
     processes a few blocks ahead (GDAL's polygonizer holds the GIL)."""
     workers = settings.workers
-    if workers == 0:   # auto: starting processes pays off on large masks only
+    if workers == 0:   # auto: processes pay off on large masks only; this one merges
         pixels = sum(w.width * w.height for w in windows)
-        workers = len(os.sched_getaffinity(0)) if pixels >= PARALLEL_MIN_PIXELS else 1
+        cpus = len(os.sched_getaffinity(0))
+        workers = cpus - 1 if pixels >= PARALLEL_MIN_PIXELS else 0
+    elif workers == 1:
+        workers = 0
     workers = min(workers, len(windows))
     shape = (windows[-1].row_off + windows[-1].height, windows[-1].col_off + windows[-1].width)
-    if workers <= 1:   # datasets of this call only: callers may run in several threads
+    if not workers:   # datasets of this call only: callers may run in several threads
         with rasterio.open(mask_path) as src, (
                 rasterio.open(probabilities) if probabilities is not None
                 else contextlib.nullcontext()) as prob_src:
-            yield from (_block(src, prob_src, w, settings, shape) for w in windows)
+            for window in windows:
+                yield _block(src, prob_src, window, settings, shape)
+                release_memory()
         return
     context = multiprocessing.get_context("spawn")   # no fork of a threaded process
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_open_sources,
@@ -209,7 +220,31 @@ def _open_sources(mask_path, probabilities) -> None:
 
 def _worker_block(window: Window, settings: PixelSettings, shape: tuple[int, int],
                   ) -> _Block | None:
-    return _block(_sources["mask"], _sources["prob"], window, settings, shape)
+    try:
+        return _block(_sources["mask"], _sources["prob"], window, settings, shape)
+    finally:
+        release_memory()
+
+
+def release_memory() -> None:
+    """Hand freed heap memory back to the system (glibc only; a no-op elsewhere).
+
+    GDAL's polygons reach Python as GeoJSON: millions of small tuples per block, freed in
+    an order that leaves the heap fragmented, which glibc keeps unless asked."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        return libc
+    except (OSError, AttributeError):   # not glibc
+        return None
+
+
+_LIBC = _libc()
 
 
 def _read(src, window: Window, band: int = 1) -> np.ndarray:
@@ -265,7 +300,8 @@ def _block(src, prob_src, window: Window, settings: PixelSettings, shape: tuple[
                            "connected components")
     piece = np.full(len(label) + 1, -1, np.int64)   # label -> polygon index
     piece[label] = np.arange(len(label))
-    polygons = _repaired(polygons, labels, label, piece, (x0, y0))
+    if settings.connectivity == 8 or not GDAL_VALID_4:
+        polygons = _repaired(polygons, labels, label, piece, (x0, y0))
     pixels = np.bincount(labels.ravel(), minlength=len(label) + 1)[label]
     height, width = shape
     inner = {"top": y0 > 0, "bottom": y0 + window.height < height, "left": x0 > 0,
@@ -331,11 +367,12 @@ def _shapes(values: np.ndarray, keep: np.ndarray, window: Window, connectivity: 
 
 def _polygons(geojson: list[dict]) -> np.ndarray:
     """GeoJSON polygon dicts to an array of shapely Polygons, built in one vectorized call."""
-    rings_ = [np.asarray(ring, dtype=np.float64) for g in geojson for ring in g["coordinates"]]
+    rings_ = [ring for g in geojson for ring in g["coordinates"]]
+    coords = np.fromiter(chain.from_iterable(chain.from_iterable(rings_)), np.float64)
     ring_ends = np.cumsum([len(r) for r in rings_])
     polygon_ends = np.cumsum([len(g["coordinates"]) for g in geojson])
     return shapely.from_ragged_array(
-        shapely.GeometryType.POLYGON, np.concatenate(rings_),
+        shapely.GeometryType.POLYGON, coords.reshape(-1, 2),
         (np.concatenate([[0], ring_ends]), np.concatenate([[0], polygon_ends])),
     )
 
@@ -500,6 +537,9 @@ class _Joiner:
         pairs = sorter[np.searchsorted(gids, pairs, sorter=sorter)]   # gid -> position
         earlier = np.flatnonzero(self.groups[1:] == self.groups[:-1])   # same feature before
         links = np.concatenate([pairs, np.column_stack([earlier, earlier + 1])])
+        from scipy.sparse import coo_matrix  # the merging process only
+        from scipy.sparse.csgraph import connected_components
+
         graph = coo_matrix((np.ones(len(links)), (links[:, 0], links[:, 1])), shape=(n, n))
         _, feature = connected_components(graph, directed=False)
         open_ = np.zeros(feature.max() + 1, bool)

@@ -22,92 +22,50 @@ the feature next to it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import shapely
 
 _SHIFT = np.int64(31)   # key of a corner: x << 31 | y (pixel corners are >= 0 and < 2^31)
 
 
-@dataclass
-class _Rings:
-    """Closed rings as one coordinate array: ring i is ``coords[offsets[i]:offsets[i + 1]]``."""
-
-    coords: np.ndarray
-    offsets: np.ndarray
-
-    @staticmethod
-    def of(rings: np.ndarray) -> _Rings:
-        coords, index = shapely.get_coordinates(rings, return_index=True)
-        return _Rings(coords, np.searchsorted(index, np.arange(len(rings) + 1)))
-
-    @staticmethod
-    def join(parts: list[_Rings | list[np.ndarray]]) -> _Rings:
-        """The rings of ``parts`` (ring sets, or lists of coordinate arrays), in order."""
-        sets = [p if isinstance(p, _Rings) else _Rings(
-            np.concatenate(p) if p else np.zeros((0, 2)),
-            np.cumsum([0] + [len(r) for r in p])) for p in parts]
-        coords = np.concatenate([r.coords for r in sets])
-        lengths = np.concatenate([np.diff(r.offsets) for r in sets])
-        return _Rings(coords, np.concatenate([[0], np.cumsum(lengths)]))
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    def take(self, index: np.ndarray) -> _Rings:
-        lengths = np.diff(self.offsets)[index]
-        offsets = np.concatenate([[0], np.cumsum(lengths)])
-        gather = np.repeat(self.offsets[:-1][index] - offsets[:-1], lengths)
-        return _Rings(self.coords[gather + np.arange(offsets[-1])], offsets)
-
-    def areas(self) -> np.ndarray:
-        """Signed area of each ring (negative: clockwise in x/y)."""
-        x, y = self.coords[:, 0], self.coords[:, 1]
-        cross = np.append(x[:-1] * y[1:] - x[1:] * y[:-1], 0.0)
-        cross[self.offsets[1:-1] - 1] = 0.0   # no step from one ring's end to the next
-        return 0.5 * np.add.reduceat(cross, self.offsets[:-1]) if len(self) else np.zeros(0)
-
-
 def repair(polygon: shapely.Polygon, corners: np.ndarray) -> shapely.Geometry:
     """``polygon`` (pixel corners) with its rings cut at ``corners`` (k, 2) where they touch,
     as a valid Polygon or MultiPolygon of the same area."""
-    rings = _Rings.of(shapely.get_rings(polygon))
-    cut = np.isin(_keys(rings.coords), np.unique(_keys(np.asarray(corners))))
-    cut[rings.offsets[1:] - 1] = False   # closing vertices
-    ring_of = np.repeat(np.arange(len(rings)), np.diff(rings.offsets))
+    rings = shapely.get_rings(polygon)
+    coords, ring_of = shapely.get_coordinates(rings, return_index=True)
+    offsets = np.searchsorted(ring_of, np.arange(len(rings) + 1))
+    cut = np.isin(_keys(coords), np.unique(_keys(np.asarray(corners))))
+    cut[offsets[1:] - 1] = False   # closing vertices
     # a ring through one such corner is a loop by itself whatever the walk: left as it is
     touched = np.bincount(ring_of[cut], minlength=len(rings)) > 1
-    areas = rings.areas()
+    areas = _areas(coords, offsets)
     chains: list[np.ndarray] = []
     for i in np.flatnonzero(touched):
-        a, b = rings.offsets[i], rings.offsets[i + 1]
-        ring, at = rings.coords[a:b], cut[a:b]
+        ring, at = coords[offsets[i]:offsets[i + 1]], cut[offsets[i]:offsets[i + 1]]
         if (areas[i] < 0) != (i == 0):   # the feature on the right
             ring, at = ring[::-1], np.concatenate([at[:1], at[-2:0:-1], [False]])
         chains += _cut(ring, at[:-1])
-    whole = np.flatnonzero(~touched)
-    return _build(rings.take(whole[whole == 0]), rings.take(whole[whole > 0]),
-                  _assemble(chains, straight=False))
+    kept = ~touched
+    kept[0] = False
+    return _build(_assemble(chains, straight=False),
+                  rings[:1] if not touched[0] else rings[:0], rings[kept])
 
 
 def stitch(polygons: np.ndarray, block: int, width: int, height: int) -> shapely.Geometry:
     """The union of ``polygons`` (pixel corners; valid pieces of one feature polygonized in
     square blocks of ``block`` px over a ``width`` x ``height`` raster, touching only along
     block edges or at corners) as one valid Polygon or MultiPolygon."""
-    parts = shapely.get_parts(polygons)
-    geoms, part = shapely.get_rings(parts, return_index=True)
-    rings = _Rings.of(geoms)
+    rings, part = shapely.get_rings(shapely.get_parts(polygons), return_index=True)
     exterior = np.r_[True, part[1:] != part[:-1]]
-    outlines = rings.take(np.flatnonzero(exterior))
-    holes = rings.take(np.flatnonzero(~exterior))   # inside a block: left as they are
-    corner = np.ones(len(outlines.coords), bool)
-    corner[outlines.offsets[1:] - 1] = False   # each ring's closing vertex
-    unique, counts = np.unique(_keys(outlines.coords[corner]), return_counts=True)
+    coords, ring_of = shapely.get_coordinates(rings[exterior], return_index=True)
+    offsets = np.searchsorted(ring_of, np.arange(exterior.sum() + 1))
+    corner = np.ones(len(coords), bool)
+    corner[offsets[1:] - 1] = False   # each ring's closing vertex
+    unique, counts = np.unique(_keys(coords[corner]), return_counts=True)
     shared = unique[counts > 1]   # corners where two exteriors touch (same block)
-    shells, chains, starts, ends = [], [], [], []
-    for i, area in enumerate(outlines.areas()):
-        ring = outlines.coords[outlines.offsets[i]:outlines.offsets[i + 1]]
+    chains, starts, ends = [], [], []
+    for i, area in enumerate(_areas(coords, offsets)):
+        ring = coords[offsets[i]:offsets[i + 1]]
         ring = ring if area < 0 else ring[::-1]   # the feature on the right
         x, y = ring[:, 0], ring[:, 1]
         on_line = ((x[:-1] == x[1:]) & _on_grid(x[:-1], block, width)) | (
@@ -115,10 +73,7 @@ def stitch(polygons: np.ndarray, block: int, width: int, height: int) -> shapely
         cut = np.roll(on_line, 1) | on_line   # ends of the edges along block lines
         if len(shared):
             cut |= np.isin(_keys(ring[:-1]), shared)
-        if not cut.any():
-            shells.append(ring)
-            continue
-        for chain in _cut(ring, cut):
+        for chain in _cut(ring, cut):   # the whole ring when it has no cut
             if len(chain) == 2 and _on_line(chain, block, width, height):
                 a, b = _unit_steps(chain[0], chain[1])
                 starts.append(a)
@@ -132,7 +87,19 @@ def stitch(polygons: np.ndarray, block: int, width: int, height: int) -> shapely
         _, inverse, counts = np.unique(edge, return_inverse=True, return_counts=True)
         kept = counts[inverse] == 1   # shared edges come in opposite pairs: both go
         chains += list(np.stack([a[kept], b[kept]], axis=1))
-    return _build(_Rings.join([shells]), holes, _assemble(chains, straight=True))
+    # holes lie inside a block: left as they are
+    return _build(_assemble(chains, straight=True), rings[:0], rings[~exterior])
+
+
+def _areas(coords: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Signed area of each closed ring ``coords[offsets[i]:offsets[i + 1]]`` (negative:
+    clockwise in x/y)."""
+    if len(offsets) < 2:
+        return np.zeros(0)
+    x, y = coords[:, 0], coords[:, 1]
+    cross = np.append(x[:-1] * y[1:] - x[1:] * y[:-1], 0.0)
+    cross[offsets[1:-1] - 1] = 0.0   # no step from one ring's end to the next
+    return 0.5 * np.add.reduceat(cross, offsets[:-1])
 
 
 def _keys(xy: np.ndarray) -> np.ndarray:
@@ -156,11 +123,6 @@ def _unit_steps(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     step = (b - a) / n
     starts = a + step * np.arange(n)[:, None]
     return starts, starts + step
-
-
-def _signed_area(ring: np.ndarray) -> float:
-    x, y = ring[:, 0], ring[:, 1]
-    return 0.5 * float(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1]))
 
 
 def _cut(ring: np.ndarray, cut: np.ndarray) -> list[np.ndarray]:
@@ -238,19 +200,23 @@ def _close(chains: list[np.ndarray], straight: bool) -> np.ndarray:
     return np.concatenate([ring, ring[:1]])
 
 
-def _build(shells: _Rings, holes: _Rings, loops: list[np.ndarray]) -> shapely.Geometry:
-    """A Polygon or MultiPolygon from exterior rings, hole rings and walked ``loops`` (the
-    feature on their right: exteriors where their area is negative, holes where positive)."""
-    walked = _Rings.join([loops])
-    outer = walked.areas() < 0
-    shells = _Rings.join([shells, walked.take(np.flatnonzero(outer))])
-    holes = _Rings.join([holes, walked.take(np.flatnonzero(~outer))])
+def _build(loops: list[np.ndarray], shells: np.ndarray, holes: np.ndarray,
+           ) -> shapely.Geometry:
+    """A Polygon or MultiPolygon from walked ``loops`` (coordinates, the feature on their
+    right: exteriors where their area is negative, holes where positive) and rings left as
+    they were (LinearRings: ``shells`` exteriors, ``holes`` holes)."""
+    if loops:
+        lengths = [len(loop) for loop in loops]
+        coords = np.concatenate(loops)
+        walked = shapely.linearrings(coords, indices=np.repeat(np.arange(len(loops)), lengths))
+        outer = _areas(coords, np.cumsum([0, *lengths])) < 0
+        shells = np.concatenate([shells, walked[outer]])
+        holes = np.concatenate([holes, walked[~outer]])
     owner = np.zeros(len(holes), np.int64)
     if len(shells) > 1 and len(holes):   # each hole to the smallest exterior around it
-        outlines = shapely.from_ragged_array(shapely.GeometryType.POLYGON, shells.coords,
-                                             (shells.offsets, np.arange(len(shells) + 1)))
-        start = holes.coords[holes.offsets[:-1]]
-        step = np.sign(holes.coords[holes.offsets[:-1] + 1] - start)
+        outlines = shapely.polygons(shells)
+        start = shapely.get_coordinates(shapely.get_point(holes, 0))
+        step = np.sign(shapely.get_coordinates(shapely.get_point(holes, 1)) - start)
         right = np.column_stack([step[:, 1], -step[:, 0]])
         xy = start + 0.5 * step + 0.5 * right   # the centre of a pixel of the feature
         hole, shell = shapely.STRtree(outlines).query(shapely.points(xy))   # by bounds
@@ -264,15 +230,9 @@ def _build(shells: _Rings, holes: _Rings, loops: list[np.ndarray]) -> shapely.Ge
         hole, shell = hole[order], shell[order]
         first = np.r_[True, hole[1:] != hole[:-1]]
         owner[hole[first]] = shell[first]
-    every = _Rings.join([shells, holes])
     polygon_of = np.concatenate([np.arange(len(shells)), owner])
     is_hole = np.repeat([0, 1], [len(shells), len(holes)])
     order = np.lexsort((is_hole, polygon_of))   # each exterior, then its holes
-    every = every.take(order)
-    polygon_offsets = np.concatenate([[0], np.cumsum(np.bincount(polygon_of))])
-    if len(shells) == 1:
-        return shapely.from_ragged_array(shapely.GeometryType.POLYGON, every.coords,
-                                         (every.offsets, polygon_offsets))[0]
-    return shapely.from_ragged_array(shapely.GeometryType.MULTIPOLYGON, every.coords,
-                                     (every.offsets, polygon_offsets,
-                                      np.array([0, len(shells)])))[0]
+    polygons = shapely.polygons(np.concatenate([shells, holes])[order],
+                                indices=polygon_of[order])
+    return polygons[0] if len(polygons) == 1 else shapely.multipolygons(polygons)

@@ -72,8 +72,9 @@ class VectorizeConfig:
         spur_length: prune skeleton branches shorter than this (map units); ``None``: twice
             the feature's local radius.
         workers: processes polygonizing blocks ahead of the merge (1: in this process);
-            0: one per CPU for masks of 32 Mpx or more, in-process for smaller ones. More
-            than one needs multiprocessing's ``if __name__ == "__main__":`` guard in scripts.
+            0: for masks of 32 Mpx or more, one per CPU but the one left to this process
+            (which merges and writes), else in this process. Processes need
+            multiprocessing's ``if __name__ == "__main__":`` guard in scripts.
     """
 
     connectivity: int = 4
@@ -126,10 +127,14 @@ class _Outputs:
     centerline_length_m: float = 0.0
 
     def polygons(self, pieces: Pieces) -> gpd.GeoDataFrame:
-        """Finish complete features: filter, map to the CRS, measure."""
+        """Finish complete features: filter, map to the CRS, measure. ``pieces`` gives up
+        its pixel-space polygons (the largest feature is held once, not twice)."""
         config = self.config
-        pieces = pieces.take(pieces.pixels >= max(config.min_pixels, 1))
-        geometries = _to_map(pieces.polygons, self.transform)
+        keep = pieces.pixels >= max(config.min_pixels, 1)
+        geometries = pieces.polygons[keep]
+        pieces.polygons[:] = None
+        pieces = pieces.take(keep)
+        geometries = _to_map(geometries, self.transform)
         if config.fill_holes > 0:
             geometries = _fill_holes(geometries, config.fill_holes)
         if config.simplify > 0:
@@ -220,12 +225,18 @@ class _Spool:
 
 
 def _to_map(geometries: np.ndarray, transform: rasterio.Affine) -> np.ndarray:
-    """Pixel coordinates (x = column, y = row) to the raster's CRS."""
+    """Pixel coordinates (x = column, y = row) to the raster's CRS. The items of
+    ``geometries`` are replaced one by one (each old geometry goes as its new one comes)."""
     a, b, c, d, e, f = transform[:6]
-    if b == 0 and d == 0:   # north-up: scale and shift
-        return shapely.transform(geometries, lambda xy: xy * (a, e) + (c, f))
-    return shapely.transform(geometries, lambda xy: np.column_stack(
-        [a * xy[:, 0] + b * xy[:, 1] + c, d * xy[:, 0] + e * xy[:, 1] + f]))
+    xy = shapely.get_coordinates(geometries)
+    if b == 0 and d == 0:   # north-up: scale and shift, in place
+        xy *= (a, e)
+        xy += (c, f)
+    else:
+        x = xy[:, 0].copy()
+        xy[:, 0] = a * x + b * xy[:, 1] + c
+        xy[:, 1] = d * x + e * xy[:, 1] + f
+    return shapely.set_coordinates(geometries, xy)
 
 
 def _fill_holes(geometries: np.ndarray, max_area: float) -> np.ndarray:

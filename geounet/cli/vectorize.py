@@ -46,7 +46,8 @@ vector_options = [
     _option("--block-size", default=2048, show_default=True, type=click.IntRange(2),
             help="Mask block edge in pixels: the unit of memory."),
     _option("--workers", default=0, show_default=True, type=click.IntRange(0),
-            help="Processes polygonizing blocks (0: one per CPU on masks of 32 Mpx or more)."),
+            help="Processes polygonizing blocks (1: this one; 0: on masks of 32 Mpx or more "
+                 "one per CPU but one, which merges and writes)."),
     _option("--crs", help="Reproject to this CRS (declares it for a raster without one)."),
     _option("--pixel-coordinates", is_flag=True,
             help="Accept a raster without a CRS and write pixel coordinates."),
