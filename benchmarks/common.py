@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import rasterio
@@ -62,3 +63,30 @@ def union_difference(ours, theirs) -> tuple[float, float]:
     rest_b = np.concatenate([b[:n][~same], b[n:]])
     sym = shapely.union_all(rest_a).symmetric_difference(shapely.union_all(rest_b)).area
     return abs(total_ours - total_theirs) / total_theirs, sym
+
+
+def tree_peak_rss_mib(cmd: list[str], interval: float = 0.02) -> tuple[float, float]:
+    """Run ``cmd``; return (the largest sum of the resident memory of it and all its child
+    processes, polled every ``interval`` seconds, in MiB; wall seconds). Shared pages count
+    once per process, so this errs high."""
+    import subprocess
+    import time
+
+    import psutil
+
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    root, peak = psutil.Process(proc.pid), 0
+    while proc.poll() is None:
+        total = 0
+        try:
+            for p in [root, *root.children(recursive=True)]:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    total += p.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+        peak = max(peak, total)
+        time.sleep(interval)
+    if proc.returncode != 0:
+        raise SystemExit(f"command failed: {' '.join(cmd)}")
+    return peak / 2**20, time.perf_counter() - start
