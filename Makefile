@@ -22,6 +22,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+test-fast: $(STAMP)  # the quick loop: unit-level modules only (see tests/conftest.py)
+	$(BIN)/python -m pytest -q -m "not slow" -x
+
 lint: $(STAMP)
 	$(BIN)/ruff check geounet tests benchmarks
 

@@ -1,7 +1,10 @@
 """Fixtures: tiny GeoTIFFs with real CRSs and odd sizes, and tiny random-weight checkpoints.
 
 Everything here is small on purpose (U-Nets of width 4 and depth 2, rasters of at most a few
-hundred pixels a side, one torch thread) so that the suite runs in about a minute on 2 cores.
+hundred pixels a side, one torch thread). The whole suite (`make test`, what CI runs) takes a
+few minutes on 2 cores; `make test-fast` leaves out the end-to-end modules below (real
+processes, Dask clusters, signals, every hostile case through the CLI) for a loop of under a
+minute.
 """
 
 from __future__ import annotations
@@ -18,6 +21,19 @@ from rasterio.transform import from_origin
 from geounet.checkpoint import ModelMetadata, save_checkpoint
 from geounet.model import UNet, UNetConfig
 from geounet.predict import PredictConfig
+
+# End-to-end modules: marked ``slow`` as a whole, so ``-m "not slow"`` is the quick loop.
+END_TO_END = {"test_hostile", "test_hostile_inputs", "test_dask_faults", "test_schedule",
+              "test_signals", "test_demo", "test_distributed", "test_workflow", "test_report",
+              "test_bundled_models", "test_cli", "test_gis_clients", "test_odd_inputs",
+              "test_train", "test_train_multiclass"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.stem in END_TO_END:
+            item.add_marker(pytest.mark.slow)
+
 
 CRS = "EPSG:32633"
 TRANSFORM = from_origin(500000.0, 5000000.0, 0.5, 0.5)

@@ -89,4 +89,4 @@ def test_no_partial_files_left(roads):
 
 
 def test_registry_names():
-    assert set(SCENES) == {"roads", "cracks"}
+    assert set(SCENES) == {"roads", "cracks", "landcover"}
