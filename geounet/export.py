@@ -31,11 +31,7 @@ from pyproj.exceptions import ProjError
 from rasterio import Affine
 
 from geounet.errors import ConfigError, InputError
-from geounet.outputs import (
-    atomic_outputs,
-    vector_format,  # noqa: F401 - TODO: vectorize imports it from here
-    write_failed,
-)
+from geounet.outputs import atomic_outputs, write_failed
 
 # Attribute columns and their Arrow types.
 POLYGON_FIELDS = {"feature_id": pa.int64(), "class_id": pa.int32(), "class_name": pa.string(),

@@ -40,12 +40,11 @@ from geounet.export import (
     measure_lines,
     pixel_size,
     polygon_fields,
-    vector_format,
     write_layer,
 )
 from geounet.geotiff import read_class_names
 from geounet.io import open_raster
-from geounet.outputs import check_outputs, first_line, temporary_sibling
+from geounet.outputs import check_outputs, first_line, temporary_sibling, vector_format
 from geounet.polygonize import (
     GDAL_CACHE_MB,
     Pieces,
