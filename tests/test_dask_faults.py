@@ -27,7 +27,7 @@ from click.testing import CliRunner
 from geounet.cli import main
 from geounet.outputs import temporary_sibling
 from geounet.workflow import STAGING, load_workflow, run_workflow
-from geounet.workflow import dask as distributed
+from geounet.workflow import dask as workflow_dask
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMP_MARK = ".geounet-"
@@ -100,7 +100,7 @@ def test_a_region_left_by_a_lost_attempt_is_removed_by_the_run(scenes, tmp_path,
     """A worker killed while it writes a region leaves its files (``..NAME.tif.geounet-*``
     and the region's own); the task runs again elsewhere and the run finishes. The run
     itself removes what the lost attempt left, not only the next run."""
-    real = distributed.predict_region
+    real = workflow_dask.predict_region
     lost = tmp_path / "lost.txt"   # tasks get a pickled copy of this function: a file
 
     def killed_once(item, workflow, sha, region):
@@ -109,7 +109,7 @@ def test_a_region_left_by_a_lost_attempt_is_removed_by_the_run(scenes, tmp_path,
             lost.write_text(f"{part}\n{temporary_sibling(part)}")
         return real(item, workflow, sha, region)
 
-    monkeypatch.setattr(distributed, "predict_region", killed_once)
+    monkeypatch.setattr(workflow_dask, "predict_region", killed_once)
     split = DASK[:-1] + ", split_min_pixels: 20000, region_block_rows: 1}"
     report = run_workflow(load_workflow(scenes("split", split, 2)), progress=False)
     assert report.counts == {"done": 2, "skipped": 0, "failed": 0}
@@ -121,13 +121,13 @@ def test_a_region_left_by_a_lost_attempt_is_removed_by_the_run(scenes, tmp_path,
 def test_a_task_started_again_after_its_worker_died_counts_two_attempts(scenes, monkeypatch):
     """Dask starts a task again elsewhere when its worker dies; the task cannot know, the run
     does: the workers announce every attempt."""
-    real = distributed.run_item
+    real = workflow_dask.run_item
 
     def after_a_lost_attempt(item, workflow, sha):
-        distributed.announce_attempt(item)   # the attempt whose worker was killed
+        workflow_dask.announce_attempt(item)   # the attempt whose worker was killed
         return real(item, workflow, sha)
 
-    monkeypatch.setattr(distributed, "run_item", after_a_lost_attempt)
+    monkeypatch.setattr(workflow_dask, "run_item", after_a_lost_attempt)
     report = run_workflow(load_workflow(scenes("again", DASK, 2)), progress=False)
     assert report.counts["done"] == 2
     assert [r.attempts for r in report.items] == [2, 2]

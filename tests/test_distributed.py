@@ -107,6 +107,23 @@ def test_dask_split_raster_equals_local_and_leaves_no_parts(scenes, tmp_path):
     assert again.counts["skipped"] == 4
 
 
+def test_dask_split_raster_with_only_probabilities(scenes, tmp_path):
+    """An item that writes only probabilities, split into row regions, is its local run's
+    file byte for byte; no mask is left behind."""
+    only = "probabilities: '{stem}_prob.tif', mask: null, vector: null, preview: null}"
+    split = DASK % ", split_min_pixels: 20000, region_block_rows: 1"
+    reports = {}
+    for folder, executor in (("local", ""), ("split", split)):
+        path = scenes(folder, executor)
+        text = path.read_text().replace("probabilities: '{stem}_prob.tif'}", only)
+        path.write_text(text.replace("{folder: in}", "{folder: in, glob: r0.tif}"))
+        reports[folder] = run_workflow(load_workflow(path), progress=False)
+    assert reports["split"].counts == {"done": 1, "skipped": 0, "failed": 0}
+    assert sha256(tmp_path / "split/r0_prob.tif") == sha256(tmp_path / "local/r0_prob.tif")
+    assert [p.name for p in (tmp_path / "split").iterdir() if p.suffix == ".tif"] == [
+        "r0_prob.tif"]
+
+
 def test_dask_item_failure_is_reported_and_others_finish(scenes, tmp_path):
     (tmp_path / "in/broken.tif").write_bytes(b"not a raster")
     report = run_workflow(load_workflow(scenes("dask", DASK % "")), progress=False)
@@ -119,7 +136,8 @@ def test_dask_tasks_vectorize_in_their_own_process(scenes, monkeypatch):
     """Dask's worker processes are daemonic and may not start the polygonizing processes
     vectorize uses on large masks: each task vectorizes in-process."""
     from geounet.vectorize import VectorizeConfig
-    from geounet.workflow import run as runner
+    from geounet.workflow import discover_inputs, plan_items
+    from geounet.workflow.pipeline import write_vectors
 
     seen = []
 
@@ -131,9 +149,9 @@ def test_dask_tasks_vectorize_in_their_own_process(scenes, monkeypatch):
     default = VectorizeConfig().workers   # the local executor keeps vectorize's default
     for executor, workers in (("", default), (DASK % "", 1)):
         workflow = load_workflow(scenes("w", executor))
-        item = runner.plan_items(workflow, runner.discover_inputs(workflow))[0]
+        item = plan_items(workflow, discover_inputs(workflow))[0]
         with pytest.raises(RuntimeError, match="captured"):
-            runner.write_vectors(item, workflow, item.input)
+            write_vectors(item, workflow, item.input)
         assert seen[-1] == workers
 
 

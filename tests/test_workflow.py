@@ -16,9 +16,16 @@ from click.testing import CliRunner
 from geounet.cli import main
 from geounet.errors import ConfigError, OutputError
 from geounet.outputs import temporary_sibling
-from geounet.workflow import MANIFEST, REPORT, load_workflow, run_workflow
-from geounet.workflow import run as runner
-from geounet.workflow.run import output_lock
+from geounet.workflow import (
+    LOCK,
+    MANIFEST,
+    REPORT,
+    discover_inputs,
+    load_workflow,
+    pipeline,
+    run_workflow,
+)
+from geounet.workflow.manifest import output_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,7 +105,7 @@ def test_inputs_from_a_list_or_a_file_of_paths(tmp_path, batch, checkpoint):
     path = tmp_path / "wf.yaml"
     path.write_text(f"name: t\ninputs: {{file: paths.txt}}\nmodel: {checkpoint}\n"
                     "outputs: {folder: out}\n")
-    assert [p.name for p in runner.discover_inputs(load_workflow(path))] == ["s0.tif", "s2.tif"]
+    assert [p.name for p in discover_inputs(load_workflow(path))] == ["s0.tif", "s2.tif"]
     path.write_text(f"name: t\ninputs:\n  list: [in/s1.tif, in/missing.tif]\n"
                     f"model: {checkpoint}\noutputs: {{folder: out}}\n")
     with pytest.raises(ConfigError, match=r"wf.yaml:3: inputs.list\[1\]: .*missing.tif"):
@@ -209,7 +216,7 @@ def test_a_failing_item_does_not_stop_the_others(batch, tmp_path):
 
 def test_transient_failures_are_retried_a_bounded_number_of_times(batch, monkeypatch):
     calls: dict[str, int] = {}
-    real = runner.process_item
+    real = pipeline.process_item
 
     def flaky(item, workflow, sha):
         calls[item.input.name] = calls.get(item.input.name, 0) + 1
@@ -219,7 +226,7 @@ def test_transient_failures_are_retried_a_bounded_number_of_times(batch, monkeyp
             raise RuntimeError("transient")
         return real(item, workflow, sha)
 
-    monkeypatch.setattr(runner, "process_item", flaky)
+    monkeypatch.setattr(pipeline, "process_item", flaky)
     report = run_workflow(load_workflow(batch("retries: 2\n")), progress=False)
     by_name = {r.input.name: r for r in report.items}
     assert by_name["s0.tif"].status == "failed" and by_name["s0.tif"].attempts == 3
@@ -230,7 +237,7 @@ def test_transient_failures_are_retried_a_bounded_number_of_times(batch, monkeyp
 def test_an_interrupted_item_is_redone_and_its_temporaries_removed(batch, tmp_path,
                                                                      monkeypatch):
     workflow = load_workflow(batch())
-    real = runner.write_vectors
+    real = pipeline.write_vectors
 
     def killed(item, workflow, mask):
         if item.input.name == "s1.tif":
@@ -238,12 +245,12 @@ def test_an_interrupted_item_is_redone_and_its_temporaries_removed(batch, tmp_pa
             raise KeyboardInterrupt  # like a kill between the mask and the vectors
         return real(item, workflow, mask)
 
-    monkeypatch.setattr(runner, "write_vectors", killed)
+    monkeypatch.setattr(pipeline, "write_vectors", killed)
     with pytest.raises(KeyboardInterrupt):
         run_workflow(workflow, progress=False)
     out = tmp_path / "out"
     assert (out / "s1_mask.tif").exists() and not (out / "s1.gpkg").exists()
-    monkeypatch.setattr(runner, "write_vectors", real)
+    monkeypatch.setattr(pipeline, "write_vectors", real)
     temporary_sibling(out / MANIFEST).write_text("{")   # killed while saving the manifest
     report = run_workflow(workflow, progress=False)
     assert statuses(report) == {"s0.tif": "skipped", "s1.tif": "done", "s2.tif": "done"}
@@ -316,15 +323,15 @@ def test_a_lock_that_is_a_symlink_or_not_a_file_is_refused_and_its_target_kept(b
     out.mkdir()
     victim = tmp_path / "notes.txt"
     victim.write_text("precious\n")
-    (out / runner.LOCK).symlink_to(victim)
+    (out / LOCK).symlink_to(victim)
     result = CliRunner().invoke(main, ["run", str(batch()), "-q"])
     assert result.exit_code == 1
     assert len(result.output.strip().splitlines()) == 1, result.output
-    assert runner.LOCK in result.output and "not a regular file" in result.output
+    assert LOCK in result.output and "not a regular file" in result.output
     assert victim.read_text() == "precious\n"
     assert not (out / MANIFEST).exists() and not (out / "s0_mask.tif").exists()
-    (out / runner.LOCK).unlink()
-    (out / runner.LOCK).mkdir()
+    (out / LOCK).unlink()
+    (out / LOCK).mkdir()
     with pytest.raises(OutputError, match="not a regular file"):
         run_workflow(load_workflow(batch()), progress=False)
 
@@ -344,7 +351,7 @@ def test_outputs_in_the_input_folder_are_never_inputs(batch, tmp_path):
     assert statuses(second) == {"s0.tif": "skipped", "s1.tif": "skipped", "s2.tif": "skipped"}
     # Outputs an earlier run recorded for an input that is gone are not inputs either.
     (tmp_path / "in/s2.tif").rename(tmp_path / "elsewhere.tif")
-    assert [p.name for p in runner.discover_inputs(workflow)] == ["s0.tif", "s1.tif"]
+    assert [p.name for p in discover_inputs(workflow)] == ["s0.tif", "s1.tif"]
 
 
 def test_a_manifest_entry_missing_a_key_is_one_line_saying_what_to_do(batch, tmp_path):
@@ -390,6 +397,6 @@ def test_schedule_builds_a_non_overlapping_cron_job(batch):
 @pytest.mark.parametrize("name", ["roads.yaml", "cracks.yaml", "nightly.yaml"])
 def test_bundled_workflows_are_valid(name):
     workflow = load_workflow(ROOT / "workflows" / name)
-    assert workflow.model.is_file() and runner.discover_inputs(workflow)
+    assert workflow.model.is_file() and discover_inputs(workflow)
     if name == "nightly.yaml":
         assert workflow.schedule is not None

@@ -8,6 +8,7 @@ scored against the scene's labels. A second demo finds everything done and skips
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import click
@@ -66,7 +67,7 @@ def command(data: Path, out_dir: Path, device: str, as_json: bool, quiet, verbos
         result = report.items[0]
         if result.status == "failed":
             raise InputError(f"{image}: {result.reason}")
-        summary = result.summary or {}
+        summary: Mapping[str, object] = result.summary or {}
         mask = result.outputs["mask"]
         assert mask is not None  # the workflow above names a mask
         score = evaluate_masks(mask, truth)[family][metric]

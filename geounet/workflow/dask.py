@@ -1,11 +1,13 @@
 """Running workflow items on a Dask cluster (``executor: dask``).
 
-Each input file is one task (:func:`run_item`, i.e. :func:`geounet.workflow.run.attempt_item`), so a
-batch spreads over the workers. A raster of at least ``executor.split_min_pixels`` pixels is
-instead split into row regions of the global tile grid (``executor.region_block_rows`` block
-rows each): every region is a task that computes its tiles plus the halo tiles it shares with
-the region above (see :mod:`geounet.predict`) and writes its rows to a hidden temporary
-GeoTIFF; one final task stacks the regions into the output, atomically, and vectorizes it.
+Each input file is one task (:func:`run_item`: the item's pipeline,
+:func:`geounet.workflow.pipeline.attempt_item`), so a batch spreads over the workers. A raster
+of at least ``executor.split_min_pixels`` pixels is instead split into row regions of the
+global tile grid (``executor.region_block_rows`` block rows each): every region is a task that
+computes its tiles plus the halo tiles it shares with the region above (see
+:mod:`geounet.predict`) and writes its rows to a hidden temporary GeoTIFF; one final task
+stacks the regions into the output, atomically, and finishes the item as the pipeline does
+(:func:`geounet.workflow.pipeline.finish_item`); region tasks follow its retry policy.
 No two tasks ever write the same file, so there are no races, and the result equals a
 whole-raster run byte for byte.
 
@@ -45,17 +47,18 @@ from geounet.geotiff import MODEL_SOURCE_TAG, describe, finish, open_output, rea
 from geounet.io import open_raster
 from geounet.outputs import atomic_path, rename_parts, temporary_sibling
 from geounet.workflow.config import Workflow
-from geounet.workflow.run import (
-    PERMANENT,
-    STAGING,
-    Item,
+from geounet.workflow.manifest import STAGING
+from geounet.workflow.pipeline import (
     ItemResult,
     attempt_item,
     cached_model,
     failure_reason,
     finish_item,
+    mask_for_vectors,
     predict_config,
+    retry,
 )
+from geounet.workflow.plan import Item
 
 log = logging.getLogger(__name__)
 COPY_ROWS = 512   # rows copied at a time when stacking regions
@@ -218,7 +221,7 @@ def announce_attempt(item: Item) -> None:
 
 
 def run_item(item: Item, workflow: Workflow, model_sha256: str) -> ItemResult:
-    """A Dask task: :func:`geounet.workflow.run.attempt_item`, announcing each attempt."""
+    """A Dask task: :func:`geounet.workflow.pipeline.attempt_item`, announcing each attempt."""
     return attempt_item(item, workflow, model_sha256, partial(announce_attempt, item))
 
 
@@ -313,32 +316,35 @@ def split_regions(item: Item, workflow: Workflow) -> list[tuple[int, int]]:
 def predict_region(item: Item, workflow: Workflow, model_sha256: str,
                    region: tuple[int, int]) -> tuple[Path, Path | None, float]:
     """Compute one row region into hidden temporary GeoTIFFs beside the item's (staged)
-    outputs (retried; each attempt announced).
+    outputs (under the :func:`~geounet.workflow.pipeline.retry` policy; each attempt
+    announced).
 
     Returns the mask and probabilities parts and the seconds spent."""
     start = time.perf_counter()
     from geounet.predict import predict_raster
 
     anchor = item.outputs["mask"] or item.outputs["vector"] or item.outputs["probabilities"]
-    for attempt in range(workflow.retries + 1):
+    probabilities = item.outputs["probabilities"]
+    if anchor is None:
+        raise ValueError(f"{item.input}: the item writes no raster")
+
+    def attempt() -> tuple[Path, Path | None]:
         announce_attempt(item)
         mask = temporary_sibling(anchor, ".tif")
-        prob = (temporary_sibling(item.outputs["probabilities"])
-                if item.outputs["probabilities"] else None)
+        prob = temporary_sibling(probabilities) if probabilities else None
         try:
             model = cached_model(workflow.model, model_sha256)
             predict_raster(item.input, model, mask, prob,
                            predict_config(workflow, region=region, cog=False))
-            return mask, prob, time.perf_counter() - start
-        except Exception as exc:
+        except BaseException:
             for path in (mask, prob):
                 if path is not None:
                     path.unlink(missing_ok=True)
-            if isinstance(exc, PERMANENT) or attempt == workflow.retries:
-                raise
-            log.info("%s rows %s: attempt %d failed: %s", item.input, region, attempt + 1,
-                     failure_reason(exc))
-    raise AssertionError("unreachable")
+            raise
+        return mask, prob
+
+    mask, prob = retry(attempt, workflow.retries, f"{item.input} rows {region}")
+    return mask, prob, time.perf_counter() - start
 
 
 def assemble_regions(item: Item, workflow: Workflow,
@@ -351,15 +357,12 @@ def assemble_regions(item: Item, workflow: Workflow,
     try:
         info = open_raster(item.input)
         masks = [m for m, _, _ in parts]
-        mask = item.outputs["mask"]
-        with contextlib.ExitStack() as stack:
-            if mask is None:   # only the vectors want it
-                mask = temporary_sibling(item.outputs["vector"], ".tif")
-                stack.callback(mask.unlink, missing_ok=True)
-            stack_rows(masks, info, mask, "mask", workflow.outputs.cog)
+        with mask_for_vectors(item.outputs["mask"], item.outputs["vector"]) as mask:
+            if mask is not None:
+                stack_rows(masks, info, mask, "mask", workflow.outputs.cog)
             if item.outputs["probabilities"] is not None:
-                stack_rows([p for _, p, _ in parts], info, item.outputs["probabilities"], "prob",
-                           workflow.outputs.cog)
+                stack_rows([p for _, p, _ in parts if p is not None], info,
+                           item.outputs["probabilities"], "prob", workflow.outputs.cog)
             summary = finish_item(item, workflow, mask)
         seconds = time.perf_counter() - start + sum(s for _, _, s in parts)
         return ItemResult(item.input, "done", None, 1, seconds, item.outputs, summary)
