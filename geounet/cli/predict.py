@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import click
@@ -12,7 +11,7 @@ from geounet.cli.summary import Column, emit, fixed
 from geounet.cli.vectorize import summary as vector_summary
 from geounet.cli.vectorize import vector_request, with_vector_options
 from geounet.errors import ConfigError
-from geounet.outputs import check_outputs, temporary_sibling
+from geounet.outputs import check_outputs
 from geounet.settings import PredictSettings
 
 
@@ -56,28 +55,28 @@ def command(ctx: click.Context, input_path: Path, model: Path, output: Path | No
     """
     if output is None and probabilities is None and vector is None:
         raise ConfigError("give -o MASK.tif, --probabilities PROB.tif and/or --vector OUT.gpkg")
-    with contextlib.ExitStack() as stack:
-        temporary_mask = vector is not None and output is None
-        request = vector_request(ctx)
-        # Every output is checked before the model runs.
-        inputs: list[str | Path] = [input_path, model]
-        check_outputs([output, probabilities, vector, request.centerlines], inputs, overwrite)
-        if vector is not None:
-            from geounet.vectorize import check_vector_outputs
+    temporary_mask = vector is not None and output is None
+    request = vector_request(ctx)
+    # Every output is checked before the model runs.
+    inputs: list[str | Path] = [input_path, model]
+    check_outputs([output, probabilities, vector, request.centerlines], inputs, overwrite)
+    if vector is not None:
+        from geounet.vectorize import check_vector_outputs
 
-            check_vector_outputs(vector, request.centerlines, request.driver, request.crs,
-                                 inputs, overwrite)
-            if output is None:  # a mask only for the polygons: removed in any case
-                output = temporary_sibling(vector, ".tif", create=False)
-                stack.callback(output.unlink, missing_ok=True)
-        from geounet.predict import PredictConfig, predict_raster  # torch: loaded on use
+        check_vector_outputs(vector, request.centerlines, request.driver, request.crs,
+                             inputs, overwrite)
+    from geounet.predict import PredictConfig, predict_raster  # torch: loaded on use
+    from geounet.workflow.pipeline import mask_for_vectors
 
+    # Without -o, a mask only for the polygons, removed in any case (as a workflow's item
+    # does); not made beforehand, as the mask may not be written over an existing file.
+    with mask_for_vectors(output, vector, create=False) as mask:
         config = PredictConfig(**settings, cog=cog, overwrite=overwrite, progress=not quiet)
-        result = predict_raster(input_path, model, output, probabilities, config)
+        result = predict_raster(input_path, model, mask, probabilities, config)
         vectors = None
         if vector is not None:
-            assert output is not None   # the user's mask or the temporary one
-            vectors = request.run(output, vector, overwrite, quiet or as_json, probabilities)
+            assert mask is not None   # the user's mask or the temporary one
+            vectors = request.run(mask, vector, overwrite, quiet or as_json, probabilities)
         _summarize(result, vectors, temporary_mask, as_json, quiet)
 
 
