@@ -42,7 +42,11 @@ class CallSettings(Settings):
     ``__init__`` while validating a workflow, and the error would lose its place in the file.)
     """
 
-    def __init__(self, **values: Any) -> None:
+    def __init__(self, *args: Any, **values: Any) -> None:
+        if len(args) > len(type(self).model_fields):
+            raise ConfigError(f"{type(self).__name__} takes at most "
+                              f"{len(type(self).model_fields)} settings, got {len(args)}")
+        values |= dict(zip(type(self).model_fields, args))  # in declaration order
         try:
             super().__init__(**values)
         except ValidationError as exc:
@@ -112,6 +116,37 @@ class RuntimeSettings(Settings):
 
 class PredictSettings(TilingSettings, RuntimeSettings):
     """Every setting of inference (see :mod:`geounet.predict`)."""
+
+
+class VectorizeSettings(Settings):
+    """How a class mask becomes features (see :mod:`geounet.vectorize`; the workflow's
+    ``vectorize:``). Areas and lengths are in map units of the mask's CRS."""
+
+    connectivity: Literal[4, 8] = Field(
+        4, description="4 (edge neighbours) or 8 (edge and corner neighbours).")
+    block_size: Annotated[int, Field(ge=2)] = Field(
+        2048, description="Mask block edge in pixels: the unit of memory.")
+    classes: tuple[int, ...] | None = Field(
+        None, description="Class ids to vectorize (unset: every class but 0, background).")
+    min_area: Annotated[float, Field(ge=0)] = Field(
+        0.0, description="Drop polygons smaller than this (square map units).")
+    min_pixels: Annotated[int, Field(ge=0)] = Field(
+        0, description="Drop polygons of fewer pixels than this.")
+    fill_holes: Annotated[float, Field(ge=0)] = Field(
+        0.0, description="Fill holes smaller than this (square map units).")
+    simplify: Annotated[float, Field(ge=0)] = Field(
+        0.0, description="Topology-preserving simplification tolerance (map units).")
+    centerlines: bool = Field(
+        False, description="Measure skeleton length and widths of the linear classes.")
+    linear_classes: tuple[int, ...] | None = Field(
+        None, description="Class ids that get centerlines (unset: every vectorized class).")
+    spur_length: Annotated[float, Field(gt=0)] | None = Field(
+        None, description="Prune centerline branches shorter than this (map units; unset: "
+                          "twice the local half-width).")
+    workers: Annotated[int, Field(ge=0)] = Field(
+        0, description="Processes polygonizing blocks (1: this one; 0: on masks of 32 Mpx "
+                        "or more one per CPU but one, which merges and writes). More than "
+                        "one needs the `if __name__ == \"__main__\":` guard in scripts.")
 
 
 def setting_names(model: type[Settings]) -> list[str]:

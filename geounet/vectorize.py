@@ -21,7 +21,7 @@ import contextlib
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import geopandas as gpd
@@ -52,50 +52,11 @@ from geounet.polygonize import (
     check_same_grid,
     polygonize,
 )
+from geounet.settings import CallSettings, VectorizeSettings
 
 
-@dataclass(frozen=True)
-class VectorizeConfig:
-    """Polygonization settings.
-
-    Attributes:
-        connectivity: 4 (edge neighbours) or 8 (edge and corner neighbours).
-        block_size: edge of the square blocks read at a time (pixels).
-        classes: class ids to vectorize; ``None``: every class except 0 (background).
-        min_area: drop polygons smaller than this, in square map units (after merging).
-        min_pixels: drop polygons of fewer pixels than this.
-        fill_holes: fill holes smaller than this, in square map units (0: keep all holes).
-        simplify: topology-preserving simplification tolerance in map units (0: none).
-        centerlines: measure skeleton length and width of the linear classes.
-        linear_classes: class ids that get centerlines; ``None``: every vectorized class.
-        spur_length: prune skeleton branches shorter than this (map units); ``None``: twice
-            the feature's local radius.
-        workers: processes polygonizing blocks ahead of the merge (1: in this process);
-            0: for masks of 32 Mpx or more, one per CPU but the one left to this process
-            (which merges and writes), else in this process. Processes need
-            multiprocessing's ``if __name__ == "__main__":`` guard in scripts.
-    """
-
-    connectivity: int = 4
-    block_size: int = 2048
-    classes: tuple[int, ...] | None = None
-    min_area: float = 0.0
-    min_pixels: int = 0
-    fill_holes: float = 0.0
-    simplify: float = 0.0
-    centerlines: bool = False
-    linear_classes: tuple[int, ...] | None = None
-    spur_length: float | None = None
-    workers: int = 1
-
-    def __post_init__(self) -> None:
-        if self.connectivity not in (4, 8):
-            raise ConfigError(f"connectivity must be 4 or 8, got {self.connectivity}")
-        if self.block_size < 2:
-            raise ConfigError(f"block size must be >= 2 pixels, got {self.block_size}")
-        for name in ("min_area", "min_pixels", "fill_holes", "simplify", "workers"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name.replace('_', ' ')} must be >= 0")
+class VectorizeConfig(VectorizeSettings, CallSettings):
+    """Polygonization settings (:class:`geounet.settings.VectorizeSettings`)."""
 
     def pixel_settings(self, transform: rasterio.Affine) -> PixelSettings:
         """The polygonizing settings, in pixel units of a raster with ``transform``."""
@@ -321,7 +282,7 @@ def vectorize_raster(mask_path: str | Path, output: str | Path,
     started = time.perf_counter()
     config = config or VectorizeConfig()
     if centerlines_output is not None and not config.centerlines:
-        config = replace(config, centerlines=True)
+        config = config.model_copy(update={"centerlines": True})
     output = Path(output)
     info = open_raster(mask_path)
     inputs = [mask_path] + ([probabilities] if probabilities is not None else [])

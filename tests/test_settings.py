@@ -12,9 +12,11 @@ except ImportError:
     UNSET = None
 
 from geounet.cli import main
+from geounet.cli.vectorize import vector_request, with_vector_options
 from geounet.errors import ConfigError
 from geounet.predict import PredictConfig
-from geounet.settings import PredictSettings, RuntimeSettings, TilingSettings
+from geounet.settings import PredictSettings, RuntimeSettings, TilingSettings, VectorizeSettings
+from geounet.vectorize import VectorizeConfig
 from geounet.workflow import Workflow
 
 # The one documented difference: a workflow runs torch on one thread unless told otherwise.
@@ -71,3 +73,40 @@ def test_evaluate_shares_the_predict_settings_it_offers():
 def test_a_bad_setting_is_one_line_naming_it(values, message):
     with pytest.raises(ConfigError, match=message):
         PredictConfig(**values)
+
+
+# -- vectorize -------------------------------------------------------------------------------
+def test_vectorize_cli_options_are_the_settings_with_their_defaults():
+    settings = defaults(VectorizeSettings)
+    for command in ("vectorize", "predict"):   # predict --vector takes the same options
+        options = cli_defaults(command)
+        assert set(settings) <= set(options), command
+        # --centerlines names the lines' file: giving one is the `centerlines` setting.
+        assert options.pop("centerlines") is None and settings["centerlines"] is False
+        assert {n: options[n] for n in settings if n != "centerlines"} == {
+            n: v for n, v in settings.items() if n != "centerlines"}
+
+
+def test_vectorize_workflow_section_and_api_are_the_settings():
+    section = defaults(Workflow.model_fields["vectorize"].annotation)
+    assert section == defaults(VectorizeSettings) | {"crs": None}
+    assert defaults(VectorizeConfig) == defaults(VectorizeSettings)
+
+
+def test_vectorize_cli_values_reach_the_config(tmp_path):
+    """Options given on the command line arrive in the VectorizeConfig, typed."""
+    from click.testing import CliRunner
+
+    seen = {}
+
+    @click.command()
+    @with_vector_options
+    @click.pass_context
+    def probe(ctx):
+        seen["config"] = vector_request(ctx).config
+
+    CliRunner().invoke(probe, ["--connectivity", "8", "--classes", "1,3", "--min-area", "2.5",
+                               "--linear-classes", "3", "--workers", "1",
+                               "--centerlines", str(tmp_path / "l.gpkg")], catch_exceptions=False)
+    assert seen["config"] == VectorizeConfig(connectivity=8, classes=(1, 3), min_area=2.5,
+                                             linear_classes=(3,), workers=1, centerlines=True)

@@ -46,15 +46,25 @@ def verbosity(func: Callable) -> Callable:
 def parse_bands(ctx: click.Context, param: click.Parameter, value: str | None,
                 ) -> tuple[int, ...] | None:
     """Parse ``--bands 1,2,3`` into 1-based band indexes."""
+    return _parse_ids(value, 1, "1-based band numbers like 1,2,3")
+
+
+def parse_class_ids(ctx: click.Context, param: click.Parameter, value: str | None,
+                    ) -> tuple[int, ...] | None:
+    """Parse ``--classes 1,3`` into class ids."""
+    return _parse_ids(value, 0, "class ids like 1,3")
+
+
+def _parse_ids(value: str | None, smallest: int, what: str) -> tuple[int, ...] | None:
     if value is None:
         return None
     try:
-        bands = tuple(int(b) for b in value.split(",") if b.strip())
+        ids = tuple(int(b) for b in value.split(",") if b.strip())
     except ValueError:
-        raise click.BadParameter(f"{value!r}: give 1-based band numbers like 1,2,3") from None
-    if not bands or any(b < 1 for b in bands):
-        raise click.BadParameter(f"{value!r}: give 1-based band numbers like 1,2,3")
-    return bands
+        raise click.BadParameter(f"{value!r}: give {what}") from None
+    if not ids or any(b < smallest for b in ids):
+        raise click.BadParameter(f"{value!r}: give {what}")
+    return ids
 
 
 overwrite = click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
@@ -89,12 +99,15 @@ def setting_option(model: type[BaseModel], name: str, *flags: str, **changes: An
     arguments: dict[str, Any] = {"help": field.description}
     if kind is bool:
         arguments["is_flag"] = True
+    elif choices and all(isinstance(c, int) for c in choices):
+        arguments["type"] = click.Choice([str(c) for c in choices])
+        arguments["callback"] = lambda ctx, param, value: None if value is None else int(value)
     elif choices:
         arguments["type"] = click.Choice([str(c) for c in choices])
-    elif kind is int:
-        arguments["type"] = click.IntRange(bounds.get("ge"), bounds.get("le"))
-    elif kind is float:
-        arguments["type"] = click.FloatRange(bounds.get("ge"), bounds.get("le"))
+    elif kind in (int, float):
+        low, high = bounds.get("ge", bounds.get("gt")), bounds.get("le", bounds.get("lt"))
+        ranged = click.IntRange if kind is int else click.FloatRange
+        arguments["type"] = ranged(low, high, min_open="gt" in bounds, max_open="lt" in bounds)
     if field.default is not None:
         arguments.update(default=field.default, show_default=True)
     arguments.update(changes)
@@ -102,7 +115,8 @@ def setting_option(model: type[BaseModel], name: str, *flags: str, **changes: An
 
 
 def _field_type(annotation: Any, metadata: list[Any]) -> tuple[Any, dict[str, Any], tuple]:
-    """``(int|float|bool|str|None, {"ge": ..., "le": ...}, literal choices)`` of a field."""
+    """``(int|float|bool|str|None, {"ge"/"gt"/"le"/"lt": bound}, literal choices)`` of a
+    field."""
     from typing import Annotated, Literal, Union, get_args, get_origin
 
     origin = get_origin(annotation)
@@ -117,6 +131,6 @@ def _field_type(annotation: Any, metadata: list[Any]) -> tuple[Any, dict[str, An
         for arg in get_args(annotation):   # the first of Optional[X] / Literal | Callable
             if arg is not type(None):
                 return _field_type(arg, metadata)
-    bounds = {key: getattr(item, key) for item in metadata for key in ("ge", "le")
+    bounds = {key: getattr(item, key) for item in metadata for key in ("ge", "gt", "le", "lt")
               if getattr(item, key, None) is not None}
     return (annotation if annotation in (int, float, bool, str) else None), bounds, ()

@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING
 
 import click
 
-from geounet.cli.options import overwrite, verbosity
+from geounet.cli.options import overwrite, parse_class_ids, setting_option, verbosity
 from geounet.cli.summary import Column, emit, fixed, significant
+from geounet.settings import VectorizeSettings
 
 if TYPE_CHECKING:  # geopandas and scikit-image load only when a command vectorizes
     from geounet.vectorize import VectorizeConfig, VectorizeResult
@@ -26,28 +27,36 @@ def _option(*names: str, **kwargs):
     return click.option(*names, callback=_collect, expose_value=False, **kwargs)
 
 
+def _setting(name: str, parse=None):
+    """A vectorize setting's option (:func:`setting_option`), gathered for the request;
+    ``parse`` turns its text into the setting's value where click cannot."""
+
+    def gather(ctx: click.Context, param: click.Parameter, value: object) -> object:
+        if parse is not None:
+            value = parse(ctx, param, value)
+        elif name == "connectivity" and value is not None:
+            value = int(str(value))   # a choice of "4" or "8"
+        return _collect(ctx, param, value)
+
+    return setting_option(VectorizeSettings, name, callback=gather, expose_value=False)
+
+
 vector_options = [
     _option("--format", "driver", help="gpkg, geojson, shapefile or parquet "
             "(default: from the extension)."),
-    _option("--connectivity", default="4", show_default=True, type=click.Choice(["4", "8"])),
-    _option("--min-area", default=0.0, show_default=True, type=click.FloatRange(0),
-            help="Drop polygons smaller than this (square map units)."),
-    _option("--min-pixels", default=0, show_default=True, type=click.IntRange(0),
-            help="Drop polygons of fewer pixels than this."),
-    _option("--fill-holes", default=0.0, show_default=True, type=click.FloatRange(0),
-            help="Fill holes smaller than this (square map units)."),
-    _option("--simplify", default=0.0, show_default=True, type=click.FloatRange(0),
-            help="Topology-preserving simplification tolerance (map units)."),
+    _setting("connectivity"),
+    _setting("classes", parse=parse_class_ids),
+    _setting("min_area"),
+    _setting("min_pixels"),
+    _setting("fill_holes"),
+    _setting("simplify"),
     _option("--centerlines", type=click.Path(path_type=Path),
-            help="Also write skeleton centerlines here; adds length and widths (m)."),
-    _option("--spur-length", type=click.FloatRange(0),
-            help="Prune centerline branches shorter than this (map units; default: twice "
-                 "the local half-width)."),
-    _option("--block-size", default=2048, show_default=True, type=click.IntRange(2),
-            help="Mask block edge in pixels: the unit of memory."),
-    _option("--workers", default=0, show_default=True, type=click.IntRange(0),
-            help="Processes polygonizing blocks (1: this one; 0: on masks of 32 Mpx or more "
-                 "one per CPU but one, which merges and writes)."),
+            help="Also write skeleton centerlines here; adds length and widths (m) to the "
+                 "polygons of the linear classes (the `centerlines` setting)."),
+    _setting("linear_classes", parse=parse_class_ids),
+    _setting("spur_length"),
+    _setting("block_size"),
+    _setting("workers"),
     _option("--crs", help="Reproject to this CRS (declares it for a raster without one)."),
     _option("--pixel-coordinates", is_flag=True,
             help="Accept a raster without a CRS and write pixel coordinates."),
@@ -84,12 +93,8 @@ def vector_request(ctx: click.Context) -> VectorRequest:
     from geounet.vectorize import VectorizeConfig
 
     o = ctx.meta[_VECTOR_KEY]
-    config = VectorizeConfig(
-        connectivity=int(o["connectivity"]), block_size=o["block_size"],
-        min_area=o["min_area"], min_pixels=o["min_pixels"], fill_holes=o["fill_holes"],
-        simplify=o["simplify"], centerlines=o["centerlines"] is not None,
-        spur_length=o["spur_length"], workers=o["workers"],
-    )
+    settings = {name: o[name] for name in VectorizeSettings.model_fields if name in o}
+    config = VectorizeConfig(**settings | {"centerlines": o["centerlines"] is not None})
     return VectorRequest(config, o["driver"], o["crs"], o["pixel_coordinates"],
                          o["centerlines"])
 

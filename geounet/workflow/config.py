@@ -43,7 +43,7 @@ from pydantic import (
 
 from geounet.errors import ConfigError
 from geounet.inputs import require_regular_file
-from geounet.settings import PositiveInt, RuntimeSettings, TilingSettings
+from geounet.settings import PositiveInt, RuntimeSettings, TilingSettings, VectorizeSettings
 
 TEMPLATE_FIELDS = ("stem", "name")   # {stem}: file name without extension; {name}: with it
 VectorFormat = Literal["gpkg", "geojson", "shapefile", "parquet"]
@@ -122,21 +122,11 @@ class OutputsConfig(_Strict):
         return self
 
 
-class VectorizeOptions(_Strict):
-    """Polygonization settings (see :class:`geounet.vectorize.VectorizeConfig`); ``crs``
+class VectorizeOptions(VectorizeSettings):
+    """The vectorize settings (:class:`geounet.settings.VectorizeSettings`) and ``crs``, which
     reprojects the features. ``centerlines`` measures length and width of linear classes;
     ``outputs.centerlines`` also writes the centerlines as lines (and implies it)."""
 
-    connectivity: Literal[4, 8] = 4
-    block_size: Annotated[int, Field(ge=2)] = 2048
-    classes: tuple[int, ...] | None = None
-    min_area: Annotated[float, Field(ge=0)] = 0.0
-    min_pixels: Annotated[int, Field(ge=0)] = 0
-    fill_holes: Annotated[float, Field(ge=0)] = 0.0
-    simplify: Annotated[float, Field(ge=0)] = 0.0
-    centerlines: bool = False
-    linear_classes: tuple[int, ...] | None = None
-    spur_length: Annotated[float, Field(gt=0)] | None = None
     crs: str | None = None
 
 
@@ -240,7 +230,8 @@ class Workflow(RuntimeSettings):
             "bands": self.bands, "tiling": tiling, "device": self.resolved_device(),
             "threads": self.threads,
             "outputs": self.outputs.model_dump(exclude={"folder", "overwrite"}),
-            "vectorize": self.vectorize.model_dump(),
+            # workers: how the polygons are made, not what they are.
+            "vectorize": self.vectorize.model_dump(exclude={"workers"}),
         }
         return settings | ({} if self.amp else {"amp": False})
 
