@@ -427,3 +427,21 @@ def test_early_stopping_after_patience_epochs_without_improvement(scene, tmp_pat
     result = train_model(frozen, tmp_path / "p.safetensors", progress=False)
     assert result.epochs == 3 and result.best["epoch"] == 1
     assert result.stopped.startswith("early stop")
+
+
+def test_relative_paths_in_a_yaml_recipe_are_from_its_folder(tmp_path, monkeypatch):
+    """As in workflows: a recipe names its data relative to itself, wherever it is run from;
+    flags stay relative to the working directory."""
+    recipes, data = tmp_path / "recipes", tmp_path / "data"
+    recipes.mkdir()
+    data.mkdir()
+    (recipes / "run.yaml").write_text(
+        "images: [../data/a.tif]\nlabels: [../data/a_mask.tif]\nimage_dir: ../data\n"
+        "split_file: ~/split.txt\nval_images: [v.tif]\n")
+    monkeypatch.chdir(data)
+    config = TrainConfig.load(Path("..") / "recipes" / "run.yaml", labels=[Path("b.tif")])
+    assert [p.resolve() for p in config.images] == [(data / "a.tif").resolve()]
+    assert config.image_dir.resolve() == data.resolve()
+    assert config.val_images[0].resolve() == (recipes / "v.tif").resolve()
+    assert config.split_file == Path.home() / "split.txt"
+    assert config.labels == [Path("b.tif")]   # a flag: relative to the working directory

@@ -22,10 +22,26 @@ LossName = Literal["bce_dice", "focal_dice", "bce"]
 UNLABELLED = "unlabelled"   # a class of this name marks pixels the loss and scores skip
 
 
+PATH_KEYS = ("images", "labels", "image_dir", "label_dir", "split_file", "val_images",
+             "val_labels")
+
+
+def resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    """``raw`` with its relative paths (:data:`PATH_KEYS`) joined to ``base``; ``~`` is the
+    user's home. Values of the wrong type are left for validation to name."""
+    def join(value: Any) -> Any:
+        return base / Path(value).expanduser() if isinstance(value, str) else value
+
+    return {key: ([join(v) for v in value] if isinstance(value, list) else join(value))
+            if key in PATH_KEYS else value for key, value in raw.items()}
+
+
 class TrainConfig(BaseModel):
     """Everything that defines a training run (YAML keys and CLI flags share these names).
 
-    Paths are relative to the working directory. Pixel sizes are in pixels of the images.
+    Paths in a YAML file are relative to that file's folder, as in workflows; paths given
+    as flags or in Python are relative to the working directory. Pixel sizes are in pixels
+    of the images.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -142,7 +158,8 @@ class TrainConfig(BaseModel):
             raise ConfigError(f"{path}: cannot read the YAML config ({exc})") from exc
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: a training config is a mapping of keys to values")
-        return cls.build({**raw, **overrides}, origin=str(path))
+        return cls.build({**resolve_paths(raw, Path(path).parent), **overrides},
+                         origin=str(path))
 
     @classmethod
     def build(cls, values: dict[str, Any], origin: str = "config") -> TrainConfig:
