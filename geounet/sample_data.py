@@ -681,7 +681,7 @@ def generate_landcover_scene(out_dir: Path, seed: int = 0, size: int = 1024,
               for _ in range(round(90 * scale))]
     trees = list(shapely.get_parts(shapely.union_all(crowns)))
     keep_out = shapely.union_all(roads).buffer(3)
-    houses = []
+    houses: list[shapely.Geometry] = []
     for _ in range(round(60 * scale)):
         centre = rng.uniform(0.03, 0.97, 2) * extent
         house = affinity.rotate(box(*(centre - rng.uniform(4, 9, 2)),
