@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import rasterio
@@ -65,10 +66,19 @@ def union_difference(ours, theirs) -> tuple[float, float]:
     return abs(total_ours - total_theirs) / total_theirs, sym
 
 
-def tree_peak_rss_mib(cmd: list[str], interval: float = 0.02) -> tuple[float, float]:
-    """Run ``cmd``; return (the largest sum of the resident memory of it and all its child
-    processes, polled every ``interval`` seconds, in MiB; wall seconds). Shared pages count
-    once per process, so this errs high."""
+@dataclass(frozen=True)
+class Peak:
+    """A command's run: peak resident memory of it and all its child processes together and
+    of the largest single process (MiB), and its wall time (s)."""
+
+    total_mib: float
+    largest_mib: float
+    seconds: float
+
+
+def tree_peak_rss(cmd: list[str], interval: float = 0.02) -> Peak:
+    """Run ``cmd`` and poll the resident memory of it and its child processes every
+    ``interval`` seconds. Shared pages count once per process, so the total errs high."""
     import subprocess
     import time
 
@@ -76,17 +86,17 @@ def tree_peak_rss_mib(cmd: list[str], interval: float = 0.02) -> tuple[float, fl
 
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-    root, peak = psutil.Process(proc.pid), 0
+    root, total, largest = psutil.Process(proc.pid), 0, 0
     while proc.poll() is None:
-        total = 0
+        now = []
         try:
             for p in [root, *root.children(recursive=True)]:
                 with contextlib.suppress(psutil.NoSuchProcess):
-                    total += p.memory_info().rss
+                    now.append(p.memory_info().rss)
         except psutil.NoSuchProcess:
             pass
-        peak = max(peak, total)
+        total, largest = max(total, sum(now)), max([largest, *now])
         time.sleep(interval)
     if proc.returncode != 0:
         raise SystemExit(f"command failed: {' '.join(cmd)}")
-    return peak / 2**20, time.perf_counter() - start
+    return Peak(total / 2**20, largest / 2**20, time.perf_counter() - start)

@@ -1,9 +1,11 @@
-"""Memory: peak RSS of ``geounet vectorize`` on a 16384^2 blob mask versus a 4096^2 one.
+"""Memory: peak RSS of ``geounet vectorize`` on a 16384^2 mask versus a 4096^2 one.
 
-Both masks are made by :func:`benchmarks.vectorize_speed.blob_mask` (same density of blobs with
-holes); each run is its own process and its peak RSS is the kernel's ``ru_maxrss``. Prints
-both peaks, the feature counts and the ratio. Usage:
-``python -m benchmarks.vectorize_memory [--sizes 4096 16384]``.
+Masks of the same density at every size (:mod:`benchmarks.vectorize_speed`): ``blobs`` (blobs
+with holes, polygons only) or ``lines`` (many separate thin segments, polygons and
+``--centerlines``). Each run is its own process; prints the peak resident memory of it and
+its worker processes together and of the largest of them
+(:func:`benchmarks.common.tree_peak_rss`), the feature and line counts, and the ratios. Usage:
+``python -m benchmarks.vectorize_memory [--mask blobs|lines] [--sizes 4096 16384]``.
 """
 
 from __future__ import annotations
@@ -14,29 +16,35 @@ from pathlib import Path
 
 import pyogrio
 
-from benchmarks.common import WORK
-from benchmarks.memory import peak_rss_mib
-from benchmarks.vectorize_speed import blob_mask
+from benchmarks.common import WORK, tree_peak_rss
+from benchmarks.vectorize_speed import MASKS
 
 GEOUNET = Path(sys.executable).with_name("geounet")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mask", choices=("blobs", "lines"), default="blobs")
     parser.add_argument("--sizes", type=int, nargs="+", default=[4096, 16384])
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     peaks = {}
     for size in args.sizes:
-        mask = blob_mask(WORK / f"blobs_{size}.tif", size)
-        out = WORK / f"blobs_{size}.gpkg"
+        mask = MASKS[args.mask](WORK / f"{args.mask}_{size}.tif", size)
+        out, lines = WORK / f"{args.mask}_{size}.gpkg", WORK / f"{args.mask}_{size}_lines.gpkg"
         cmd = [str(GEOUNET), "vectorize", str(mask), "-o", str(out), "--overwrite", "-q"]
-        peaks[size], seconds = peak_rss_mib(cmd)
-        features = pyogrio.read_info(out)["features"]
-        print(f"{size}x{size}: {features} features, peak RSS {peaks[size]:.0f} MiB, "
-              f"{seconds:.1f} s")
-    small, large = min(peaks), max(peaks)
-    print(f"peak RSS ratio {large}^2 / {small}^2: {peaks[large] / peaks[small]:.3f}")
+        if args.mask == "lines":
+            cmd += ["--centerlines", str(lines)]
+        peaks[size] = run = tree_peak_rss(cmd)
+        counts = f"{pyogrio.read_info(out)['features']} features"
+        if args.mask == "lines":
+            counts += f", {pyogrio.read_info(lines)['features']} centerlines"
+        print(f"{size}x{size}: {counts}, peak RSS {run.total_mib:.0f} MiB all processes, "
+              f"{run.largest_mib:.0f} MiB the largest, {run.seconds:.1f} s", flush=True)
+    small, large = peaks[min(peaks)], peaks[max(peaks)]
+    print(f"peak RSS ratio {max(peaks)}^2 / {min(peaks)}^2: all processes "
+          f"{large.total_mib / small.total_mib:.3f}, the largest "
+          f"{large.largest_mib / small.largest_mib:.3f}")
 
 
 if __name__ == "__main__":

@@ -2,13 +2,14 @@
 
 Masks (deterministic, 0.5 m pixels in EPSG:32633): ``blobs``, blobs with holes (about as dense
 as a crack or building mask); ``network``, the same blobs as class 1 under 300 straight bands
-3-9 px wide crossing the whole raster as class 2, one network of roads spanning the raster.
+3-9 px wide crossing the whole raster as class 2, one network of roads spanning the raster;
+``lines``, many separate thin segments (see :func:`lines_mask`).
 Both tools write GeoPackage, alternately, each in its own process. Prints per pair the wall
 time and the peak resident memory of each command with all its child processes (summed,
 polled every 20 ms), their ratios geounet / gdal_polygonize and the medians, then checks
 that both gave the same features: count, total area, and a zero-area symmetric difference of
 their unions. Needs GDAL's command-line tools (Debian: gdal-bin). Usage:
-``python -m benchmarks.vectorize_speed [--mask blobs|network] [--size 8192] [--pairs 3]
+``python -m benchmarks.vectorize_speed [--mask blobs|network|lines] [--size 8192] [--pairs 3]
 [--connectivity 4]``.
 """
 
@@ -27,7 +28,7 @@ from rasterio import features
 from rasterio.transform import Affine, from_origin
 from scipy import ndimage
 
-from benchmarks.common import WORK, tree_peak_rss_mib, union_difference
+from benchmarks.common import WORK, tree_peak_rss, union_difference
 
 GEOUNET = Path(sys.executable).with_name("geounet")
 
@@ -79,7 +80,36 @@ def network_mask(path: Path, size: int, seed: int = 0, bands: int = 300) -> Path
     return path
 
 
-MASKS = {"blobs": blob_mask, "network": network_mask}
+def lines_mask(path: Path, size: int, seed: int = 0) -> Path:
+    """Many separate thin lines (cracks): in every 256 x 256 cell, 6 straight segments
+    20-120 px long and 1-3 px wide at random angles, written in 2048-row strips
+    (EPSG:32633, 0.5 m). The same density at every size."""
+    if path.exists():
+        return path
+    rng = np.random.default_rng(seed)
+    profile = {"driver": "GTiff", "width": size, "height": size, "count": 1, "dtype": "uint8",
+               "crs": "EPSG:32633", "transform": from_origin(500000, 5000000, 0.5, 0.5),
+               "tiled": True, "blockxsize": 512, "blockysize": 512, "compress": "deflate"}
+    cell = 256
+    with rasterio.open(path, "w", **profile) as dst:
+        for row in range(0, size, 2048):
+            h = min(2048, size - row)
+            lines = []
+            for r in range(row, row + h, cell):
+                for c in range(0, size, cell):
+                    for _ in range(6):
+                        start = rng.uniform((c, r), (c + cell, r + cell))
+                        angle, length = rng.uniform(0, np.pi), rng.uniform(20, 120)
+                        end = start + length * np.array([np.cos(angle), np.sin(angle)])
+                        lines.append(shapely.LineString([start, end]).buffer(
+                            rng.uniform(0.5, 1.5), cap_style="flat"))
+            mask = features.rasterize(lines, out_shape=(h, size),
+                                      transform=Affine.translation(0, row), dtype="uint8")
+            dst.write(mask, 1, window=((row, row + h), (0, size)))
+    return path
+
+
+MASKS = {"blobs": blob_mask, "network": network_mask, "lines": lines_mask}
 
 
 def main() -> None:
@@ -106,7 +136,9 @@ def main() -> None:
     times, memories = [], []
     for pair in range(1, args.pairs + 1):
         theirs.unlink(missing_ok=True)
-        (a_mib, a), (b_mib, b) = tree_peak_rss_mib(geounet_cmd), tree_peak_rss_mib(gdal_cmd)
+        ours_run, gdal_run = tree_peak_rss(geounet_cmd), tree_peak_rss(gdal_cmd)
+        a, b, a_mib, b_mib = (ours_run.seconds, gdal_run.seconds, ours_run.total_mib,
+                              gdal_run.total_mib)
         times.append(a / b)
         memories.append(a_mib / b_mib)
         print(f"{pair:<6}{a:>11.2f}{b:>9.2f}{a / b:>8.3f}{a_mib:>13.0f}{b_mib:>10.0f}"
