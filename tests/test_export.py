@@ -3,11 +3,9 @@ failures named for what they are."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import re
-import resource
 
 import geopandas as gpd
 import numpy as np
@@ -16,6 +14,7 @@ import rasterio
 import shapely
 from pyproj import CRS
 from rasterio.transform import Affine
+from test_hostile import disk_full_after
 
 from geounet.errors import ConfigError, OutputError
 from geounet.export import (
@@ -128,18 +127,6 @@ def test_cli_geojson_from_a_site_grid_is_one_line(make_raster, tmp_path):
     assert result.stderr.count("\n") == 1 and "GeoJSON (RFC 7946)" in result.stderr
     assert "NULL pointer" not in result.stderr and "disk" not in result.stderr
     assert not out.exists()
-
-
-@contextlib.contextmanager
-def disk_full_after(nbytes: int):
-    """Writes past ``nbytes`` into any file fail with EFBIG, as on a full disk (CPython
-    ignores SIGXFSZ)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
 
 
 def _many_squares(n: int) -> gpd.GeoDataFrame:

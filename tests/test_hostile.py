@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
-import logging
 import math
 import os
 import re
@@ -57,16 +56,6 @@ TRAIN_FAST = ("--patch", "16", "--width", "4", "--depth", "2", "--batch-size", "
 
 
 # -- harness -------------------------------------------------------------------------------
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """The CLI reconfigures the root logger onto CliRunner's stderr; undo that afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
 class TookTooLong(BaseException):
     """A command ran past its time limit (a hang must fail the test, not the suite)."""
 

@@ -31,7 +31,6 @@ from test_hostile import (  # noqa: F401  (fixtures are used by name)
     INPUT_TARGETS,
     TRAIN_FAST,
     TRANSFORM,
-    _restore_logging,
     address_space_margin,
     assert_refused,
     assert_succeeded,

@@ -8,7 +8,6 @@ own model wrapper, and run in `geounet predict MODEL.onnx`; bad files are one li
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from dataclasses import replace
@@ -44,16 +43,6 @@ DEEPNESS = Path(__file__).resolve().parents[2] / "shared" / "clients" / "deepnes
 # Float noise between two engines computing the same network (measured: max 1.8e-6 on the
 # bundled road model over a 1200 x 1100 crop; ~1e-7 on the tiny models here).
 NOISE = 1e-5
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """The CLI reconfigures the root logger onto CliRunner's stderr; undo that afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def _invoke(*args) -> object:
