@@ -152,23 +152,32 @@ def write_layer(frames: Iterable[gpd.GeoDataFrame], path: Path, driver: str, crs
     ``pixel_size`` is the raster's shorter pixel side in ``crs`` units (see
     :func:`pixel_size`): GeoJSON keeps the decimals it needs (:func:`geojson_decimals`);
     None keeps every digit. Binary formats store full doubles and ignore it."""
+    with atomic_outputs([path]) as (tmp,):
+        assert tmp is not None
+        write_layer_at(tmp, frames, path, driver, crs, geometry_type, fields, pixel_size)
+
+
+def write_layer_at(tmp: Path, frames: Iterable[gpd.GeoDataFrame], path: Path, driver: str,
+                   crs: CRS | None, geometry_type: str, fields: dict[str, pa.DataType],
+                   pixel_size: float | None = None) -> None:
+    """:func:`write_layer` into ``tmp``, a temporary of ``path`` that the caller's
+    :func:`~geounet.outputs.atomic_outputs` block renames (with the command's other outputs,
+    so that they all appear or none do). ``path`` names the layer and the messages."""
     check_layer_crs(path, driver, crs)   # callers check first; this keeps GDAL's NULL pointer out
     schema = pa.schema([*(pa.field(k, t) for k, t in fields.items()),
                         pa.field("geometry", pa.binary())])
     source = _Source(frames, schema, geometry_type)
     batches = iter(source)
-    with atomic_outputs([path]) as (tmp,):
-        assert tmp is not None
-        try:
-            if driver == "Parquet":
-                _write_geoparquet(batches, tmp, schema, crs, geometry_type)
-            else:
-                _write_ogr(batches, tmp, schema, driver, crs, geometry_type, path.stem,
-                           pixel_size)
-        except (OSError, RuntimeError) as exc:  # pyogrio's errors are RuntimeErrors
-            if source.error is not None:      # the features failed, not the writer
-                raise source.error from source.error.__cause__
-            raise write_failed(path, exc) from exc
+    try:
+        if driver == "Parquet":
+            _write_geoparquet(batches, tmp, schema, crs, geometry_type)
+        else:
+            _write_ogr(batches, tmp, schema, driver, crs, geometry_type, path.stem,
+                       pixel_size)
+    except (OSError, RuntimeError) as exc:  # pyogrio's errors are RuntimeErrors
+        if source.error is not None:      # the features failed, not the writer
+            raise source.error from source.error.__cause__
+        raise write_failed(path, exc) from exc
 
 
 class _Source:

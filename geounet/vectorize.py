@@ -41,10 +41,17 @@ from geounet.export import (
     pixel_size,
     polygon_fields,
     write_layer,
+    write_layer_at,
 )
 from geounet.geotiff import read_class_names
 from geounet.io import open_raster
-from geounet.outputs import check_outputs, first_line, temporary_sibling, vector_format
+from geounet.outputs import (
+    atomic_outputs,
+    check_outputs,
+    first_line,
+    temporary_sibling,
+    vector_format,
+)
 from geounet.polygonize import (
     GDAL_CACHE_MB,
     Pieces,
@@ -314,11 +321,16 @@ def vectorize_raster(mask_path: str | Path, output: str | Path,
         if lines_path is None or lines_fmt is None:
             write_layer(frames, output, fmt, target, "MultiPolygon", fields, size)
         else:
+            # Both layers appear together or neither does (a full disk while the lines are
+            # written leaves no polygons behind).
             outputs.spool = _Spool(temporary_sibling(lines_path, ".arrows"))
             try:
-                write_layer(frames, output, fmt, target, "MultiPolygon", fields, size)
-                write_layer(outputs.spool.frames(), lines_path, lines_fmt, target,
-                            "LineString", CENTERLINE_FIELDS, size)
+                with atomic_outputs([output, lines_path]) as (polygons_tmp, lines_tmp):
+                    assert polygons_tmp is not None and lines_tmp is not None
+                    write_layer_at(polygons_tmp, frames, output, fmt, target, "MultiPolygon",
+                                   fields, size)
+                    write_layer_at(lines_tmp, outputs.spool.frames(), lines_path, lines_fmt,
+                                   target, "LineString", CENTERLINE_FIELDS, size)
             finally:
                 outputs.spool.close()
     return VectorizeResult(output, outputs.features, outputs.area_m2, fmt, lines_path,

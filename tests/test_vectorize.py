@@ -221,3 +221,35 @@ def test_class_ids_beyond_the_vector_field_are_refused(make_raster, tmp_path):
     path = make_raster(mask, transform=TRANSFORM, name="ok.tif")
     vectorize_raster(path, out)
     assert gpd.read_file(out).class_id.tolist() == [2_000_000_000]
+
+
+def test_polygons_and_centerlines_appear_together_or_not_at_all(make_raster, tmp_path,
+                                                               monkeypatch):
+    """A disk that fills while the lines are written: neither layer is left (the polygons
+    were complete), what was there before stays, and no temporary remains."""
+    import errno
+
+    import geounet.export
+
+    mask = np.zeros((40, 60), np.uint8)
+    mask[10:14, 5:55] = 1                                    # one thin road
+    path = make_raster(mask[None], name="roads.tif")
+    polygons, lines = tmp_path / "poly.gpkg", tmp_path / "lines.gpkg"
+    polygons.write_bytes(b"the user's earlier polygons")
+    write_ogr = geounet.export._write_ogr
+
+    def lines_fail(batches, tmp, schema, driver, crs, geometry_type, *args):
+        if geometry_type == "LineString":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write_ogr(batches, tmp, schema, driver, crs, geometry_type, *args)
+
+    monkeypatch.setattr(geounet.export, "_write_ogr", lines_fail)
+    with pytest.raises(OutputError, match="lines.gpkg: could not be written: the disk is full"):
+        vectorize_raster(path, polygons, VectorizeConfig(), overwrite=True,
+                         centerlines_output=lines)
+    assert polygons.read_bytes() == b"the user's earlier polygons" and not lines.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["poly.gpkg",
+                                                          "roads.tif"]
+    monkeypatch.undo()
+    vectorize_raster(path, polygons, VectorizeConfig(), overwrite=True, centerlines_output=lines)
+    assert len(gpd.read_file(polygons)) == 1 and len(gpd.read_file(lines)) >= 1
