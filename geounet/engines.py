@@ -35,6 +35,7 @@ import io
 import json
 import logging
 import math
+import threading
 import time
 import warnings
 from collections import OrderedDict
@@ -214,13 +215,24 @@ def trace_onnx(net: UNet, shape: tuple[int, int, int]) -> bytes:
 
 
 _SESSIONS: OrderedDict[tuple, Any] = OrderedDict()
+_SESSIONS_LOCK = threading.Lock()   # a Dask worker may run several tasks in one process
 
 
 def _session(key: tuple, graph: Callable[[], bytes], threads: int):
-    """The ONNX Runtime CPU session of ``key`` (made from ``graph()`` on first use)."""
-    if key in _SESSIONS:
-        _SESSIONS.move_to_end(key)
-        return _SESSIONS[key]
+    """The ONNX Runtime CPU session of ``key`` (made from ``graph()`` on first use; a
+    session's ``run`` may be called from several threads)."""
+    with _SESSIONS_LOCK:
+        if key in _SESSIONS:
+            _SESSIONS.move_to_end(key)
+            return _SESSIONS[key]
+        session = _new_session(graph(), threads)
+        _SESSIONS[key] = session
+        while len(_SESSIONS) > SESSIONS_KEPT:
+            _SESSIONS.popitem(last=False)
+        return session
+
+
+def _new_session(graph: bytes, threads: int):
     ort = _onnxruntime()
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -230,11 +242,7 @@ def _session(key: tuple, graph: Callable[[], bytes], threads: int):
     # Idle threads sleep instead of spinning: the tile reader and the writer need the cores
     # between batches (predict on 2 busy cores takes 0.87 of the time it takes spinning).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(graph(), options, providers=["CPUExecutionProvider"])
-    _SESSIONS[key] = session
-    while len(_SESSIONS) > SESSIONS_KEPT:
-        _SESSIONS.popitem(last=False)
-    return session
+    return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 
 
 def _content_key(net: UNet) -> str:
