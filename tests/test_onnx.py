@@ -397,3 +397,21 @@ def test_onnx_model_from_a_net_and_from_a_file_run_alike(checkpoint, tmp_path):
     traced = OnnxModel(meta, net).forward_function(1)(x)
     read = load_onnx(tmp_path / "m.onnx").forward_function(1)(x)
     assert torch.equal(traced, read)
+
+
+def test_a_workflow_runs_an_exported_file(odd_rgb, checkpoint, tmp_path):
+    """`model:` in a workflow may name an exported .onnx file: it runs, its classes name the
+    outputs, and its mask equals predict's from the same file."""
+    onnx_path = tmp_path / "m.onnx"
+    assert _invoke("export", checkpoint, "-o", onnx_path).exit_code == 0
+    workflow = tmp_path / "wf.yaml"
+    workflow.write_text(
+        f"name: onnx\ninputs: {{list: [{odd_rgb}]}}\nmodel: {onnx_path}\n"
+        f"outputs: {{folder: {tmp_path / 'out'}, vector: null, preview: null}}\n")
+    (tmp_path / "out").mkdir()
+    result = _invoke("run", workflow, "-q")
+    assert result.exit_code == 0, result.output
+    assert _invoke("predict", odd_rgb, "-m", onnx_path, "-o", tmp_path / "direct.tif",
+                   "-q").exit_code == 0
+    assert np.array_equal(_read(tmp_path / "out" / f"{odd_rgb.stem}_mask.tif"),
+                          _read(tmp_path / "direct.tif"))

@@ -13,9 +13,9 @@ import click
 def command(checkpoint: Path) -> None:
     """Print a checkpoint's metadata (architecture, bands, normalization, classes and their
     colours, ignore value) as JSON; class_colors shows the default palette when none is set."""
-    from geounet.checkpoint import read_metadata  # torch: loaded on use
+    from geounet.engines import read_model_metadata  # torch: loaded on use
 
-    meta = read_metadata(checkpoint)
+    meta = read_model_metadata(checkpoint)
     out = json.loads(meta.to_json())
     out["class_colors"] = list(meta.colors)
     click.echo(json.dumps(out, sort_keys=True))

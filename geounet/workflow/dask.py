@@ -291,7 +291,7 @@ def lost_reason(exc: BaseException, workflow: Workflow) -> str:
 
 def split_regions(item: Item, workflow: Workflow) -> list[tuple[int, int]]:
     """Block-row ranges of ``item`` to compute as separate tasks (one range: no split)."""
-    from geounet.checkpoint import read_metadata
+    from geounet.engines import read_model_metadata
     from geounet.predict import block_row_extents
     from geounet.tiling import TileGrid
 
@@ -304,7 +304,7 @@ def split_regions(item: Item, workflow: Workflow) -> list[tuple[int, int]]:
         return [(0, 1)]
     if info.width * info.height < threshold:
         return [(0, 1)]
-    meta = read_metadata(workflow.model)
+    meta = read_model_metadata(workflow.model)
     tile = workflow.tiling.tile_size or meta.tile_size
     overlap = meta.overlap if workflow.tiling.overlap is None else workflow.tiling.overlap
     rows = len(block_row_extents(TileGrid(info.height, info.width, tile, overlap),

@@ -52,13 +52,14 @@ _MODELS: dict[tuple[str, str], Any] = {}
 
 
 def cached_model(path: Path, sha256: str):
-    """The checkpoint loaded once per process (CPU), keyed by path and content hash."""
-    from geounet.checkpoint import load_checkpoint
+    """The model (a checkpoint or an exported ``.onnx`` file) loaded once per process (CPU),
+    keyed by path and content hash."""
+    from geounet.engines import load_model
 
     key = (str(path), sha256)
     if key not in _MODELS:
         _MODELS.clear()
-        _MODELS[key] = load_checkpoint(path, "cpu")
+        _MODELS[key] = load_model(path, "cpu")
     return _MODELS[key]
 
 

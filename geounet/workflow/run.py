@@ -143,9 +143,9 @@ def _class_names(workflow: Workflow, manifest: Manifest | None, model_sha256: st
     import for a run with nothing to do), else from the checkpoint."""
     if manifest is not None and manifest.model.get("sha256") == model_sha256:
         return list(manifest.model["class_names"])
-    from geounet.checkpoint import read_metadata
+    from geounet.engines import read_model_metadata
 
-    return list(read_metadata(workflow.model).class_names)
+    return list(read_model_metadata(workflow.model).class_names)
 
 
 def _decide(workflow: Workflow, items: list[Item], manifest: Manifest | None,
