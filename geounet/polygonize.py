@@ -74,11 +74,10 @@ class PixelSettings:
         skeleton_classes: class ids whose centerline branches are computed; ``None``: all.
         spur_px: prune skeleton branches shorter than this (pixels); ``None``: automatic.
         workers: processes polygonizing blocks ahead of the merge (1: in this process);
-            0: on a machine of more than two CPUs and a mask of 32 Mpx or more, one per CPU
-            but the one left to this process (which merges and writes), else in this
-            process. Each process holds its own block and libraries (about 200 MB with
-            2048 px blocks): on two CPUs one took the 8192^2 network mask from 0.78x to
-            0.55x gdal_polygonize's time but from 1.36x to 1.71x its memory.
+            0: for a mask of 32 Mpx or more, one per CPU but the one left to this process
+            (which merges and writes), else in this process. Each holds its own block and
+            libraries (about 200 MB with 2048 px blocks); they end before the last row of
+            blocks is joined, where a feature spanning the raster completes.
     """
 
     connectivity: int = 4
@@ -164,6 +163,7 @@ def polygonize(mask_path: str | Path, settings: PixelSettings | None = None,
     try:
         for window, block in zip(windows, _blocks(mask_path, probabilities, windows, settings)):
             bar.update()
+            release_memory()   # after the previous block's features were written
             if block is not None and (~block.on_edge).any():
                 yield block.pieces.take(~block.on_edge)
             joiner.add(window, block)
@@ -186,7 +186,7 @@ def _blocks(mask_path, probabilities, windows: list[Window], settings: PixelSett
     if workers == 0:   # auto (see PixelSettings.workers)
         pixels = sum(w.width * w.height for w in windows)
         cpus = len(os.sched_getaffinity(0))
-        workers = cpus - 1 if pixels >= PARALLEL_MIN_PIXELS and cpus > 2 else 0
+        workers = cpus - 1 if pixels >= PARALLEL_MIN_PIXELS else 0
     elif workers == 1:
         workers = 0
     workers = min(workers, len(windows))
@@ -207,8 +207,10 @@ def _blocks(mask_path, probabilities, windows: list[Window], settings: PixelSett
             ahead.append(pool.submit(_worker_block, window, settings, shape))
             if len(ahead) > 2 * workers:
                 yield ahead.popleft().result()
-        while ahead:
-            yield ahead.popleft().result()
+        last = [future.result() for future in ahead]
+    # the processes are gone before the last blocks are joined: features spanning the
+    # raster complete there, the peak of this process's memory
+    yield from last
 
 
 _sources: dict[str, rasterio.DatasetReader | None] = {}   # of a worker process
@@ -351,33 +353,37 @@ def _shapes(values: np.ndarray, keep: np.ndarray, window: Window, connectivity: 
     """GDAL's polygons of one block (pixel corners of the raster), their class ids and the
     top-left corner of each (that of its first pixel in raster order)."""
     offset = rasterio.Affine.translation(window.col_off, window.row_off)
-    parts, ids, chunk = [], [], []
+    parts, corners, ids, chunk = [], [], [], []
     for geometry, value in features.shapes(values, mask=keep, transform=offset,
                                            connectivity=connectivity):
         chunk.append(geometry)
         ids.append(value)
         if len(chunk) == SHAPES_CHUNK:
-            parts.append(_polygons(chunk))
+            parts.append(_polygons(chunk, corners))
             chunk = []
     if chunk:
-        parts.append(_polygons(chunk))
-    polygons = np.concatenate(parts)
-    xy, index = shapely.get_coordinates(shapely.get_exterior_ring(polygons), return_index=True)
-    order = np.lexsort((xy[:, 0], xy[:, 1], index))   # per polygon: the top row, leftmost
-    first = order[np.r_[True, index[order][1:] != index[order][:-1]]]
-    return polygons, np.array(ids, dtype=np.int64), xy[first].astype(np.int64)
+        parts.append(_polygons(chunk, corners))
+    return (np.concatenate(parts), np.array(ids, dtype=np.int64),
+            np.concatenate(corners).astype(np.int64))
 
 
-def _polygons(geojson: list[dict]) -> np.ndarray:
-    """GeoJSON polygon dicts to an array of shapely Polygons, built in one vectorized call."""
+def _polygons(geojson: list[dict], corners: list[np.ndarray]) -> np.ndarray:
+    """GeoJSON polygon dicts to an array of shapely Polygons, built in one vectorized call;
+    appends to ``corners`` the top-left corner of each (its exterior's top row, leftmost)."""
     rings_ = [ring for g in geojson for ring in g["coordinates"]]
-    coords = np.fromiter(chain.from_iterable(chain.from_iterable(rings_)), np.float64)
-    ring_ends = np.cumsum([len(r) for r in rings_])
-    polygon_ends = np.cumsum([len(g["coordinates"]) for g in geojson])
-    return shapely.from_ragged_array(
-        shapely.GeometryType.POLYGON, coords.reshape(-1, 2),
-        (np.concatenate([[0], ring_ends]), np.concatenate([[0], polygon_ends])),
-    )
+    coords = np.fromiter(chain.from_iterable(chain.from_iterable(rings_)),
+                         np.float64).reshape(-1, 2)
+    ring_ends = np.concatenate([[0], np.cumsum([len(r) for r in rings_])])
+    polygon_ends = np.concatenate([[0], np.cumsum([len(g["coordinates"]) for g in geojson])])
+    start = ring_ends[polygon_ends[:-1]]   # each exterior's first vertex
+    lengths = ring_ends[polygon_ends[:-1] + 1] - start
+    owner = np.repeat(np.arange(len(geojson)), lengths)
+    vertex = np.arange(lengths.sum()) + np.repeat(start - (np.cumsum(lengths) - lengths),
+                                                  lengths)   # the exteriors' vertices
+    order = np.lexsort((coords[vertex, 0], coords[vertex, 1], owner))
+    corners.append(coords[vertex[order[np.searchsorted(owner[order], np.arange(len(geojson)))]]])
+    return shapely.from_ragged_array(shapely.GeometryType.POLYGON, coords,
+                                     (ring_ends, polygon_ends))
 
 
 def _repaired(polygons: np.ndarray, labels: np.ndarray, label: np.ndarray, piece: np.ndarray,
