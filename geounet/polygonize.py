@@ -18,6 +18,11 @@ their vertices), and their sums and counts added, so a score is the exact pixel-
 The result equals polygonizing the whole mask at once (same features, same areas, same
 union), while one block of pixels per process and the pieces of features that are still open
 are in memory.
+
+On large masks, worker processes run GDAL's polygonizer (which holds the GIL) a few blocks
+ahead while this process labels, measures and joins; they end before the last row of blocks
+is joined, where a feature spanning the raster completes and this process needs the most
+memory.
 """
 
 from __future__ import annotations
@@ -380,7 +385,10 @@ def _shapes(values: np.ndarray, keep: np.ndarray, window: Window, connectivity: 
     """GDAL's polygons of one block (pixel corners of the raster), their class ids and the
     top-left corner of each (that of its first pixel in raster order)."""
     offset = rasterio.Affine.translation(window.col_off, window.row_off)
-    parts, corners, ids, chunk = [], [], [], []
+    parts: list[np.ndarray] = []
+    corners: list[np.ndarray] = []
+    ids: list[int] = []
+    chunk: list[dict] = []
     for geometry, value in features.shapes(values, mask=keep, transform=offset,
                                            connectivity=connectivity):
         chunk.append(geometry)
