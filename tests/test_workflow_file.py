@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pyogrio
 import pytest
-from test_hostile import _restore_logging, assert_refused, invoke  # noqa: F401 (fixture)
+from test_hostile import assert_refused, invoke
 
 from geounet.errors import ConfigError
 from geounet.workflow import load_workflow, run_workflow
