@@ -1,11 +1,14 @@
 """Exactness: ``geounet vectorize`` (blocks smaller than the raster) against
 ``gdal_polygonize.py`` on the whole mask, for both connectivities.
 
-Masks: the bundled road and crack label masks and a blob mask (default 8192 x 8192, see
-:func:`benchmarks.vectorize_speed.blob_mask`). For each mask and connectivity prints the
+Masks: the bundled road and crack label masks, a blob mask (default 8192 x 8192, see
+:func:`benchmarks.vectorize_speed.blob_mask`) and a network mask whose roads span the raster
+(default 4096 x 4096, :func:`benchmarks.vectorize_speed.network_mask`: one feature joined
+from every block, with thousands of holes). For each mask and connectivity prints the
 feature counts, the relative difference of total areas and the area of the symmetric
 difference of the two unions (all should be equal / 0). Needs GDAL's command-line tools
-(Debian: gdal-bin). Usage: ``python -m benchmarks.vectorize_exact [--size 8192]``.
+(Debian: gdal-bin). Usage:
+``python -m benchmarks.vectorize_exact [--size 8192] [--network-size 4096]``.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pathlib import Path
 import geopandas as gpd
 
 from benchmarks.common import SAMPLE, WORK, union_difference
-from benchmarks.vectorize_speed import blob_mask
+from benchmarks.vectorize_speed import blob_mask, network_mask
 
 GEOUNET = Path(sys.executable).with_name("geounet")
 
@@ -41,13 +44,15 @@ def compare(mask: Path, connectivity: int, block_size: int, polygonize: str) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=8192)
+    parser.add_argument("--network-size", type=int, default=4096)
     args = parser.parse_args()
     polygonize = shutil.which("gdal_polygonize.py") or shutil.which("gdal_polygonize")
     if polygonize is None:
         raise SystemExit("gdal_polygonize.py not found: install GDAL's tools (gdal-bin)")
     WORK.mkdir(parents=True, exist_ok=True)
     masks = [(SAMPLE / "roads_mask.tif", 1000), (SAMPLE / "cracks_mask.tif", 500),
-             (blob_mask(WORK / f"blobs_{args.size}.tif", args.size), 2048)]
+             (blob_mask(WORK / f"blobs_{args.size}.tif", args.size), 2048),
+             (network_mask(WORK / f"network_{args.network_size}.tif", args.network_size), 1024)]
     print(f"{'mask':<18}{'conn':>5}{'block':>7}{'geounet':>10}{'gdal':>10}"
           f"{'area rel':>12}{'sym diff':>12}")
     for mask, block in masks:
