@@ -27,7 +27,7 @@ from geounet.predict import PredictConfig
 END_TO_END = {"test_hostile", "test_hostile_inputs", "test_dask_faults", "test_schedule",
               "test_signals", "test_demo", "test_distributed", "test_workflow", "test_report",
               "test_bundled_models", "test_cli", "test_gis_clients", "test_odd_inputs",
-              "test_train", "test_train_multiclass"}
+              "test_train", "test_train_multiclass", "test_onnx"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

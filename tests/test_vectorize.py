@@ -47,7 +47,8 @@ def test_blocks_equal_whole_mask(make_raster, random_mask, connectivity, block_s
         assert shapely.union_all(a).symmetric_difference(shapely.union_all(b)).area == 0
 
 
-@pytest.mark.parametrize("connectivity,workers", [(4, 1), (8, 2)])
+@pytest.mark.parametrize("connectivity,workers", [
+    (4, 1), pytest.param(8, 2, marks=pytest.mark.slow)])   # slow: starts worker processes
 def test_written_features_are_valid_and_complete(make_raster, random_mask, tmp_path,
                                                  connectivity, workers):
     path = make_raster(random_mask[None], transform=TRANSFORM)
@@ -128,6 +129,7 @@ def test_existing_output_is_kept(make_raster, tmp_path):
     assert out.read_bytes() == b"keep"
 
 
+@pytest.mark.slow   # the installed command, in its own process
 def test_cli_predict_to_polygons_in_one_command(rgb, tiny_model, tmp_path):
     import json
     import subprocess
