@@ -36,7 +36,7 @@ import multiprocessing
 import os
 import sys
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, fields
 from itertools import chain
 from pathlib import Path
@@ -62,7 +62,7 @@ PARALLEL_MIN_PIXELS = 32_000_000   # below this, blocks are polygonized in-proce
 GDAL_CACHE_MB = 32   # each block is read once: a large raster cache only holds memory
 POLYGONIZE_DTYPES = ("uint8", "uint16", "int16", "int32")
 CLASS_ID_RANGE = (-(2**31), 2**31 - 1)   # what GDAL's polygonizer and the class_id field hold
-SHAPES_CHUNK = 10_000   # GeoJSON polygons turned into geometries at a time (bounds memory)
+SHAPES_CHUNK = 2_000   # GeoJSON polygons turned into geometries at a time (bounds memory)
 LARGE_RING_VERTICES = 2_000   # touching rings of polygons this large: rings.repair
 # GDAL >= 3.3.2 writes 4-connected polygons valid (a hole touching the exterior at a corner is
 # its own ring; OSGeo/gdal#3337); 8-connected ones touch themselves by design (gdal#7369).
@@ -180,14 +180,20 @@ def polygonize(mask_path: str | Path, settings: PixelSettings | None = None,
         for window, block in zip(windows, _blocks(mask_path, probabilities, windows, settings)):
             bar.update()
             release_memory()   # after the previous block's features were written
-            if block is not None and (~block.on_edge).any():
-                yield block.pieces.take(~block.on_edge)
+            complete = None
+            if block is not None:
+                complete = block.pieces.take(~block.on_edge)
             joiner.add(window, block)
+            del block   # its features are held once, by ``complete`` and the joiner
+            if complete is not None and len(complete):
+                yield complete
+            del complete
             if window.col_off + window.width == width:   # a row of blocks is done
                 done = joiner.row_done(window.row_off + window.height)
                 release_memory()
                 if len(done):
                     yield done
+                del done
     finally:
         joiner.close()
         bar.close()
@@ -224,18 +230,22 @@ def _blocks(mask_path, probabilities, windows: list[Window], settings: PixelSett
             for window in windows:
                 ahead.append((window, pool.submit(_worker_shapes, window, settings)))
                 if len(ahead) > 2 * workers:
-                    done, future = ahead.popleft()
-                    yield _finished(src, prob_src, done, settings, shape, future.result())
+                    yield _finished(src, prob_src, *_result(ahead.popleft()), settings, shape)
                     release_memory()
-            last = [(done, future.result()) for done, future in ahead]
+            last = [_result(item) for item in ahead]
+            ahead.clear()
         # the processes are gone before the last blocks are joined: features spanning the
         # raster complete there, the peak of this process's memory
-        for done, found in last:
-            yield _finished(src, prob_src, done, settings, shape, found)
+        while last:
+            yield _finished(src, prob_src, *last.pop(0), settings, shape)
 
 
-def _finished(src, prob_src, window: Window, settings: PixelSettings, shape: tuple[int, int],
-              found: _Shapes | None) -> _Block | None:
+def _result(item: tuple[Window, Future]) -> tuple[Window, _Shapes | None]:
+    return item[0], item[1].result()
+
+
+def _finished(src, prob_src, window: Window, found: _Shapes | None, settings: PixelSettings,
+              shape: tuple[int, int]) -> _Block | None:
     """:func:`_block` of the polygons a worker ``found`` (None: an empty block)."""
     return None if found is None else _block(src, prob_src, window, settings, shape, found)
 
@@ -327,9 +337,15 @@ def _block(src, prob_src, window: Window, settings: PixelSettings, shape: tuple[
     if not keep.any():
         return None
     x0, y0 = window.col_off, window.row_off
-    labels = _labels(values, keep, settings.connectivity)
-    if found is None:
+    if found is None:   # before labelling: the two peaks of memory do not add up
         found = _shapes(values, keep, window, settings.connectivity)
+    labels = _labels(values, keep, found, settings.connectivity)
+    del keep
+    height, width = shape
+    inner = {"top": y0 > 0, "bottom": y0 + window.height < height, "left": x0 > 0,
+             "right": x0 + window.width < width}
+    classes_along = {side: _side(values, side).copy() for side in inner if inner[side]}
+    del values
     polygons, ids, top_left = found.polygons, found.ids, found.top_left
     label = labels[top_left[:, 1] - y0, top_left[:, 0] - x0]   # each polygon's component
     if not np.array_equal(np.sort(label), np.arange(1, len(label) + 1)):
@@ -340,11 +356,8 @@ def _block(src, prob_src, window: Window, settings: PixelSettings, shape: tuple[
     if settings.connectivity == 8 or not GDAL_VALID_4:
         polygons = _repaired(polygons, labels, label, piece, (x0, y0))
     pixels = np.bincount(labels.ravel(), minlength=len(label) + 1)[label]
-    height, width = shape
-    inner = {"top": y0 > 0, "bottom": y0 + window.height < height, "left": x0 > 0,
-             "right": x0 + window.width < width}
-    sides = {side: (piece[_side(labels, side)], _side(values, side)) for side in inner
-             if inner[side]}
+    sides = {side: (piece[_side(labels, side)], along)
+             for side, along in classes_along.items()}
     on_edge = np.zeros(len(label), bool)
     for index, _ in sides.values():
         on_edge[index[index >= 0]] = True
@@ -361,22 +374,26 @@ def _side(array: np.ndarray, side: str) -> np.ndarray:
             "right": array[:, -1]}[side]
 
 
-def _labels(values: np.ndarray, keep: np.ndarray, connectivity: int) -> np.ndarray:
-    """Connected components of equal class (int32, 0 where not kept), with the connectivity
-    of GDAL's polygonizer."""
+def _labels(values: np.ndarray, keep: np.ndarray, found: _Shapes, connectivity: int,
+            ) -> np.ndarray:
+    """Connected components of equal class (0 where not kept), with the connectivity of
+    GDAL's polygonizer, which ``found`` one polygon per component: as many labels, so 16
+    bits hold them in most blocks."""
     structure = ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
-    kept = values[keep]
-    low, high = int(kept.min()), int(kept.max())
-    if high - low < 1 << 16:
-        classes = np.flatnonzero(np.bincount(kept - low)) + low
-    else:
-        classes = np.unique(kept)
-    labels, count = ndimage.label(keep & (values == classes[0]), structure)
-    for class_id in classes[1:]:   # few: a mask has a handful of classes
-        component, found = ndimage.label(keep & (values == class_id), structure)
-        component[component > 0] += count
-        labels += component   # the classes' pixels do not overlap
-        count += found
+    dtype = np.uint16 if len(found.ids) < np.iinfo(np.uint16).max else np.int32
+    classes = np.unique(found.ids)
+    labels = np.zeros(values.shape, dtype)
+    count = 0
+    pixels = np.empty(values.shape, bool)
+    for class_id in classes:   # few: a mask has a handful of classes
+        component = np.zeros(values.shape, dtype) if count else labels
+        np.equal(values, class_id, out=pixels)
+        pixels &= keep
+        found_here = ndimage.label(pixels, structure, output=component)
+        if count:
+            component[component > 0] += dtype(count)
+            labels += component   # the classes' pixels do not overlap
+        count += found_here
     return labels
 
 
@@ -593,11 +610,7 @@ class _Joiner:
         pairs = sorter[np.searchsorted(gids, pairs, sorter=sorter)]   # gid -> position
         earlier = np.flatnonzero(self.groups[1:] == self.groups[:-1])   # same feature before
         links = np.concatenate([pairs, np.column_stack([earlier, earlier + 1])])
-        from scipy.sparse import coo_matrix  # the merging process only
-        from scipy.sparse.csgraph import connected_components
-
-        graph = coo_matrix((np.ones(len(links)), (links[:, 0], links[:, 1])), shape=(n, n))
-        _, feature = connected_components(graph, directed=False)
+        feature = _components(n, links[:, 0], links[:, 1])
         open_ = np.zeros(feature.max() + 1, bool)
         if bottom < self.height:
             open_[feature[np.isin(gids, self.above[0])]] = True
@@ -651,6 +664,24 @@ class _Joiner:
     def close(self) -> None:
         if self.src is not None:
             self.src.close()
+
+
+def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Connected components of ``n`` nodes joined by the edges ``a[k]``-``b[k]``: a dense
+    label per node (hooking roots onto smaller roots, then path halving, until no edge
+    joins two roots)."""
+    parent = np.arange(n)
+    while True:
+        while True:   # every node points to its root
+            grand = parent[parent]
+            if np.array_equal(grand, parent):
+                break
+            parent = grand
+        low, high = np.minimum(parent[a], parent[b]), np.maximum(parent[a], parent[b])
+        joins = low != high
+        if not joins.any():
+            return np.unique(parent, return_inverse=True)[1]
+        np.minimum.at(parent, high[joins], low[joins])
 
 
 def _empty() -> Pieces:
