@@ -5,7 +5,8 @@ with holes, polygons only) or ``lines`` (many separate thin segments, polygons a
 ``--centerlines``). Each run is its own process; prints the peak resident memory of it and
 its worker processes together and of the largest of them
 (:func:`benchmarks.common.tree_peak_rss`), the feature and line counts, and the ratios. Usage:
-``python -m benchmarks.vectorize_memory [--mask blobs|lines] [--sizes 4096 16384]``.
+``python -m benchmarks.vectorize_memory [--mask blobs|lines] [--sizes 4096 16384]
+[--workers N]``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mask", choices=("blobs", "lines"), default="blobs")
     parser.add_argument("--sizes", type=int, nargs="+", default=[4096, 16384])
+    parser.add_argument("--workers", type=int, help="geounet's --workers (default: its own)")
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     peaks = {}
@@ -35,6 +37,8 @@ def main() -> None:
         cmd = [str(GEOUNET), "vectorize", str(mask), "-o", str(out), "--overwrite", "-q"]
         if args.mask == "lines":
             cmd += ["--centerlines", str(lines)]
+        if args.workers is not None:
+            cmd += ["--workers", str(args.workers)]
         peaks[size] = run = tree_peak_rss(cmd)
         counts = f"{pyogrio.read_info(out)['features']} features"
         if args.mask == "lines":
