@@ -101,8 +101,7 @@ def skeleton_branches(shapes: Sequence[np.ndarray], spur_length_px: float | None
     graph = _Graph(skeletonize(sheet.image), sheet.owner)
     if not len(graph.u):
         return _no_branches()
-    graph.prune(radius, spur_length_px)
-    paths = graph.paths()
+    paths = graph.pruned(radius, spur_length_px)
     if not paths.count:
         return _no_branches()
     owner = sheet.owner[graph.rows[paths.start_vertex], graph.cols[paths.start_vertex]]
@@ -252,9 +251,9 @@ class _Graph:
                   else np.zeros(0))
         return _Paths(vertex, vertex_offsets, edge_ids, offsets, length)
 
-    def prune(self, radius: np.ndarray, spur_px: float | None) -> None:
+    def pruned(self, radius: np.ndarray, spur_px: float | None) -> _Paths:
         """Remove short terminal branches (see the module docstring), up to
-        :data:`PRUNE_ROUNDS` times."""
+        :data:`PRUNE_ROUNDS` times; the branches left."""
         for _ in range(PRUNE_ROUNDS):
             paths = self.paths()
             degree = self.degree()
@@ -268,7 +267,7 @@ class _Graph:
                                                            self.cols[junction]])
             spur = np.flatnonzero(terminal & (paths.length < limit))
             if not len(spur):
-                return
+                return paths
             # per junction, shortest first, while it keeps at least two branches
             order = np.lexsort((spur, paths.length[spur], junction[spur]))
             spur = spur[order]
@@ -278,9 +277,12 @@ class _Graph:
             rank = np.arange(len(spur)) - first
             spur = spur[rank < degree[at] - 2]
             if not len(spur):
-                return
-            for k in spur:   # few per round
-                self.alive[paths.edges[paths.edge_offsets[k]:paths.edge_offsets[k + 1]]] = False
+                return paths
+            starts, stops = paths.edge_offsets[spur], paths.edge_offsets[spur + 1]
+            steps = np.arange((stops - starts).sum()) + np.repeat(
+                starts - np.cumsum(np.r_[0, (stops - starts)[:-1]]), stops - starts)
+            self.alive[paths.edges[steps]] = False
+        return self.paths()
 
 
 def _rank(following: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
