@@ -31,14 +31,14 @@ import collections
 import contextlib
 import ctypes
 import ctypes.util
+import itertools
 import logging
 import multiprocessing
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, fields
-from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +64,7 @@ POLYGONIZE_DTYPES = ("uint8", "uint16", "int16", "int32")
 CLASS_ID_RANGE = (-(2**31), 2**31 - 1)   # what GDAL's polygonizer and the class_id field hold
 SHAPES_CHUNK = 2_000   # GeoJSON polygons turned into geometries at a time (bounds memory)
 LARGE_RING_VERTICES = 2_000   # touching rings of polygons this large: rings.repair
+HELP_MAX_OPEN_VERTICES = 1_000_000   # see _Joiner.holds_little
 # GDAL >= 3.3.2 writes 4-connected polygons valid (a hole touching the exterior at a corner is
 # its own ring; OSGeo/gdal#3337); 8-connected ones touch themselves by design (gdal#7369).
 GDAL_VALID_4 = tuple(int(v) for v in rasterio.__gdal_version__.split(".")[:3]) >= (3, 3, 2)
@@ -177,7 +178,8 @@ def polygonize(mask_path: str | Path, settings: PixelSettings | None = None,
                desc="vectorize")
     joiner = _Joiner(mask_path, settings, width, height)
     try:
-        for window, block in zip(windows, _blocks(mask_path, probabilities, windows, settings)):
+        blocks = _blocks(mask_path, probabilities, windows, settings, joiner.holds_little)
+        for window, block in zip(windows, blocks):
             bar.update()
             release_memory()   # after the previous block's features were written
             complete = None
@@ -201,10 +203,11 @@ def polygonize(mask_path: str | Path, settings: PixelSettings | None = None,
 
 # -- blocks: in this process or in worker processes ------------------------------------
 def _blocks(mask_path, probabilities, windows: list[Window], settings: PixelSettings,
-            ) -> Iterator[_Block | None]:
+            may_help: Callable[[], bool] = lambda: False) -> Iterator[_Block | None]:
     """The polygonized blocks, in order: all in this process, or with ``settings.workers``
     processes running GDAL's polygonizer (which holds the GIL) a few blocks ahead while this
-    process labels, measures and joins the blocks before them."""
+    process labels, measures and joins the blocks before them. While it would wait for one
+    and ``may_help()``, this process polygonizes a later block itself."""
     workers = settings.workers
     if workers == 0:   # auto (see PixelSettings.workers)
         pixels = sum(w.width * w.height for w in windows)
@@ -226,28 +229,61 @@ def _blocks(mask_path, probabilities, windows: list[Window], settings: PixelSett
         context = multiprocessing.get_context("spawn")   # no fork of a threaded process
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_open_sources,
                                  initargs=(mask_path,)) as pool:
-            ahead: collections.deque = collections.deque()
-            for window in windows:
-                ahead.append((window, pool.submit(_worker_shapes, window, settings)))
-                if len(ahead) > 2 * workers:
-                    yield _finished(src, prob_src, *_result(ahead.popleft()), settings, shape)
-                    release_memory()
-            last = [_result(item) for item in ahead]
-            ahead.clear()
+            todo = iter(windows)
+            slots = collections.deque(_Slot(w, pool.submit(_worker_shapes, w, settings))
+                                      for w in itertools.islice(todo, 2 * workers + 1))
+            while slots:
+                head = slots[0]
+                if not head.ready() and may_help() and any(
+                        slot.take_over(src, prob_src, settings, shape)
+                        for slot in reversed(slots)):
+                    continue
+                window = next(todo, None)
+                if window is None:   # all submitted: take the rest, then end the processes
+                    break
+                slots.popleft()
+                yield head.finished(src, prob_src, settings, shape)
+                release_memory()
+                slots.append(_Slot(window, pool.submit(_worker_shapes, window, settings)))
+            for slot in slots:
+                slot.wait()
         # the processes are gone before the last blocks are joined: features spanning the
         # raster complete there, the peak of this process's memory
-        while last:
-            yield _finished(src, prob_src, *last.pop(0), settings, shape)
+        while slots:
+            yield slots.popleft().finished(src, prob_src, settings, shape)
 
 
-def _result(item: tuple[Window, Future]) -> tuple[Window, _Shapes | None]:
-    return item[0], item[1].result()
+class _Slot:
+    """A block on its way: polygonized by a worker process (``future``), or by this one."""
 
+    def __init__(self, window: Window, future: Future) -> None:
+        self.window, self.future = window, future
+        self.here = False   # polygonized (and labelled) in this process instead
+        self.block: _Block | None = None
+        self.found: _Shapes | None = None
 
-def _finished(src, prob_src, window: Window, found: _Shapes | None, settings: PixelSettings,
-              shape: tuple[int, int]) -> _Block | None:
-    """:func:`_block` of the polygons a worker ``found`` (None: an empty block)."""
-    return None if found is None else _block(src, prob_src, window, settings, shape, found)
+    def ready(self) -> bool:
+        return self.here or self.future.done()
+
+    def take_over(self, src, prob_src, settings: PixelSettings, shape: tuple[int, int]) -> bool:
+        """Polygonize the block here if no worker has started it."""
+        if self.ready() or not self.future.cancel():
+            return False
+        self.block, self.here = _block(src, prob_src, self.window, settings, shape), True
+        return True
+
+    def wait(self) -> None:
+        if not self.here:
+            self.found = self.future.result()
+
+    def finished(self, src, prob_src, settings: PixelSettings, shape: tuple[int, int],
+                 ) -> _Block | None:
+        if self.here:
+            return self.block
+        self.wait()
+        if self.found is None:   # an empty block
+            return None
+        return _block(src, prob_src, self.window, settings, shape, self.found)
 
 
 _sources: dict[str, rasterio.DatasetReader] = {}   # of a worker process
@@ -423,7 +459,7 @@ def _polygons(geojson: list[dict], corners: list[np.ndarray]) -> np.ndarray:
     """GeoJSON polygon dicts to an array of shapely Polygons, built in one vectorized call;
     appends to ``corners`` the top-left corner of each (its exterior's top row, leftmost)."""
     rings_ = [ring for g in geojson for ring in g["coordinates"]]
-    coords = np.fromiter(chain.from_iterable(chain.from_iterable(rings_)),
+    coords = np.fromiter(itertools.chain.from_iterable(itertools.chain.from_iterable(rings_)),
                          np.float64).reshape(-1, 2)
     ring_ends = np.concatenate([[0], np.cumsum([len(r) for r in rings_])])
     polygon_ends = np.concatenate([[0], np.cumsum([len(g["coordinates"]) for g in geojson])])
@@ -557,6 +593,13 @@ class _Joiner:
         self.below = self._line()           # the last pixel row of this row of blocks
         self.left: tuple[np.ndarray, np.ndarray] | None = None   # right side, block before
         self.src = None
+
+    def holds_little(self) -> bool:
+        """Whether the open features are small (under :data:`HELP_MAX_OPEN_VERTICES`): then
+        this process may polygonize a block itself. A feature spanning the raster, where this
+        process's memory peaks, stops it."""
+        return sum(int(shapely.get_num_coordinates(p.polygons).sum())
+                   for p in self.pending) < HELP_MAX_OPEN_VERTICES
 
     def _line(self) -> tuple[np.ndarray, np.ndarray]:
         return np.full(self.width, -1, np.int64), np.zeros(self.width, np.int32)
