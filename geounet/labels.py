@@ -10,6 +10,9 @@ crack centrelines) have no area, so they are buffered first by ``line_width``, g
 pixels, in map units of the image's CRS, or in metres on the ground (lines are then
 buffered in their local UTM zone, so a road keeps its width in an EPSG:4326 image).
 Images without a CRS (plain PNG/JPEG) take vector coordinates as they are.
+
+RGB label masks (one colour per class, as many published datasets give them) become class ids
+through a palette: ``('#rrggbb', class id)`` pairs; a colour missing from it is refused.
 """
 
 from __future__ import annotations
@@ -51,12 +54,15 @@ class LabelConfig:
             ``class_names``, its class name; None: all features are class 1.
         class_names: names by class id (background first); when given, class ids must be
             below their count and names in ``class_field`` are looked up in them.
+        palette: ``('#rrggbb', class id)`` pairs: raster labels are RGB masks whose colours
+            are converted to class ids (every colour must be listed); empty: class ids.
     """
 
     line_width: float = 3.0
     line_width_units: Literal["pixels", "map", "metres"] = "pixels"
     class_field: str | None = None
     class_names: tuple[str, ...] = ()
+    palette: tuple[tuple[str, int], ...] = ()
 
 
 def is_vector(path: str | Path) -> bool:
@@ -68,8 +74,24 @@ def load_target(label: str | Path, image: RasterInfo, config: LabelConfig = Labe
                 ) -> np.ndarray:
     """The ``uint8`` target of ``label`` (raster mask or vector file) on ``image``'s grid."""
     if is_vector(label):
+        if config.palette:
+            raise InputError(f"{label}: a palette converts the colours of RGB raster labels; "
+                             "this is a vector file: give its classes with a class field, or "
+                             "drop the palette")
         return rasterize_vector(label, image, config)
+    if config.palette:
+        return read_palette_target(label, image, config.palette)
     return read_raster_target(label, image)
+
+
+def _label_info(mask: str | Path, image: RasterInfo) -> RasterInfo:
+    """The raster label's info, refused unless it is on ``image``'s grid."""
+    info = image_info(mask)
+    if (info.width, info.height) != (image.width, image.height):
+        raise InputError(f"{mask}: {info.width}x{info.height} px does not match image "
+                         f"{image.path} {image.width}x{image.height} px; labels must be on "
+                         "the image's grid")
+    return info
 
 
 def read_raster_target(mask: str | Path, image: RasterInfo) -> np.ndarray:
@@ -78,11 +100,7 @@ def read_raster_target(mask: str | Path, image: RasterInfo) -> np.ndarray:
     Values are class ids 0..254, except in a mask of only 0 and 255 (the usual 8-bit
     binary mask, where 255 is not nodata): there 255 is class 1.
     """
-    info = image_info(mask)
-    if (info.width, info.height) != (image.width, image.height):
-        raise InputError(f"{mask}: {info.width}x{info.height} px does not match image "
-                         f"{image.path} {image.width}x{image.height} px; labels must be on "
-                         "the image's grid")
+    info = _label_info(mask, image)
     require_in_memory(info, 12, "reading the labels")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
@@ -97,6 +115,46 @@ def read_raster_target(mask: str | Path, image: RasterInfo) -> np.ndarray:
     else:
         raise InputError(f"{mask}: values {values[:8].tolist()} are neither a 0/255 mask nor "
                          "class ids 0..254")
+    target[~valid] = IGNORE
+    return target
+
+
+def read_palette_target(mask: str | Path, image: RasterInfo,
+                        palette: Sequence[tuple[str, int]]) -> np.ndarray:
+    """Bands 1-3 of an RGB mask (8 bits) as the class ids ``palette`` gives their colours;
+    pixels masked in any of them (nodata, alpha) are :data:`IGNORE`.
+
+    A colour not in ``palette`` is refused in one line naming it (the most frequent one if
+    several), its pixel count and its first (row, col).
+    """
+    info = _label_info(mask, image)
+    if info.count < 3 or info.dtype != "uint8":
+        raise InputError(f"{mask}: palette labels are RGB masks (3 bands of uint8), this one "
+                         f"has {info.count} band(s) of {info.dtype}; give class ids without "
+                         "a palette, or the RGB mask")
+    require_in_memory(info, 16, "reading the labels")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(mask) as src:
+            rgb = src.read((1, 2, 3)).astype(np.int32)
+            valid = (src.read_masks((1, 2, 3)) > 0).all(axis=0)
+    code = (rgb[0] << 16) | (rgb[1] << 8) | rgb[2]    # 0xrrggbb per pixel
+    del rgb
+    colours = np.array([int(c[1:], 16) for c, _ in palette], np.int64)
+    order = np.argsort(colours)
+    keys, ids = colours[order], np.array([i for _, i in palette], np.uint8)[order]
+    index = np.minimum(np.searchsorted(keys, code), len(keys) - 1)
+    unknown = valid & (keys[index] != code)
+    if unknown.any():
+        values, counts = np.unique(code[unknown], return_counts=True)
+        value = int(values[counts.argmax()])
+        row, col = divmod(int(np.argmax(unknown & (code == value))), code.shape[1])
+        others = f"; {len(values) - 1} other unlisted colour(s) too" if len(values) > 1 else ""
+        raise InputError(f"{mask}: colour #{value:06x} ({counts.max()} px, first at row {row}, "
+                         f"col {col}) is not in the palette{others}; add it to the palette "
+                         "(with its class, or a class named 'unlabelled' to ignore it) or "
+                         "mark those pixels as nodata")
+    target = ids[index]
     target[~valid] = IGNORE
     return target
 

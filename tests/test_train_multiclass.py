@@ -234,3 +234,66 @@ def test_evaluate_reports_mean_iou_and_confusion_matrix(scene, make_raster, tmp_
     assert ious[1] == pytest.approx(0.5)
     table = CliRunner().invoke(main, ["evaluate", str(predicted), str(mask)]).output
     assert "mean IoU over foreground classes" in table and "confusion" in table
+
+
+# RGB palette masks ------------------------------------------------------------------------
+
+PALETTE = {"#000000": "background", "#ff0000": "building", "#808080": "road", "#0000ff": 3}
+RGB = np.array([[0, 0, 0], [255, 0, 0], [128, 128, 128], [0, 0, 255]], np.uint8)
+
+
+def test_palette_masks_become_class_ids_from_a_recipe_file(scene, make_raster, tmp_path,
+                                                           monkeypatch):
+    image, _, ids = scene
+    rgb = np.moveaxis(RGB[ids], -1, 0).copy()
+    rgb[:, 90:, :3] = 7                       # nodata: ignored whatever the palette says
+    make_raster(rgb, name="recipe/rgb_mask.tif", nodata=7)
+    (tmp_path / "recipe" / "palette.yaml").write_text(
+        "".join(f"'{colour}': {cls}\n" for colour, cls in PALETTE.items()))
+    recipe = tmp_path / "recipe" / "run.yaml"
+    recipe.write_text(f"images: [{image}]\nlabels: [rgb_mask.tif]\npalette: palette.yaml\n"
+                      f"class_names: [{', '.join(NAMES)}]\npatch: 32\n")
+    monkeypatch.chdir(tmp_path)               # paths are from the recipe's folder, not here
+    config = TrainConfig.load(recipe)
+    assert config.palette_ids == (("#000000", 0), ("#ff0000", 1), ("#808080", 2),
+                                  ("#0000ff", 3))
+    train, _ = data.load_data(config)
+    expected = ids.copy()
+    expected[90:, :3] = IGNORE
+    np.testing.assert_array_equal(train[0].target, expected)
+    # The same palette inline (name=colour pairs, ids allowed) gives the same target.
+    inline = TrainConfig.build({**config.__dict__, "palette": "background=#000000,"
+                                "building=#FF0000,road=#808080,3=#0000ff"})
+    assert inline.palette == config.palette
+
+
+def test_palette_colour_not_listed_is_one_clear_error(scene, make_raster, tmp_path):
+    from click.testing import CliRunner
+
+    from geounet.cli import main
+
+    image, _, ids = scene
+    rgb = np.moveaxis(RGB[ids], -1, 0).copy()
+    rgb[:, 30:32, 70:73] = [[[0]], [[200]], [[0]]]   # 6 px of a green nobody listed
+    rgb[:, 95, 95] = [1, 2, 3]                         # and one other stray colour
+    mask = make_raster(rgb, name="rgb.tif")
+    palette = ",".join(f"{cls}={colour}" for colour, cls in PALETTE.items())
+    result = CliRunner().invoke(main, ["train", "--image", str(image), "--label", str(mask),
+                                       "--palette", palette, "--classes", ",".join(NAMES),
+                                       "--width", "4", "--depth", "2", "--patch", "32",
+                                       "--epochs", "1", "--steps-per-epoch", "1",
+                                       "-o", str(tmp_path / "m.safetensors")])
+    assert result.exit_code != 0
+    message = result.output.strip()
+    assert len(message.splitlines()) == 1, message
+    assert ("rgb.tif: colour #00c800 (6 px, first at row 30, col 70) is not in the palette; "
+            "1 other unlisted colour(s) too; add it to the palette") in message
+    assert not (tmp_path / "m.safetensors").exists()
+    with pytest.raises(InputError, match="palette labels are RGB masks .* 1 band"):
+        load_target(make_raster(ids[None], name="ids.tif"), image_info(image),
+                    LabelConfig(palette=(("#000000", 0),)))
+    with pytest.raises(ConfigError, match=r"#00ff00 -> 'forest' is not a class"):
+        TrainConfig.build({**TINY, "palette": {"#00ff00": "forest"}})
+    with pytest.raises(ConfigError, match="an unquoted # starts a comment"):
+        (tmp_path / "p.yaml").write_text("#ff0000: building\n")
+        TrainConfig.build({**TINY, "palette": str(tmp_path / "p.yaml")})

@@ -20,8 +20,8 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
               help="YAML training config (keys as in TrainConfig); flags override its keys.")
 @click.option("--image", "images", multiple=True, type=_FILE, help="Training image (repeatable).")
 @click.option("--label", "--mask", "labels", multiple=True, type=_FILE,
-              help="Label for each --image: raster mask (>0 foreground, nodata ignored) or "
-                   "vector file (GeoPackage, GeoJSON, Shapefile).")
+              help="Label for each --image: raster mask of class ids (nodata ignored; an "
+                   "RGB mask with --palette) or vector file (GeoPackage, GeoJSON, Shapefile).")
 @click.option("--image-dir", type=_DIR, help="Folder of training images (paired by name).")
 @click.option("--label-dir", type=_DIR, help="Folder of their labels (same file stems).")
 @click.option("--split-file", type=_FILE, help="Lines 'NAME SPLIT': keep names of --split.")
@@ -40,6 +40,10 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
               "id or name.")
 @click.option("--ignore-value", type=click.IntRange(0, 254),
               help="Label value meaning unlabelled (besides nodata and 255).")
+@click.option("--palette", help="RGB label masks: colours to classes, inline "
+              "(building=#ff0000,water=#0000ff; names or ids, a class may have several "
+              "colours) or a YAML/JSON file {'#ff0000': building, ...}. A colour not "
+              "listed is an error.")
 @click.option("--class-weights", help="Per-class loss weights, comma-separated, or 'auto' "
               "(inverse square root of class frequency); softmax models.")
 @click.option("--width", type=click.IntRange(1))

@@ -12,7 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from geounet.errors import ConfigError
 from geounet.labels import pair_folders, select_split
@@ -23,14 +30,16 @@ UNLABELLED = "unlabelled"   # a class of this name marks pixels the loss and sco
 
 
 PATH_KEYS = ("images", "labels", "image_dir", "label_dir", "split_file", "val_images",
-             "val_labels")
+             "val_labels", "palette")
 
 
 def resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     """``raw`` with its relative paths (:data:`PATH_KEYS`) joined to ``base``; ``~`` is the
-    user's home. Values of the wrong type are left for validation to name."""
+    user's home. Values of the wrong type are left for validation to name, and so are
+    inline palettes (text with ``=``)."""
     def join(value: Any) -> Any:
-        return base / Path(value).expanduser() if isinstance(value, str) else value
+        return base / Path(value).expanduser() if isinstance(value, str) \
+            and "=" not in value else value
 
     return {key: ([join(v) for v in value] if isinstance(value, list) else join(value))
             if key in PATH_KEYS else value for key, value in raw.items()}
@@ -73,6 +82,9 @@ class TrainConfig(BaseModel):
         "inverse square root of each class's share of the valid training pixels")
     class_colors: tuple[str, ...] | None = Field(None, description="'#rrggbb' per class for "
                                                  "previews; default: a readable palette")
+    palette: dict[str, str | int] | None = Field(
+        None, description="RGB label masks: {'#rrggbb': class name or id}, a YAML/JSON file "
+        "of that mapping, or CLASS=#rrggbb,...; every colour of a mask must be listed")
     # Model
     width: int = Field(16, ge=1)
     depth: int = Field(4, ge=1)
@@ -108,6 +120,13 @@ class TrainConfig(BaseModel):
     threshold: float = Field(0.5, gt=0, lt=1)
     source: dict[str, str] = Field(default_factory=dict)
 
+    @field_validator("palette", mode="before")
+    @classmethod
+    def _read_palette(cls, value: Any) -> Any:
+        from geounet.palette import parse_palette
+
+        return None if value is None else parse_palette(value)
+
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
         if self.patch % 2**self.depth:
@@ -132,12 +151,20 @@ class TrainConfig(BaseModel):
                 and self.class_names[self.ignore_value].lower() != UNLABELLED:
             raise ValueError(f"ignore_value {self.ignore_value} is the id of class "
                              f"{self.class_names[self.ignore_value]!r}")
+        if self.palette is not None:
+            palette_ids(self.palette, self.class_names, self.unlabelled)
         return self
 
     @property
     def classes(self) -> int:
         """Output channels of the model: 1 (binary, sigmoid) for two classes, else one each."""
         return 1 if len(self.class_names) == 2 else len(self.class_names)
+
+    @property
+    def palette_ids(self) -> tuple[tuple[str, int], ...]:
+        """``('#rrggbb', class id)`` pairs of the palette (empty without one)."""
+        return () if self.palette is None else palette_ids(self.palette, self.class_names,
+                                                           self.unlabelled)
 
     @property
     def unlabelled(self) -> int | None:
@@ -193,3 +220,23 @@ class TrainConfig(BaseModel):
         if len(self.val_images) != len(self.val_labels):
             raise ConfigError("give one val_label per val_image")
         return list(zip(self.val_images, self.val_labels))
+
+
+def palette_ids(palette: dict[str, str | int], class_names: tuple[str, ...],
+                unlabelled: int | None) -> tuple[tuple[str, int], ...]:
+    """``('#rrggbb', class id)`` pairs of ``palette``: class names are looked up in
+    ``class_names``; ids must be class ids or the ``unlabelled`` value."""
+    names = {name: i for i, name in enumerate(class_names)}
+    ids = set(range(len(class_names))) | (set() if unlabelled is None else {unlabelled})
+    out, unknown = [], []
+    for colour, cls in palette.items():
+        class_id = names.get(cls) if isinstance(cls, str) else cls
+        if class_id is None or class_id not in ids:
+            unknown.append(f"{colour} -> {cls!r}")
+        else:
+            out.append((colour, class_id))
+    if unknown:
+        raise ValueError(f"palette: {', '.join(unknown)} is not a class of "
+                         f"{', '.join(class_names)} (names or ids 0..{len(class_names) - 1}); "
+                         "fix the palette or class_names")
+    return tuple(out)
