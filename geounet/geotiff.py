@@ -12,6 +12,11 @@
   included), which :func:`read_class_names` reads; ``GEOUNET_CLASSES``, the names joined by
   commas, for scripts and geounet versions that read that tag (files written before the JSON
   tag only have this one; read it only when the JSON tag is absent);
+  ``GEOUNET_CLASS_COLORS``, one ``'#rrggbb'`` per class name as a JSON list (the model's
+  ``class_colors``), which :func:`read_class_colors` reads and ``preview`` paints with; a
+  single-band uint8 class mask also gets them as its GDAL colour table (nodata 255
+  transparent), so QGIS and ``gdalinfo`` show each class in its colour (files without the
+  tag keep the default palette, :func:`geounet.palette.class_colour`);
   ``GEOUNET_MODEL_SOURCE``, the checkpoint's name.
 - **Bytes**: streaming writes may store a block twice (a block finished in two windows is
   flushed, then rewritten at the end of the file), so :func:`finish` rewrites each output
@@ -35,8 +40,10 @@ from rasterio.io import DatasetReader, DatasetWriter
 
 from geounet.io import RasterInfo
 from geounet.outputs import check_tiff_complete, raise_write_errors, temporary_sibling
+from geounet.palette import colors_problem, to_rgb
 
 CLASS_NAMES_TAG = "GEOUNET_CLASS_NAMES"
+CLASS_COLORS_TAG = "GEOUNET_CLASS_COLORS"
 LEGACY_CLASSES_TAG = "GEOUNET_CLASSES"
 MODEL_SOURCE_TAG = "GEOUNET_MODEL_SOURCE"
 MASK_NODATA = 255
@@ -73,11 +80,22 @@ def open_output(stack: contextlib.ExitStack, path: Path, info: RasterInfo, count
 
 
 def describe(dst: DatasetWriter, class_names: Sequence[str], model_source: str,
-             band_names: Sequence[str]) -> None:
-    """Write the class-names and model tags and one description per band."""
-    dst.update_tags(**{LEGACY_CLASSES_TAG: ",".join(class_names),
-                       CLASS_NAMES_TAG: json.dumps(list(class_names)),
-                       MODEL_SOURCE_TAG: model_source})
+             band_names: Sequence[str], class_colors: Sequence[str] = ()) -> None:
+    """Write the class-names, class-colours and model tags and one description per band.
+
+    ``class_colors``: one ``'#rrggbb'`` per class name (empty: no colour tag); on a
+    single-band uint8 raster (a class mask) they also become its GDAL colour table."""
+    tags = {LEGACY_CLASSES_TAG: ",".join(class_names),
+            CLASS_NAMES_TAG: json.dumps(list(class_names)), MODEL_SOURCE_TAG: model_source}
+    if class_colors:
+        problem = colors_problem(list(class_colors), len(class_names))
+        if problem:
+            raise ValueError(f"class colours {problem}")
+        tags[CLASS_COLORS_TAG] = json.dumps(list(class_colors))
+        if dst.count == 1 and dst.dtypes[0] == "uint8":
+            table = {i: (*to_rgb(c), 255) for i, c in enumerate(class_colors)}
+            dst.write_colormap(1, table | {MASK_NODATA: (0, 0, 0, 0)})
+    dst.update_tags(**tags)
     for band, name in enumerate(band_names, start=1):
         dst.set_band_description(band, name)
 
@@ -91,6 +109,21 @@ def read_class_names(src: DatasetReader) -> list[str]:
             if isinstance(names, list):
                 return [str(n) for n in names]
     return [n for n in tags.get(LEGACY_CLASSES_TAG, "").split(",") if n]
+
+
+def read_class_colors(src: DatasetReader) -> list[str]:
+    """``'#rrggbb'`` per class id of a raster written by geounet, from its
+    ``GEOUNET_CLASS_COLORS`` tag; empty when the tag is absent or not such a list."""
+    text = src.tags().get(CLASS_COLORS_TAG)
+    if text is None:
+        return []
+    try:
+        colors = json.loads(text)
+    except ValueError:
+        return []
+    if not isinstance(colors, list) or colors_problem(colors, len(colors)):
+        return []
+    return [str(c) for c in colors]
 
 
 def finish(path: Path, kind: str, cog: bool = False) -> None:

@@ -345,10 +345,11 @@ class _Engine:
     def _describe(self, mask_dst, prob_dst) -> None:
         source = str(self.meta.source.get("name", ""))
         if mask_dst is not None:
-            describe(mask_dst, self.class_names, source, ["class"])
+            describe(mask_dst, self.class_names, source, ["class"], self.meta.colors)
         if prob_dst is not None:
             names = self.class_names[1:] if self.channels == 1 else self.class_names
-            describe(prob_dst, self.class_names, source, [f"probability {n}" for n in names])
+            describe(prob_dst, self.class_names, source, [f"probability {n}" for n in names],
+                     self.meta.colors)
 
     def _write(self, window, region: np.ndarray, valid: np.ndarray, mask_dst, prob_dst) -> None:
         top, bottom = self.out_rows

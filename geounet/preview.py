@@ -16,8 +16,15 @@ Contrast: each band is stretched linearly between its 2nd and 98th percentiles o
 pixels of the preview, which suits 8-bit, 11/12-bit in uint16, and float imagery alike. Nodata
 (the dataset mask, NaN and infinity) is transparent (or neutral grey), never black.
 
-Below the image a caption strip gives the file, the size, the CRS, a legend and a scale bar in
-metres (planar in a projected CRS; geodesic along the centre row in a geographic one).
+Colours: each class in the colour the mask declares (``GEOUNET_CLASS_COLORS``, the model's
+``class_colors``, :func:`geounet.geotiff.read_class_colors`), else the default palette
+(:func:`geounet.palette.class_colour`); vector outlines take their ``class_id``'s colour,
+darker. The legend lists every class the mask names, also those absent from the view
+(background too, as an empty box, for models of more than two classes: it is not painted);
+a mask without names lists the classes it shows.
+
+Below the image a caption strip gives the file, the size, the CRS, the legend and a scale bar
+in metres (planar in a projected CRS; geodesic along the centre row in a geographic one).
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,10 +45,10 @@ from rasterio.transform import from_gcps
 from rasterio.windows import Window
 
 from geounet.errors import InputError
-from geounet.geotiff import read_class_names
+from geounet.geotiff import read_class_colors, read_class_names
 from geounet.io import open_raster
 from geounet.outputs import atomic_path, check_output, first_line
-from geounet.palette import CLASS_COLOURS, class_colour  # noqa: F401 (public here before)
+from geounet.palette import CLASS_COLOURS, class_colour, to_hex, to_rgb  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +68,9 @@ class PreviewInfo:
     ``size`` is the preview image's ``(width, height)`` in pixels (the caption strip below it
     not included); ``factor`` is source pixels per preview pixel ``(x, y)``;
     ``metres_per_pixel`` is the ground size of one preview pixel (None without a CRS);
-    ``mask_pixels`` counts preview pixels per class name; ``features`` counts vector
-    geometries drawn.
+    ``mask_pixels`` counts preview pixels per class name; ``legend`` is the legend's
+    ``(class name, '#rrggbb')`` entries in order; ``features`` counts vector geometries
+    drawn.
     """
 
     output: Path
@@ -73,6 +81,7 @@ class PreviewInfo:
     metres_per_pixel: float | None
     scale_bar_m: float | None
     mask_pixels: dict[str, int] = field(default_factory=dict)
+    legend: tuple[tuple[str, str], ...] = ()
     features: int = 0
     seconds: float = 0.0
 
@@ -88,15 +97,41 @@ def cell_starts(source: int, out: int) -> np.ndarray:
     return (np.arange(out, dtype=np.int64) * source) // out
 
 
-def decimate_mask(path: str | Path, shape: tuple[int, int]) -> tuple[np.ndarray, list[str]]:
+@dataclass(frozen=True)
+class MaskClasses:
+    """What a mask's tags say about its classes: names and ``'#rrggbb'`` colours by class
+    id (either may be empty: a mask not written by geounet)."""
+
+    names: tuple[str, ...] = ()
+    colors: tuple[str, ...] = ()
+
+    def name(self, class_id: int) -> str:
+        """The class's name, or ``class N``."""
+        return self.names[class_id] if class_id < len(self.names) else f"class {class_id}"
+
+    def colour(self, class_id: int) -> tuple[int, int, int]:
+        """The class's RGB: the mask's colour, else the default palette's."""
+        if class_id < len(self.colors):
+            return to_rgb(self.colors[class_id])
+        return class_colour(class_id)
+
+    def legend_ids(self, shown: Sequence[int]) -> list[int]:
+        """Class ids in the legend: every named class (background only with more than two
+        classes) and any other class id ``shown``, in id order."""
+        named = range(0 if len(self.names) > 2 else 1, len(self.names))
+        return sorted(set(named) | {c for c in shown if c})
+
+
+def decimate_mask(path: str | Path, shape: tuple[int, int]) -> tuple[np.ndarray, MaskClasses]:
     """Reduce a class mask to ``shape`` with *any* (see the module docstring).
 
     Returns the decimated class ids (uint8, 0 = background or nodata) and the class names
-    from the mask's tags (:func:`geounet.geotiff.read_class_names`) (empty when absent).
+    and colours from the mask's tags (:func:`geounet.geotiff.read_class_names`,
+    :func:`geounet.geotiff.read_class_colors`; empty when absent).
     """
     rows, cols = shape
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), rasterio.open(path) as src:
-        names = read_class_names(src)
+        classes = MaskClasses(tuple(read_class_names(src)), tuple(read_class_colors(src)))
         row_starts, col_starts = cell_starts(src.height, rows), cell_starts(src.width, cols)
         out = np.zeros(shape, dtype=np.uint8)
         strip = max(1, MASK_STRIP_BYTES // max(1, src.width))
@@ -114,7 +149,7 @@ def decimate_mask(path: str | Path, shape: tuple[int, int]) -> tuple[np.ndarray,
             cells = np.maximum.reduceat(cell_rows, col_starts, axis=1)
             out[i:j] = np.maximum(cells, offset) - offset
             i = j
-    return out, names
+    return out, classes
 
 
 def _without_nodata(data: np.ndarray, nodata: float | None) -> tuple[np.ndarray, int]:
@@ -202,23 +237,25 @@ def render_preview(image: str | Path, output_png: str | Path, mask: str | Path |
         pixels[~valid] = NODATA_GREY
         alpha[:] = 255
 
-    legend: list[tuple[str, tuple[int, int, int]]] = []
+    legend: list[tuple[str, tuple[int, int, int], bool]] = []   # name, colour, painted
     mask_pixels: dict[str, int] = {}
+    known = MaskClasses()
     if mask is not None:
-        classes, names = _mask_on_grid(mask, info, shape)
-        for class_id in (int(c) for c in np.unique(classes) if c):
-            name = names[class_id] if class_id < len(names) else f"class {class_id}"
-            colour = class_colour(class_id)
-            hit = classes == class_id
+        ids, known = _mask_on_grid(mask, info, shape)
+        shown = [int(c) for c in np.unique(ids) if c]
+        for class_id in shown:
+            colour = known.colour(class_id)
+            hit = ids == class_id
             blended = (1 - opacity) * pixels[hit] + opacity * np.array(colour, np.float32)
             pixels[hit] = np.round(blended).astype(np.uint8)
             alpha[hit] = 255
-            legend.append((name, colour))
-            mask_pixels[name] = int(hit.sum())
+            mask_pixels[known.name(class_id)] = int(hit.sum())
+        legend = [(known.name(c), known.colour(c), c > 0) for c in known.legend_ids(shown)]
 
     canvas = Image.fromarray(np.dstack([pixels, alpha]), "RGBA")
     to_preview = ~(transform @ Affine.scale(info.width / shape[1], info.height / shape[0]))
-    features = sum(_draw_vector(canvas, path, crs, to_preview) for path in vectors)
+    features = sum(_draw_vector(canvas, path, crs, to_preview, known.colour)
+                   for path in vectors)
     metres = metres_per_pixel(crs, transform, info.width, info.height, shape)
     bar = _render_caption(canvas, info, crs, shape, metres, legend)
     with atomic_path(output_png) as tmp:
@@ -227,7 +264,8 @@ def render_preview(image: str | Path, output_png: str | Path, mask: str | Path |
         output=output_png, source_size=(info.width, info.height), size=(shape[1], shape[0]),
         factor=(info.width / shape[1], info.height / shape[0]),
         crs=crs.to_string() if crs else None, metres_per_pixel=metres,
-        scale_bar_m=bar.metres, mask_pixels=mask_pixels, features=features,
+        scale_bar_m=bar.metres, mask_pixels=mask_pixels,
+        legend=tuple((name, to_hex(colour)) for name, colour, _ in legend), features=features,
         seconds=time.perf_counter() - start,
     )
 
@@ -299,7 +337,7 @@ def _read_cache_bytes(src, band: int, shape: tuple[int, int]) -> int:
     return max(GDAL_CACHE_BYTES, row_bytes + row_bytes // 4)
 
 
-def _mask_on_grid(mask, info, shape: tuple[int, int]) -> tuple[np.ndarray, list[str]]:
+def _mask_on_grid(mask, info, shape: tuple[int, int]) -> tuple[np.ndarray, MaskClasses]:
     minfo = open_raster(mask)
     if minfo.width * minfo.height > DECODE_BUDGET_PIXELS:
         raise InputError(
@@ -313,8 +351,10 @@ def _mask_on_grid(mask, info, shape: tuple[int, int]) -> tuple[np.ndarray, list[
     return decimate_mask(mask, shape)
 
 
-def _draw_vector(canvas: Image.Image, path: Path, crs, to_preview: Affine) -> int:
-    """Draw every layer of ``path`` as outlines in the preview's pixel coordinates."""
+def _draw_vector(canvas: Image.Image, path: Path, crs, to_preview: Affine,
+                 colour_of: Callable[[int], tuple[int, int, int]] = class_colour) -> int:
+    """Draw every layer of ``path`` as outlines in the preview's pixel coordinates, each
+    feature in ``colour_of`` its ``class_id`` (1 without one), darker."""
     import geopandas as gpd
     import pyogrio
     import shapely
@@ -345,7 +385,7 @@ def _draw_vector(canvas: Image.Image, path: Path, crs, to_preview: Affine) -> in
         for class_id, geom in zip(ids, geoms):
             if geom is None or geom.is_empty:
                 continue
-            colour = _darker(class_colour(int(class_id) if class_id else 1))
+            colour = _darker(colour_of(int(class_id) if class_id else 1))
             for part in shapely.get_parts(geom):
                 rings = ([part.exterior, *part.interiors] if part.geom_type == "Polygon"
                          else [part])
@@ -388,11 +428,11 @@ def _render_caption(canvas: Image.Image, info, crs, shape, metres, legend,
                   width - 8, font, measure)
     # Legend entries: a colour box and the class name, wrapping like words.
     entries, x, row = [], 4, len(texts)
-    for name, colour in legend:
+    for name, colour, painted in legend:
         size = 16 + int(measure.textlength(name, font=font)) + 12
         if x > 4 and x + size > width:
             x, row = 4, row + 1
-        entries.append((x, row, name, colour))
+        entries.append((x, row, name, colour, painted))
         x += size
     bar_row = (row + 1) if legend else row
     strip = Image.new("RGBA", (width, line * (bar_row + 1) + 6), (255, 255, 255, 255))
@@ -401,9 +441,12 @@ def _render_caption(canvas: Image.Image, info, crs, shape, metres, legend,
     for k, text in enumerate(texts):
         draw.text((4, 3 + k * line), text, fill=black, font=font)
     box = points - 2
-    for x, k, name, colour in entries:
+    for x, k, name, colour, painted in entries:
         y = 3 + k * line
-        draw.rectangle((x, y + 2, x + box, y + 2 + box), fill=(*colour, 255), outline=black)
+        # A class not painted over the image (the background) gets an empty box.
+        draw.rectangle((x, y + 2, x + box, y + 2 + box),
+                       fill=(*colour, 255) if painted else None,
+                       outline=black if painted else (*colour, 255), width=1 if painted else 2)
         draw.text((x + box + 4, y), name, fill=black, font=font)
     bar_m = None
     if metres:

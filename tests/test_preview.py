@@ -215,8 +215,8 @@ def test_any_decimation_with_a_fractional_factor(make_raster, nodata):
     mask[0][rng.random((131, 97)) < 0.003] = 2
     mask[0, :20, :20] = nodata
     path = make_raster(mask, name="mask.tif", nodata=nodata)
-    classes, names = decimate_mask(path, (40, 29))
-    assert names == []
+    classes, known = decimate_mask(path, (40, 29))
+    assert known.names == () and known.colors == ()
     assert classes[:5, :4].max() == 0  # cells of nodata only
     data = np.where(mask[0] == nodata, 0, mask[0])
     for i in range(40):
@@ -303,3 +303,73 @@ def test_cli_preview_writes_a_png_and_a_json_summary(tmp_path):
     table = _invoke("preview", SAMPLE / "cracks_image.tif", "-o", out, "--overwrite")
     assert table.exit_code == 0 and table.stdout == ""
     assert "cracks_image.tif" in table.stderr and f"wrote {out}" in table.stderr
+
+
+# -- class colours (issue 17) ------------------------------------------------------------------
+LAND_COVER = ("background", "building", "road", "water")
+COLOURS = ("#202020", "#e4002b", "#00a651", "#0072ce")
+
+
+def test_predicted_mask_carries_the_models_colours_and_preview_paints_them(
+        make_raster, make_metadata, tmp_path):
+    """A 4-class model's mask holds its class colours (tag and GDAL colour table); the
+    preview paints class k in colour k and its legend lists every class, shown or not."""
+    from dataclasses import replace
+
+    import torch
+
+    from geounet.checkpoint import save_checkpoint
+    from geounet.geotiff import read_class_colors, read_class_names
+    from geounet.model import UNet, UNetConfig
+
+    arch = UNetConfig(3, 4, 4, 2)
+    torch.manual_seed(10)
+    net = UNet(arch).eval()
+    with torch.no_grad():  # a random net's logits barely vary: amplify them
+        net.outc.weight.mul_(100)
+        net.outc.bias.zero_()
+    meta = replace(make_metadata(arch), class_names=LAND_COVER, class_colors=COLOURS)
+    model = save_checkpoint(tmp_path / "landcover.safetensors", net, meta)
+    image = make_raster(np.random.default_rng(4).integers(0, 255, (3, 70, 90), np.uint8))
+    mask = tmp_path / "mask.tif"
+    done = _invoke("predict", image, "-m", model, "-o", mask, "-q")
+    assert done.exit_code == 0, done.output
+    with rasterio.open(mask) as src:
+        ids = src.read(1)
+        assert read_class_names(src) == list(LAND_COVER)
+        assert read_class_colors(src) == list(COLOURS)
+        table = src.colormap(1)   # what QGIS and gdalinfo show
+    assert [table[k] for k in range(4)] == [(*_rgb(c), 255) for c in COLOURS]
+    assert table[255][3] == 0     # nodata: transparent
+    shown = sorted(set(np.unique(ids).tolist()) - {0})
+    assert len(shown) >= 2        # the random model predicts several classes here
+    out = tmp_path / "p.png"
+    result = _invoke("preview", image, "--mask", mask, "-o", out, "--opacity", "1", "--json")
+    assert result.exit_code == 0, result.output
+    pixels = _pixels(out, 70)[..., :3]
+    for k in shown:                # full opacity at full size: class k is colour k exactly
+        assert (pixels[ids == k] == _rgb(COLOURS[k])).all(), LAND_COVER[k]
+    legend = json.loads(result.stdout)["legend"]
+    assert legend == [{"class": n, "color": c} for n, c in zip(LAND_COVER, COLOURS)]
+    with Image.open(out) as png:
+        caption = np.asarray(png.convert("RGB"))[70:]
+    for colour in COLOURS[1:]:    # a filled box per foreground class, absent ones too
+        assert (caption == _rgb(colour)).all(axis=-1).sum() >= 16, colour
+
+
+def test_mask_without_colours_keeps_the_default_palette(make_raster, tmp_path):
+    from geounet.palette import class_colour
+
+    image = make_raster(np.full((3, 30, 40), 90, np.uint8))
+    ids = np.zeros((1, 30, 40), np.uint8)
+    ids[0, 5:10, 5:30], ids[0, 20:25, 10:20] = 1, 2
+    mask = make_raster(ids, name="plain_mask.tif", nodata=255)
+    info = render_preview(image, tmp_path / "p.png", mask=mask, opacity=1.0)
+    pixels = _pixels(tmp_path / "p.png", 30)[..., :3]
+    for k in (1, 2):
+        assert (pixels[ids[0] == k] == class_colour(k)).all()
+    assert [name for name, _ in info.legend] == ["class 1", "class 2"]
+
+
+def _rgb(colour: str) -> tuple[int, int, int]:
+    return int(colour[1:3], 16), int(colour[3:5], 16), int(colour[5:7], 16)

@@ -33,8 +33,9 @@ def command(image, output, mask, vector, max_size, bands, nodata, opacity, as_js
             quiet, verbose) -> None:
     """Render IMAGE at reduced resolution (overviews or decimated reads) as a PNG.
 
-    The mask shows as a translucent colour per class, vectors as outlines; the caption gives
-    the CRS and a scale bar in metres.
+    The mask shows as a translucent colour per class (the model's class colours when the
+    mask carries them), vectors as outlines; the caption gives the CRS, a legend of every
+    class and a scale bar in metres.
     """
     info = render_preview(image, output, mask=mask, vector=list(vector) or None,
                           max_size=max_size, bands=bands, nodata=nodata, opacity=opacity,
@@ -42,7 +43,9 @@ def command(image, output, mask, vector, max_size, bands, nodata, opacity, as_js
     summary = {"output": str(info.output), "source_size": list(info.source_size),
                "size": list(info.size), "factor": list(info.factor), "crs": info.crs,
                "metres_per_pixel": info.metres_per_pixel, "scale_bar_m": info.scale_bar_m,
-               "mask_pixels": info.mask_pixels, "features": info.features,
+               "mask_pixels": info.mask_pixels,
+               "legend": [{"class": name, "color": colour} for name, colour in info.legend],
+               "features": info.features,
                "seconds": round(info.seconds, 3)}
     row = {"image": Path(image).name, "size": "{}x{}".format(*info.size),
            "factor": info.factor[0], "m_px": info.metres_per_pixel,

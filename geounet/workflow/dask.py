@@ -43,7 +43,14 @@ import rasterio
 from rasterio.windows import Window
 
 from geounet.errors import ConfigError, GeoUNetError, OutputError
-from geounet.geotiff import MODEL_SOURCE_TAG, describe, finish, open_output, read_class_names
+from geounet.geotiff import (
+    MODEL_SOURCE_TAG,
+    describe,
+    finish,
+    open_output,
+    read_class_colors,
+    read_class_names,
+)
 from geounet.io import open_raster
 from geounet.outputs import atomic_path, rename_parts, temporary_sibling
 from geounet.workflow.config import Workflow
@@ -379,11 +386,12 @@ def stack_rows(parts: list[Path], info, output: Path, kind: str, cog: bool) -> N
     with rasterio.open(parts[0]) as first:
         count, dtype, nodata = first.count, first.dtypes[0], first.nodata
         names, source = read_class_names(first), first.tags().get(MODEL_SOURCE_TAG, "")
+        colors = read_class_colors(first)
         descriptions = [d or "" for d in first.descriptions]
     with atomic_path(output) as tmp:
         with contextlib.ExitStack() as stack:
             dst = open_output(stack, tmp, info, count, dtype, nodata)
-            describe(dst, names, source, descriptions)
+            describe(dst, names, source, descriptions, colors)
             row = 0
             for part in parts:
                 with rasterio.open(part) as src:
