@@ -9,7 +9,9 @@ centres inside a polygon being foreground; polygon holes stay background. Lines 
 crack centrelines) have no area, so they are buffered first by ``line_width``, given in
 pixels, in map units of the image's CRS, or in metres on the ground (lines are then
 buffered in their local UTM zone, so a road keeps its width in an EPSG:4326 image).
-Images without a CRS (plain PNG/JPEG) take vector coordinates as they are.
+Images without a CRS (plain PNG/JPEG) take vector coordinates as they are. With
+``unlabelled_outside``, pixels outside every feature are :data:`IGNORE` instead of background
+(labels that cover only part of the image, each feature with its class, background included).
 
 RGB label masks (one colour per class, as many published datasets give them) become class ids
 through a palette: ``('#rrggbb', class id)`` pairs; a colour missing from it is refused.
@@ -56,6 +58,8 @@ class LabelConfig:
             below their count and names in ``class_field`` are looked up in them.
         palette: ``('#rrggbb', class id)`` pairs: raster labels are RGB masks whose colours
             are converted to class ids (every colour must be listed); empty: class ids.
+        unlabelled_outside: vector labels: pixels outside every feature are IGNORE, not
+            background, and features may be of class 0 (background).
     """
 
     line_width: float = 3.0
@@ -63,6 +67,7 @@ class LabelConfig:
     class_field: str | None = None
     class_names: tuple[str, ...] = ()
     palette: tuple[tuple[str, int], ...] = ()
+    unlabelled_outside: bool = False
 
 
 def is_vector(path: str | Path) -> bool:
@@ -79,6 +84,9 @@ def load_target(label: str | Path, image: RasterInfo, config: LabelConfig = Labe
                              "this is a vector file: give its classes with a class field, or "
                              "drop the palette")
         return rasterize_vector(label, image, config)
+    if config.unlabelled_outside:
+        raise InputError(f"{label}: unlabelled_outside applies to vector labels; this is a "
+                         "raster: mark its unlabelled pixels as nodata or with ignore_value")
     if config.palette:
         return read_palette_target(label, image, config.palette)
     return read_raster_target(label, image)
@@ -204,7 +212,8 @@ def rasterize_vector(path: str | Path, image: RasterInfo,
         scale = float(np.sqrt(abs(t.a * t.e - t.b * t.d))) \
             if config.line_width_units == "pixels" else 1.0
         geoms = _buffer_lines(geoms, config.line_width / 2 * scale, path)
-    target = np.zeros((image.height, image.width), np.uint8)
+    target = np.full((image.height, image.width),
+                     IGNORE if config.unlabelled_outside else 0, np.uint8)
     geoms = _clip_to_image(geoms, image)
     shapes = [(g, int(c)) for g, c in zip(geoms, classes) if not g.is_empty]
     if shapes:
@@ -217,6 +226,7 @@ def class_ids(column, path: str | Path, config: LabelConfig) -> np.ndarray:
     names (both may be mixed, ids written as text too); refuses unknown or empty values."""
     names = {name: i for i, name in enumerate(config.class_names)}
     top = len(names) if names else IGNORE
+    low = 0 if config.unlabelled_outside else 1   # background features: outside unlabelled
     ids, unknown = np.zeros(len(column), np.int64), []
     for i, value in enumerate(column.to_numpy()):
         text = str(value).strip()
@@ -224,13 +234,13 @@ def class_ids(column, path: str | Path, config: LabelConfig) -> np.ndarray:
             unknown.append("NULL")
         elif text in names:
             ids[i] = names[text]
-        elif re.fullmatch(r"[0-9]+(\.0*)?", text) and 1 <= float(text) < top:
+        elif re.fullmatch(r"[0-9]+(\.0*)?", text) and low <= float(text) < top:
             ids[i] = int(float(text))
         else:
             unknown.append(text)
     if unknown:
-        known = (f"class names {', '.join(config.class_names[1:])} or ids 1..{top - 1}"
-                 if names else "class ids 1..254")
+        known = (f"class names {', '.join(config.class_names[low:])} or ids "
+                 f"{low}..{top - 1}" if names else f"class ids {low}..254")
         raise InputError(f"{path}: {config.class_field!r} holds "
                          f"{', '.join(repr(u) for u in sorted(set(unknown))[:8])}, not "
                          f"{known}; fix those features or the class list")

@@ -297,3 +297,47 @@ def test_palette_colour_not_listed_is_one_clear_error(scene, make_raster, tmp_pa
     with pytest.raises(ConfigError, match="an unquoted # starts a comment"):
         (tmp_path / "p.yaml").write_text("#ff0000: building\n")
         TrainConfig.build({**TINY, "palette": str(tmp_path / "p.yaml")})
+
+
+# Unlabelled outside the vector labels ---------------------------------------------------
+
+def test_unlabelled_outside_ignores_pixels_no_feature_covers(scene, tmp_path):
+    image, _, _ = scene
+    labels = LabelConfig(2, "pixels", "kind", NAMES)
+    footprint = load_target(_vector_layer(tmp_path, [1, 1, 1, 1]), image_info(image),
+                            labels) > 0
+    layer = _vector_layer(tmp_path, ["building", "water", "road", "background"])
+    everywhere = load_target(layer, image_info(image), labels)
+    config = TrainConfig(images=[image], labels=[layer], class_field="kind", line_width=2,
+                         unlabelled_outside=True, val_images=[image], val_labels=[layer],
+                         **TINY)
+    train, _ = data.load_data(config)     # the recipe key / --unlabelled-outside
+    target = train[0].target
+    # Where a feature lies the classes are those of the usual burn (the background square
+    # included, as 0); everywhere else the pixels are unlabelled.
+    np.testing.assert_array_equal(target[footprint], everywhere[footprint])
+    assert (target[~footprint] == IGNORE).all() and (~footprint).sum() > 1000
+    assert (target[60:88, 60:88] == 0).all()   # inside the background square
+    assert (everywhere[~footprint] == 0).all()   # without the option: background
+    by_id = _vector_layer(tmp_path, [1, 3, 2, 0])   # id 0 is accepted for background here
+    np.testing.assert_array_equal(load_target(by_id, image_info(image), LabelConfig(
+        2, "pixels", "kind", NAMES, unlabelled_outside=True)), target)
+
+
+def test_unlabelled_outside_is_refused_where_it_cannot_apply(scene, tmp_path):
+    image, mask, _ = scene
+    from click.testing import CliRunner
+
+    from geounet.cli import main
+
+    with pytest.raises(ConfigError, match="unlabelled_outside needs class_field"):
+        TrainConfig.build({**TINY, "unlabelled_outside": True})
+    result = CliRunner().invoke(main, ["train", "--image", str(image), "--label", str(mask),
+                                       "--unlabelled-outside", "-o", str(tmp_path / "m.st")])
+    assert result.exit_code != 0 and "unlabelled_outside needs class_field" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    config = TrainConfig(images=[image], labels=[mask], class_field="kind",
+                         unlabelled_outside=True, **TINY)
+    with pytest.raises(InputError, match="classes.tif: unlabelled_outside applies to vector "
+                                         "labels; this is a raster"):
+        data.load_data(config)

@@ -44,6 +44,9 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
               "(building=#ff0000,water=#0000ff; names or ids, a class may have several "
               "colours) or a YAML/JSON file {'#ff0000': building, ...}. A colour not "
               "listed is an error.")
+@click.option("--unlabelled-outside", is_flag=True, default=None,
+              help="Vector labels with --class-field: pixels outside every feature are "
+                   "ignored, not background (label background areas as class 0).")
 @click.option("--class-weights", help="Per-class loss weights, comma-separated, or 'auto' "
               "(inverse square root of class frequency); softmax models.")
 @click.option("--width", type=click.IntRange(1))

@@ -85,6 +85,9 @@ class TrainConfig(BaseModel):
     palette: dict[str, str | int] | None = Field(
         None, description="RGB label masks: {'#rrggbb': class name or id}, a YAML/JSON file "
         "of that mapping, or CLASS=#rrggbb,...; every colour of a mask must be listed")
+    unlabelled_outside: bool = Field(False, description="vector labels with class_field: "
+                                     "pixels outside every feature are unlabelled (ignored), "
+                                     "not background")
     # Model
     width: int = Field(16, ge=1)
     depth: int = Field(4, ge=1)
@@ -153,6 +156,10 @@ class TrainConfig(BaseModel):
                              f"{self.class_names[self.ignore_value]!r}")
         if self.palette is not None:
             palette_ids(self.palette, self.class_names, self.unlabelled)
+        if self.unlabelled_outside and self.class_field is None:
+            raise ValueError("unlabelled_outside needs class_field: without it every feature "
+                             "is class 1 and no pixel would be labelled background; give the "
+                             "attribute holding each feature's class (background included)")
         return self
 
     @property

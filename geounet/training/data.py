@@ -72,7 +72,7 @@ def load_data(config: TrainConfig) -> tuple[list[Scene], list[Scene]]:
     """Training and validation scenes of ``config``, checked; the caller closes their files."""
     labels = LabelConfig(config.line_width, config.line_width_units, config.class_field,
                          tuple(config.class_names) if config.class_field else (),
-                         config.palette_ids)
+                         config.palette_ids, config.unlabelled_outside)
     pairs = config.pairs()
     val_pairs = config.val_pairs()
     if not val_pairs and len(pairs) > 1:
