@@ -3,7 +3,10 @@
 A prediction is a class-mask raster (uint8 class ids, nodata 255, as ``geounet predict -o``
 writes) or a probability raster (float32 foreground probability, nodata NaN, as
 ``--probabilities`` writes). Labels are raster masks on the prediction's grid or vector
-files rasterized onto it (:mod:`geounet.labels`). Nodata in either is ignored.
+files rasterized onto it (:mod:`geounet.labels`, as training reads them); a vector file's
+class attribute (``LabelConfig.class_field``) holds class ids or names, looked up in the
+model's class names (those the prediction raster carries, or the checkpoint's). Nodata in
+either is ignored.
 
 Reported per class, counts pooled over all images: IoU, precision, recall, F1 (exact
 pixels), and for the foreground classes the tolerant precision/recall/F1 of the crack
@@ -19,7 +22,7 @@ from __future__ import annotations
 import tempfile
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +30,17 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 from tqdm import tqdm
 
-from geounet.errors import InputError
+from geounet.errors import ConfigError, InputError
+from geounet.geotiff import read_class_names
 from geounet.io import RasterInfo, require_in_memory
-from geounet.labels import IGNORE, LabelConfig, image_info, load_target, read_raster_target
+from geounet.labels import (
+    IGNORE,
+    LabelConfig,
+    image_info,
+    is_vector,
+    load_target,
+    read_raster_target,
+)
 from geounet.metrics import (
     Counts,
     count,
@@ -50,8 +61,11 @@ class EvaluateConfig:
         threshold: probability above which a probability raster's pixel is foreground
             (None: the model's own threshold in :func:`evaluate_model`, else 0.5).
         thresholds: number of thresholds in (0, 1) swept for ODS/OIS (0: no sweep).
-        labels: how vector labels are rasterized.
-        class_names: names by class id (id 0 first); ``class N`` where not given.
+        labels: how vector labels are rasterized (with ``class_field``, its values are looked
+            up in ``class_names`` unless ``labels.class_names`` gives others).
+        class_names: names by class id (id 0 first); unset: those the first prediction
+            raster carries (:func:`geounet.geotiff.read_class_names`); ``class N`` where no
+            name is known.
     """
 
     tolerance: float = 2.0
@@ -92,6 +106,7 @@ def evaluate_pairs(pairs: Sequence[tuple[str | Path, str | Path]],
     """Score (prediction raster, label) pairs; returns the JSON-ready report."""
     if not pairs:
         raise InputError("nothing to evaluate: no (prediction, label) pair was found")
+    config = with_class_names(config, pairs)
     thresholds = np.linspace(0, 1, config.thresholds + 2)[1:-1]
     threshold = 0.5 if config.threshold is None else config.threshold
     per_class: dict[int, Counts] = {}
@@ -149,6 +164,8 @@ def evaluate_model(model: str | Path, pairs: Sequence[tuple[str | Path, str | Pa
 
     loaded = load_model(model, "cpu")  # a checkpoint or an exported .onnx file
     meta = model_metadata(loaded)
+    config = replace(config, class_names=config.class_names or tuple(meta.class_names))
+    check_vector_labels(pairs, with_class_names(config, pairs).labels)  # before the model runs
     binary = meta.arch.classes == 1
     settings = PredictConfig(device=device, engine=engine, threads=threads, progress=False,
                              tta=tta)
@@ -171,6 +188,36 @@ def evaluate_model(model: str | Path, pairs: Sequence[tuple[str | Path, str | Pa
         item["prediction"] = f"{model} on {image}"
     report["model"], report["tta"] = str(model), tta
     return report
+
+
+def with_class_names(config: EvaluateConfig,
+                     pairs: Sequence[tuple[str | Path, str | Path]]) -> EvaluateConfig:
+    """``config`` with its class names (unset: those the first prediction raster carries)
+    also used to look up the class attribute of vector labels (unless the labels name their
+    own); refuses a class attribute when no label is a vector file."""
+    names = config.class_names
+    if not names and pairs and not is_vector(pairs[0][0]) and Path(pairs[0][0]).is_file():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(pairs[0][0]) as src:
+                names = tuple(read_class_names(src))
+    labels = config.labels
+    if labels.class_field is not None:
+        if not any(is_vector(label) for _, label in pairs):
+            raise ConfigError(f"--class-field {labels.class_field}: the labels are rasters; "
+                              "a class attribute applies to vector labels (drop it)")
+        if not labels.class_names:
+            labels = replace(labels, class_names=names)
+    return replace(config, class_names=names, labels=labels)
+
+
+def check_vector_labels(pairs: Sequence[tuple[str | Path, str | Path]],
+                        labels: LabelConfig) -> None:
+    """Read each vector label onto its image's grid as evaluation will, so a missing class
+    attribute or an unknown class name is refused before any model runs."""
+    for image, label in pairs:
+        if is_vector(label):
+            load_target(label, image_info(image), labels)
 
 
 def _read_prediction(info: RasterInfo, threshold: float) -> tuple[np.ndarray, np.ndarray | None]:

@@ -7,6 +7,7 @@ import json
 import geopandas as gpd
 import numpy as np
 import pytest
+import rasterio
 from click.testing import CliRunner
 from shapely.geometry import box
 
@@ -143,3 +144,122 @@ def test_evaluate_with_tta_scores_what_predict_tta_writes(scene_for_model, tmp_p
     plain = evaluate_model(checkpoint, [(image, label)], config)
     assert plain["tta"] is False
     assert plain["classes"]["thing"]["pixel"] != report["pixel"]
+
+
+# -- vector labels with a class attribute (issue 17) --------------------------------------------
+LAND_COVER = ("background", "building", "road", "water")
+PIXEL = 0.5                                   # conftest's grid: 0.5 m pixels from (500000, 5e6)
+
+
+def _cells(rows: slice, cols: slice):
+    """The map-coordinate box of pixel rows x cols on conftest's grid."""
+    left, top = 500000.0 + cols.start * PIXEL, 5000000.0 - rows.start * PIXEL
+    return box(left, top - (rows.stop - rows.start) * PIXEL,
+               left + (cols.stop - cols.start) * PIXEL, top)
+
+
+PARTS = {"building": (slice(5, 15), slice(5, 20)), "road": (slice(20, 24), slice(0, 60)),
+         "water": (slice(30, 38), slice(40, 55))}
+
+
+@pytest.fixture
+def land_cover(make_raster, tmp_path):
+    """A 4-class prediction (names in its tags, as predict writes them) and vector truth
+    layers of the same scene with the water 4 px to the right: class by name and by id."""
+    from geounet.geotiff import CLASS_NAMES_TAG
+
+    pred = np.zeros((1, 40, 60), np.uint8)
+    truth = np.zeros((40, 60), np.uint8)
+    geoms = []
+    for k, name in enumerate(LAND_COVER[1:], start=1):
+        rows, cols = PARTS[name]
+        pred[0, rows, cols] = k
+        if name == "water":
+            cols = slice(cols.start + 4, cols.stop + 4)
+        truth[rows, cols] = k
+        geoms.append(_cells(rows, cols))
+    path = make_raster(pred, name="pred.tif", nodata=255)
+    with rasterio.open(path, "r+") as dst:
+        dst.update_tags(**{CLASS_NAMES_TAG: json.dumps(LAND_COVER)})
+    frame = gpd.GeoDataFrame({"kind": list(LAND_COVER[1:]), "code": [1, 2, 3]},
+                             geometry=geoms, crs="EPSG:32633")
+    frame.to_file(tmp_path / "truth.gpkg")
+    return path, tmp_path / "truth.gpkg", pred[0], truth
+
+
+def _iou(pred: np.ndarray, truth: np.ndarray, k: int) -> float:
+    return ((pred == k) & (truth == k)).sum() / ((pred == k) | (truth == k)).sum()
+
+
+@pytest.mark.parametrize("field", ["kind", "code"])
+def test_vector_truth_with_a_class_field_by_name_or_id(land_cover, field):
+    pred_path, truth_path, pred, truth = land_cover
+    result = CliRunner().invoke(main, ["evaluate", str(pred_path), str(truth_path),
+                                       "--class-field", field, "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert list(report["classes"]) == list(LAND_COVER)
+    for k, name in enumerate(LAND_COVER):
+        assert report["classes"][name]["pixel"]["iou"] == pytest.approx(_iou(pred, truth, k))
+    assert report["classes"]["water"]["pixel"]["iou"] < 1   # the shifted water counts
+    assert report["mean_iou"] == pytest.approx(np.mean([_iou(pred, truth, k)
+                                                        for k in (1, 2, 3)]))
+    assert report["confusion"]["classes"] == list(LAND_COVER)
+    # Without the field every feature is class 1: roads and water count as "buildings".
+    plain = CliRunner().invoke(main, ["evaluate", str(pred_path), str(truth_path), "--json"])
+    assert json.loads(plain.stdout)["classes"]["building"]["pixel"]["recall"] == pytest.approx(
+        (pred == 1).sum() / (truth > 0).sum())
+
+
+def test_unknown_class_names_are_one_line_listing_them(land_cover, tmp_path):
+    pred_path, truth_path, _, _ = land_cover
+    frame = gpd.read_file(truth_path)
+    frame.loc[0, "kind"], frame.loc[2, "kind"] = "forest", "lake"
+    frame.to_file(tmp_path / "odd.gpkg")
+    report = tmp_path / "report.json"
+    result = CliRunner().invoke(main, ["evaluate", str(pred_path), str(tmp_path / "odd.gpkg"),
+                                       "--class-field", "kind", "-o", str(report)])
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("geounet: error:"), result.stderr
+    assert "'forest', 'lake'" in lines[0] and "building, road, water" in lines[0]
+    assert not report.exists()
+    missing = CliRunner().invoke(main, ["evaluate", str(pred_path), str(truth_path),
+                                        "--class-field", "landuse"])
+    assert missing.exit_code == 1 and "no attribute 'landuse'" in missing.stderr
+    raster = CliRunner().invoke(main, ["evaluate", str(pred_path), str(pred_path),
+                                       "--class-field", "kind"])
+    assert raster.exit_code == 1 and "vector labels" in raster.stderr
+
+
+def test_model_evaluation_looks_classes_up_in_the_models_names_before_running_it(
+        land_cover, make_raster, make_metadata, make_unet, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from geounet.checkpoint import save_checkpoint
+    from geounet.errors import InputError
+    from geounet.labels import LabelConfig
+    from geounet.model import UNetConfig
+
+    _, truth_path, _, truth = land_cover
+    arch = UNetConfig(3, 4, 4, 2)
+    model = save_checkpoint(tmp_path / "lc.safetensors", make_unet(arch),
+                            replace(make_metadata(arch), class_names=LAND_COVER))
+    image = make_raster(np.random.default_rng(1).integers(0, 255, (3, 40, 60), np.uint8),
+                        name="image.tif")
+    config = EvaluateConfig(thresholds=0, labels=LabelConfig(class_field="kind"))
+    report = evaluate_model(model, [(image, truth_path)], config, device="cpu")
+    assert list(report["classes"])[0] == "background"
+    pixels = {name: report["classes"].get(name, {}).get("pixel") for name in LAND_COVER[1:]}
+    for k, name in enumerate(LAND_COVER[1:], start=1):   # every labelled class is scored
+        assert pixels[name] is not None and (truth == k).any()
+    frame = gpd.read_file(truth_path)
+    frame.loc[1, "kind"] = "motorway"
+    frame.to_file(tmp_path / "odd.gpkg")
+
+    def not_now(*args, **kwargs):
+        raise AssertionError("the model ran before the labels were checked")
+
+    monkeypatch.setattr("geounet.predict.predict_raster", not_now)
+    with pytest.raises(InputError, match="'motorway', not class names building, road, water"):
+        evaluate_model(model, [(image, tmp_path / "odd.gpkg")], config, device="cpu")

@@ -38,6 +38,9 @@ from geounet.settings import PredictSettings
               help="Full width given to vector line labels.")
 @click.option("--line-width-units", default="pixels", show_default=True,
               type=click.Choice(["pixels", "map", "metres"]))
+@click.option("--class-field", help="Attribute of vector labels with each feature's class "
+              "id or name (names as the model or the prediction's classes call them); "
+              "default: every feature is class 1.")
 @setting_option(PredictSettings, "device")
 @setting_option(PredictSettings, "engine")
 @setting_option(PredictSettings, "threads")
@@ -48,12 +51,13 @@ from geounet.settings import PredictSettings
 @click.option("--overwrite", is_flag=True, help="Replace an existing --output.")
 @verbosity
 def command(prediction, truth, model, images, labels, split_file, split, tolerance,
-            threshold, thresholds, line_width, line_width_units, device, engine, threads, tta,
-            as_json, output, overwrite, quiet, verbose) -> None:
+            threshold, thresholds, line_width, line_width_units, class_field, device, engine,
+            threads, tta, as_json, output, overwrite, quiet, verbose) -> None:
     """Precision, recall, F1 and IoU per class of PREDICTION against TRUTH.
 
     PREDICTION and TRUTH are rasters or folders paired by file name; TRUTH may be vector
-    files. Or give --model with --images and --labels to run a checkpoint first.
+    files (with --class-field for several classes). Or give --model with --images and
+    --labels to run a checkpoint first.
     Probability rasters (float) also get ODS/OIS over thresholds.
     """
     from geounet.evaluate import EvaluateConfig, evaluate_model, evaluate_pairs
@@ -77,7 +81,7 @@ def command(prediction, truth, model, images, labels, split_file, split, toleran
     pairs = pair_folders(source, target) if source.is_dir() else [(source, target)]
     pairs = select_split(pairs, split_file, split)
     config = EvaluateConfig(tolerance, threshold, thresholds,
-                            LabelConfig(line_width, line_width_units))
+                            LabelConfig(line_width, line_width_units, class_field=class_field))
     if model is not None:
         report = evaluate_model(model, pairs, config, device, threads, progress=not quiet,
                                 tta=tta, engine=engine)
