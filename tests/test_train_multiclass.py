@@ -341,3 +341,46 @@ def test_unlabelled_outside_is_refused_where_it_cannot_apply(scene, tmp_path):
     with pytest.raises(InputError, match="classes.tif: unlabelled_outside applies to vector "
                                          "labels; this is a raster"):
         data.load_data(config)
+
+
+# Two-class softmax on request -----------------------------------------------------------
+
+def test_two_class_softmax_on_request_runs_through_predict_vectorize_evaluate(
+        scene, make_raster, tmp_path):
+    from geounet.engines import export_onnx, onnxruntime_available
+    from geounet.evaluate import EvaluateConfig, evaluate_model
+
+    image, _, ids = scene
+    mask = make_raster((ids > 0).astype(np.uint8)[None], name="built.tif")
+    two = {**TINY, "class_names": ("background", "built"), "epochs": 2, "steps_per_epoch": 10}
+    out = tmp_path / "soft.safetensors"
+    config = TrainConfig(images=[image], labels=[mask], softmax=True, **two)
+    result = train_model(config, out, progress=False)
+    meta = read_metadata(out)
+    assert meta.arch.classes == 2 and meta.class_names == ("background", "built")
+    assert {"iou/built", "f1/built", "miou"} <= set(result.best)
+    assert result.best["miou"] == result.best["iou/built"] > 0.3
+    # Without the switch the same names train the binary sigmoid model, as before.
+    plain = TrainConfig(**{**config.__dict__, "softmax": False, "epochs": 1,
+                           "steps_per_epoch": 1})
+    assert plain.classes == 1 and TrainConfig(**two).classes == 1
+    predicted, probs = tmp_path / "mask.tif", tmp_path / "prob.tif"
+    predict_raster(image, out, predicted, probs, PredictConfig(device="cpu", progress=False))
+    with rasterio.open(predicted) as src, rasterio.open(probs) as psrc:
+        classes, prob = src.read(1), psrc.read()
+    assert prob.shape[0] == 2 and np.allclose(prob.sum(axis=0), 1, atol=1e-5)
+    np.testing.assert_array_equal(classes, prob.argmax(axis=0))
+    assert set(np.unique(classes)) == {0, 1}
+    vectorize_raster(predicted, tmp_path / "pred.gpkg")
+    assert set(gpd.read_file(tmp_path / "pred.gpkg")["class_name"]) == {"built"}
+    report = evaluate_model(out, [(image, mask)], EvaluateConfig(), progress=False)
+    truth, pred = ids > 0, classes == 1
+    iou = (truth & pred).sum() / (truth | pred).sum()
+    assert report["classes"]["built"]["pixel"]["iou"] == pytest.approx(iou)
+    if onnxruntime_available():   # the exported model: softmax over the two channels
+        exported = export_onnx(out, tmp_path / "soft.onnx")
+        assert (exported.classes, exported.activation) == (2, "softmax")
+        predict_raster(image, exported.output, tmp_path / "onnx.tif", None,
+                       PredictConfig(device="cpu", progress=False, engine="onnx"))
+        with rasterio.open(tmp_path / "onnx.tif") as src:
+            assert (src.read(1) == classes).mean() > 0.999

@@ -47,6 +47,9 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 @click.option("--unlabelled-outside", is_flag=True, default=None,
               help="Vector labels with --class-field: pixels outside every feature are "
                    "ignored, not background (label background areas as class 0).")
+@click.option("--softmax", is_flag=True, default=None,
+              help="With two classes: train a two-channel softmax model instead of the "
+                   "binary sigmoid one.")
 @click.option("--class-weights", help="Per-class loss weights, comma-separated, or 'auto' "
               "(inverse square root of class frequency); softmax models.")
 @click.option("--width", type=click.IntRange(1))

@@ -88,6 +88,8 @@ class TrainConfig(BaseModel):
     unlabelled_outside: bool = Field(False, description="vector labels with class_field: "
                                      "pixels outside every feature are unlabelled (ignored), "
                                      "not background")
+    softmax: bool = Field(False, description="two class names: a two-channel softmax model "
+                          "instead of the binary sigmoid one (more names: always softmax)")
     # Model
     width: int = Field(16, ge=1)
     depth: int = Field(4, ge=1)
@@ -164,8 +166,9 @@ class TrainConfig(BaseModel):
 
     @property
     def classes(self) -> int:
-        """Output channels of the model: 1 (binary, sigmoid) for two classes, else one each."""
-        return 1 if len(self.class_names) == 2 else len(self.class_names)
+        """Output channels of the model: 1 (binary, sigmoid) for two classes unless
+        ``softmax``, else one per class."""
+        return 1 if len(self.class_names) == 2 and not self.softmax else len(self.class_names)
 
     @property
     def palette_ids(self) -> tuple[tuple[str, int], ...]:

@@ -106,9 +106,9 @@ def load_data(config: TrainConfig) -> tuple[list[Scene], list[Scene]]:
 def open_scene(image: Path, label: Path, config: TrainConfig, labels: LabelConfig) -> Scene:
     """The scene of one (image, label) pair; its foreground pixels are ``positives``.
 
-    A binary model's target is 1 wherever the label has a class id > 0; a softmax model's
-    keeps the class ids, which must be below ``len(class_names)``. The ``unlabelled`` value
-    of the config becomes IGNORE in both.
+    With two classes (a binary model, or a two-class softmax one: the same data) the target
+    is 1 wherever the label has a class id > 0; with more it keeps the class ids, which must
+    be below ``len(class_names)``. The ``unlabelled`` value of the config becomes IGNORE.
     """
     info = image_info(image)
     bands = config.bands or tuple(range(1, info.count + 1))
@@ -117,7 +117,7 @@ def open_scene(image: Path, label: Path, config: TrainConfig, labels: LabelConfi
     raw = load_target(label, info, labels)
     if config.unlabelled is not None:
         raw[raw == config.unlabelled] = IGNORE
-    if config.classes == 1:   # binary training: any class id > 0 is 1
+    if len(config.class_names) == 2:   # two classes: any class id > 0 is 1
         target = np.where(raw == IGNORE, IGNORE, raw > 0).astype(np.uint8)
     else:
         check_class_ids(raw, len(config.class_names), label)
@@ -156,9 +156,8 @@ def hold_out_strip(scene: Scene, config: TrainConfig) -> Scene:
     starts = range(0, rows - strip + 1, max(1, strip // 2))
     first = max(starts, key=lambda r: (per_row[r : r + strip].sum(), r))
     scene.held_rows = (first, first + strip)
-    binary = len(scene.class_pixels) == 1
     scene.positives = _clear_rows(scene, scene.positives)
-    if binary:
+    if config.classes == 1:
         scene.class_pixels = [scene.positives]
     else:   # only pixels a window of the largest size can hold without touching the strip
         largest = min(round(config.patch * config.scale_range[1]),
