@@ -111,6 +111,15 @@ def resolve_engine(name: str, device: torch.device) -> str:
     return name
 
 
+def engine_description(engine: str, device: torch.device) -> str:
+    """One line naming the engine that runs on ``device``, its library and version, e.g.
+    ``onnx (ONNX Runtime 1.32.0, CPU)`` or ``torch (PyTorch 2.13.0, CUDA)``.
+    ``engine`` is ``torch`` or ``onnx`` (see :func:`resolve_engine`)."""
+    if engine == "onnx":
+        return f"onnx (ONNX Runtime {_onnxruntime().__version__}, CPU)"
+    return f"torch (PyTorch {torch.__version__.split('+')[0]}, {device.type.upper()})"
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu"
                ) -> tuple[UNet, ModelMetadata] | OnnxModel:
     """A checkpoint as ``(net, metadata)``, or an exported ``.onnx`` file as an

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import rasterio
 from click.testing import CliRunner
 from rasterio.windows import Window
 
+import geounet.predict
 from geounet.cli import main
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data"
@@ -25,7 +27,7 @@ def _crop(source: Path, target: Path, window: Window) -> None:
             dst.write(src.read(window=window))
 
 
-def test_demo_writes_every_output_and_scores_then_skips(tmp_path):
+def test_demo_writes_every_output_and_scores_then_skips(tmp_path, monkeypatch):
     data = tmp_path / "data"
     (data / "models").mkdir(parents=True)
     for kind, window in CROPS.items():
@@ -34,10 +36,22 @@ def test_demo_writes_every_output_and_scores_then_skips(tmp_path):
         (data / "models" / f"{kind}.safetensors").symlink_to(
             SAMPLE / "models" / f"{kind}.safetensors")
     out = tmp_path / "out"
+    used = []   # the engine each predict really ran on
+    prepare = geounet.predict.prepare
+    monkeypatch.setattr(geounet.predict, "prepare", lambda *a, **k: (
+        used.append(prepare(*a, **k)) or used[-1]))
     args = ["demo", "--data", str(data), "-o", str(out), "--device", "cpu", "--json"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     rows = {r["scene"]: r for r in json.loads(result.stdout)}
+    # The fastest engine installed, and one line saying which, with its version.
+    fastest = "onnx" if importlib.util.find_spec("onnxruntime") else "torch"
+    assert [p.engine for p in used] == [fastest] * len(CROPS)
+    said = [line for line in result.stderr.splitlines() if line.startswith("engine:")]
+    library = "ONNX Runtime" if fastest == "onnx" else "PyTorch"
+    assert len(said) == 1 and said[0].startswith(f"engine: {fastest} ({library} "), said
+    assert said[0].endswith(", CPU)")
+    assert {r["engine"] for r in rows.values()} == {said[0].removeprefix("engine: ")}
     assert rows["roads"]["metric"] == "pixel iou" and rows["roads"]["score"] > 0.85
     assert rows["cracks"]["metric"] == "tolerant f1" and rows["cracks"]["score"] > 0.8
     for kind in CROPS:

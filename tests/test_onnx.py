@@ -25,6 +25,7 @@ from geounet.engines import (
     METADATA_KEY,
     OPSET,
     OnnxModel,
+    engine_description,
     export_onnx,
     load_onnx,
     prepare,
@@ -108,6 +109,23 @@ def test_auto_engine_is_onnx_on_the_cpu_and_torch_on_cuda():
         resolve_engine("onnx", torch.device("cuda"))
     with pytest.raises(ConfigError, match="auto, torch, onnx"):
         resolve_engine("tensorrt", torch.device("cpu"))
+
+
+def test_engine_is_said_by_predict_verbose_and_described_with_its_version(make_raster,
+                                                                         checkpoint, tmp_path):
+    import onnxruntime
+
+    image = make_raster(np.zeros((3, 40, 50), np.uint8), name="small.tif")
+    for engine in ("auto", "torch"):
+        result = _invoke("predict", image, "-m", checkpoint, "-o", tmp_path / f"{engine}.tif",
+                         "-v", "--engine", engine)
+        assert result.exit_code == 0, result.output
+        used = "onnx" if engine == "auto" else "torch"
+        logged = [line for line in result.stderr.splitlines() if "INFO geounet.predict" in line]
+        assert len(logged) == 1 and logged[0].endswith(f"engine {used}"), result.stderr
+    assert engine_description("onnx", torch.device("cpu")) == (
+        f"onnx (ONNX Runtime {onnxruntime.__version__}, CPU)")
+    assert engine_description("torch", torch.device("cuda")).startswith("torch (PyTorch 2.")
 
 
 def test_plain_predict_writes_nothing_beside_the_users_files(odd_rgb, checkpoint, quiet,
