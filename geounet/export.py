@@ -1,7 +1,8 @@
 """Measuring features and writing them to the vector formats GIS tools read.
 
-Areas are in square metres and perimeters in metres: planar in a projected CRS (scaled by
-the CRS's unit), geodesic on the CRS's ellipsoid in a geographic CRS. Formats come from the
+Areas are in square metres and lengths in metres: planar in a projected CRS (scaled by
+the CRS's unit), on the CRS's ellipsoid in a geographic CRS (areas with edges along
+parallels and meridians, as pixel edges are; lengths geodesic). Formats come from the
 output's extension: ``.gpkg`` GeoPackage, ``.geojson``/``.json`` GeoJSON (RFC 7946: WGS 84
 lon/lat, right-hand winding, as many decimals as the raster's pixel needs: see
 :func:`geojson_decimals`), ``.shp`` Shapefile (names of at most 10 characters:
@@ -18,9 +19,9 @@ import json
 import math
 import warnings
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-import geopandas as gpd
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -53,6 +54,27 @@ METRES_PER_DEGREE = 111_700  # at most, on the ground (a degree of latitude at t
 WGS84 = CRS.from_epsg(4326)
 
 
+@dataclass
+class Features:
+    """A batch of features: attribute arrays by column name and their geometries (a shapely
+    array of the same length), in one CRS. Plain arrays, no data frame: vectorizing does
+    not load pandas."""
+
+    columns: dict[str, np.ndarray]
+    geometry: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.geometry)
+
+    def to_crs(self, source: CRS, target: CRS | str) -> Features:
+        """These features with their geometries transformed from ``source`` to ``target``
+        (x = easting/longitude first)."""
+        transform = Transformer.from_crs(source, target, always_xy=True).transform
+        geometry = shapely.transform(self.geometry,
+                                     lambda xy: np.column_stack(transform(xy[:, 0], xy[:, 1])))
+        return Features(self.columns, geometry)
+
+
 def polygon_fields(score: bool, linear: bool) -> dict[str, pa.DataType]:
     """The polygon layer's columns: with mean probability and/or centerline measures."""
     return POLYGON_FIELDS | (SCORE_FIELDS if score else {}) | (LINEAR_FIELDS if linear else {})
@@ -77,9 +99,8 @@ def check_layer_crs(path: Path | None, driver: str | None, crs: CRS | None) -> N
 def measure(geometries: np.ndarray, crs: CRS | None) -> tuple[np.ndarray, np.ndarray]:
     """(areas in m^2, perimeters in m) of polygons in ``crs``; pixel units when it is None."""
     geod = _geod(crs)
-    if geod is not None:
-        pairs = np.array([geod.geometry_area_perimeter(g) for g in geometries]).reshape(-1, 2)
-        return np.abs(pairs[:, 0]), pairs[:, 1]
+    if geod is not None and crs is not None:
+        return _ellipsoid_area_perimeter(geod, crs, np.asarray(geometries))
     unit = _unit(crs)
     return shapely.area(geometries) * unit**2, shapely.length(geometries) * unit
 
@@ -88,8 +109,46 @@ def measure_lines(lines: np.ndarray, crs: CRS | None) -> np.ndarray:
     """Lengths in metres of lines in ``crs`` (geodesic in a geographic CRS)."""
     geod = _geod(crs)
     if geod is not None:
-        return np.array([geod.geometry_length(g) for g in lines], dtype=np.float64)
+        parts, owner = shapely.get_parts(np.asarray(lines), return_index=True)
+        return _sums(owner, _geodesic_lengths(geod, parts), len(lines))
     return shapely.length(lines) * _unit(crs)
+
+
+def _geodesic_lengths(geod: Geod, paths: np.ndarray) -> np.ndarray:
+    """Geodesic length (m) of each LineString or LinearRing of ``paths`` (lon/lat degrees),
+    all segments in one call."""
+    coords, path = shapely.get_coordinates(paths, return_index=True)
+    if len(coords) < 2:
+        return np.zeros(len(paths), dtype=np.float64)
+    segments = np.asarray(geod.line_lengths(coords[:, 0], coords[:, 1]), dtype=np.float64)
+    within = path[1:] == path[:-1]
+    return _sums(path[:-1][within], segments[within], len(paths))
+
+
+def _ellipsoid_area_perimeter(geod: Geod, crs: CRS, polygons: np.ndarray,
+                             ) -> tuple[np.ndarray, np.ndarray]:
+    """(areas, perimeters) of (Multi)Polygons in the geographic ``crs`` on its ellipsoid
+    ``geod``. Areas are exact on the ellipsoid for edges along parallels and meridians, as
+    a raster's pixel edges are: planar in the ellipsoid's cylindrical equal-area projection
+    (a geodesic edge bulges from a parallel: a 3 x 3 degree box differs by 7e-5 of its
+    area; 30 cm pixels by < 1e-6). Perimeters: geodesic lengths of every ring, holes too
+    (as the planar :func:`shapely.length`)."""
+    ellipsoid = crs.ellipsoid
+    assert ellipsoid is not None   # _geod found one
+    equal_area = CRS.from_proj4(f"+proj=cea +a={ellipsoid.semi_major_metre!r} "
+                                f"+b={ellipsoid.semi_minor_metre!r} +over +no_defs")
+    transform = Transformer.from_crs(crs, equal_area, always_xy=True).transform
+    areas = shapely.area(shapely.transform(
+        polygons, lambda xy: np.column_stack(transform(xy[:, 0], xy[:, 1]))))
+    parts, part_owner = shapely.get_parts(polygons, return_index=True)
+    rings, ring_part = shapely.get_rings(parts, return_index=True)
+    perimeters = _sums(part_owner[ring_part], _geodesic_lengths(geod, rings), len(polygons))
+    return np.asarray(areas, dtype=np.float64), perimeters
+
+
+def _sums(index: np.ndarray, values: np.ndarray, count: int) -> np.ndarray:
+    """Float64 sums of ``values`` grouped by ``index`` (0 .. count - 1)."""
+    return np.bincount(index, values, minlength=count).astype(np.float64, copy=False)
 
 
 def _geod(crs: CRS | None) -> Geod | None:
@@ -143,11 +202,12 @@ def geojson_decimals(pixel_size: float | None, crs: CRS | None) -> int:
     return min(MAX_DECIMALS, max(0, decimals))
 
 
-def write_layer(frames: Iterable[gpd.GeoDataFrame], path: Path, driver: str, crs: CRS | None,
-                geometry_type: str, fields: dict[str, pa.DataType],
+def write_layer(frames: Iterable[Features | pa.RecordBatch], path: Path, driver: str,
+                crs: CRS | None, geometry_type: str, fields: dict[str, pa.DataType],
                 pixel_size: float | None = None) -> None:
-    """Stream ``frames`` (GeoDataFrames in ``crs`` with ``fields``) into one layer at ``path``,
-    atomically (see the module docstring for GeoJSON's CRS).
+    """Stream ``frames`` (:class:`Features` in ``crs`` with ``fields``, or record batches
+    already of :func:`record_batch`) into one layer at ``path``, atomically (see the module
+    docstring for GeoJSON's CRS).
 
     ``pixel_size`` is the raster's shorter pixel side in ``crs`` units (see
     :func:`pixel_size`): GeoJSON keeps the decimals it needs (:func:`geojson_decimals`);
@@ -157,15 +217,14 @@ def write_layer(frames: Iterable[gpd.GeoDataFrame], path: Path, driver: str, crs
         write_layer_at(tmp, frames, path, driver, crs, geometry_type, fields, pixel_size)
 
 
-def write_layer_at(tmp: Path, frames: Iterable[gpd.GeoDataFrame], path: Path, driver: str,
+def write_layer_at(tmp: Path, frames: Iterable[Features | pa.RecordBatch], path: Path, driver: str,
                    crs: CRS | None, geometry_type: str, fields: dict[str, pa.DataType],
                    pixel_size: float | None = None) -> None:
     """:func:`write_layer` into ``tmp``, a temporary of ``path`` that the caller's
     :func:`~geounet.outputs.atomic_outputs` block renames (with the command's other outputs,
     so that they all appear or none do). ``path`` names the layer and the messages."""
     check_layer_crs(path, driver, crs)   # callers check first; this keeps GDAL's NULL pointer out
-    schema = pa.schema([*(pa.field(k, t) for k, t in fields.items()),
-                        pa.field("geometry", pa.binary())])
+    schema = layer_schema(fields)
     source = _Source(frames, schema, geometry_type)
     batches = iter(source)
     try:
@@ -180,11 +239,17 @@ def write_layer_at(tmp: Path, frames: Iterable[gpd.GeoDataFrame], path: Path, dr
         raise write_failed(path, exc) from exc
 
 
+def layer_schema(fields: dict[str, pa.DataType]) -> pa.Schema:
+    """The Arrow schema of a layer: ``fields`` then the geometry as WKB."""
+    return pa.schema([*(pa.field(k, t) for k, t in fields.items()),
+                      pa.field("geometry", pa.binary())])
+
+
 class _Source:
     """Record batches from frames; keeps an exception raised while producing them, which
     GDAL's stream reader would otherwise report only as a failed batch."""
 
-    def __init__(self, frames: Iterable[gpd.GeoDataFrame], schema: pa.Schema,
+    def __init__(self, frames: Iterable[Features | pa.RecordBatch], schema: pa.Schema,
                  geometry_type: str) -> None:
         self.frames, self.schema, self.geometry_type = frames, schema, geometry_type
         self.error: BaseException | None = None
@@ -192,21 +257,21 @@ class _Source:
     def __iter__(self) -> Iterator[pa.RecordBatch]:
         try:
             for frame in self.frames:
-                yield _record_batch(frame, self.schema, self.geometry_type)
+                yield (frame if isinstance(frame, pa.RecordBatch)
+                       else record_batch(frame, self.schema, self.geometry_type))
         except BaseException as exc:
             self.error = exc
             raise
 
 
-def _record_batch(frame: gpd.GeoDataFrame, schema: pa.Schema, geometry_type: str,
-                  ) -> pa.RecordBatch:
-    """One Arrow batch of ``frame``: NaN (a measure that does not apply, such as the length
-    of a feature without a centerline) becomes null, which every format stores as missing
-    (a Shapefile would otherwise hold the number NaN and GeoJSON would drop it with a
-    warning)."""
-    columns = [pa.array(np.asarray(frame[f.name]), f.type, from_pandas=True) for f in schema
-               if f.name != "geometry"]
-    geometries = np.asarray(frame.geometry.values, dtype=object)
+def record_batch(frame: Features, schema: pa.Schema, geometry_type: str) -> pa.RecordBatch:
+    """One Arrow batch of ``frame`` in ``schema`` (:func:`layer_schema`): NaN (a measure
+    that does not apply, such as the length of a feature without a centerline) becomes
+    null, which every format stores as missing (a Shapefile would otherwise hold the number
+    NaN and GeoJSON would drop it with a warning)."""
+    columns = [pa.array(np.asarray(frame.columns[f.name]), f.type, from_pandas=True)
+               for f in schema if f.name != "geometry"]
+    geometries = np.asarray(frame.geometry, dtype=object)
     wkb = (as_multipolygon_wkb(geometries) if geometry_type == "MultiPolygon"
            else shapely.to_wkb(geometries, byte_order=1))
     return pa.record_batch([*columns, pa.array(wkb, pa.binary())], schema=schema)

@@ -24,7 +24,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import geopandas as gpd
 import numpy as np
 import pyarrow as pa
 import pyproj
@@ -35,11 +34,14 @@ from geounet.centerline import Branches
 from geounet.errors import ConfigError, InputError
 from geounet.export import (
     CENTERLINE_FIELDS,
+    Features,
     check_layer_crs,
+    layer_schema,
     measure,
     measure_lines,
     pixel_size,
     polygon_fields,
+    record_batch,
     write_layer,
     write_layer_at,
 )
@@ -93,7 +95,7 @@ class _Outputs:
     centerline_features: int = 0
     centerline_length_m: float = 0.0
 
-    def polygons(self, pieces: Pieces) -> gpd.GeoDataFrame:
+    def polygons(self, pieces: Pieces) -> Features:
         """Finish complete features: filter, map to the CRS, measure. ``pieces`` gives up
         its pixel-space polygons (the largest feature is held once, not twice)."""
         config = self.config
@@ -122,8 +124,13 @@ class _Outputs:
             columns.update(self._centerlines(pieces, columns["feature_id"], areas))
         self.features += len(geometries)
         self.area_m2 += float(areas.sum())
-        frame = gpd.GeoDataFrame(columns, geometry=geometries, crs=self.crs)
-        return frame.to_crs(self.target_crs) if self.target_crs else frame
+        return self._in_target_crs(Features(columns, geometries))
+
+    def _in_target_crs(self, features: Features) -> Features:
+        """``features`` (in the raster's CRS) in the CRS asked for."""
+        if self.target_crs is None or self.crs is None:
+            return features
+        return features.to_crs(self.crs, self.target_crs)
 
     def _names(self, class_ids: np.ndarray) -> np.ndarray:
         """Class names of ``class_ids`` (the id as text when the mask names none)."""
@@ -154,8 +161,7 @@ class _Outputs:
                     "mean_width_m": found.mean_width_px * scale, "max_width_m": widest}
             self.centerline_features += len(found)
             if self.spool is not None:
-                frame = gpd.GeoDataFrame(rows, geometry=lines, crs=self.crs)
-                self.spool.add(frame.to_crs(self.target_crs) if self.target_crs else frame)
+                self.spool.add(self._in_target_crs(Features(rows, lines)))
         self.centerline_length_m += float(np.nansum(length))
         with np.errstate(invalid="ignore", divide="ignore"):
             mean_width = np.where(length > 0, areas / length, np.nan)
@@ -163,26 +169,26 @@ class _Outputs:
 
 
 class _Spool:
-    """Feature frames kept in a temporary Arrow stream file as they come, read back batch by
-    batch (so a second layer is streamed while the first is written)."""
+    """Centerline batches kept in a temporary Arrow stream file as they come (already the
+    layer's record batches), read back one by one (so a second layer is streamed while the
+    first is written)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.schema = layer_schema(CENTERLINE_FIELDS)
         self.writer: pa.ipc.RecordBatchStreamWriter | None = None
 
-    def add(self, frame: gpd.GeoDataFrame) -> None:
-        table = pa.table(frame.to_arrow(geometry_encoding="WKB"))
+    def add(self, lines: Features) -> None:
         if self.writer is None:
-            self.writer = pa.ipc.new_stream(str(self.path), table.schema)
-        self.writer.write_table(table)
+            self.writer = pa.ipc.new_stream(str(self.path), self.schema)
+        self.writer.write_batch(record_batch(lines, self.schema, "LineString"))
 
-    def frames(self) -> Iterator[gpd.GeoDataFrame]:
+    def frames(self) -> Iterator[pa.RecordBatch]:
         if self.writer is None:
             return
         self.writer.close()
         with pa.memory_map(str(self.path)) as source:
-            for batch in pa.ipc.open_stream(source):
-                yield gpd.GeoDataFrame.from_arrow(pa.Table.from_batches([batch]))
+            yield from pa.ipc.open_stream(source)
 
     def close(self) -> None:
         if self.writer is not None:

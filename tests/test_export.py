@@ -7,8 +7,8 @@ import json
 import math
 import re
 
-import geopandas as gpd
 import numpy as np
+import pyproj
 import pytest
 import rasterio
 import shapely
@@ -20,8 +20,11 @@ from geounet.errors import ConfigError, OutputError
 from geounet.export import (
     MAX_DECIMALS,
     PIXEL_FRACTION_KEPT,
+    Features,
     check_layer_crs,
     geojson_decimals,
+    measure,
+    measure_lines,
     pixel_size,
     polygon_fields,
     write_layer,
@@ -65,10 +68,10 @@ def test_pixel_size_in_the_layer_crs():
 
 
 def test_geojson_is_written_with_the_decimals_of_the_pixel(tmp_path):
-    frame = gpd.GeoDataFrame(
+    frame = Features(
         {"feature_id": [0], "class_id": [1], "class_name": ["a"], "area_m2": [1e-6],
          "perim_m": [4e-3]},
-        geometry=[shapely.box(500000.001, 4999999.998, 500000.002, 4999999.999)], crs=UTM)
+        shapely.box([500000.001], 4999999.998, 500000.002, 4999999.999))
     out = tmp_path / "mm.geojson"
     write_layer([frame], out, "GeoJSON", UTM, "MultiPolygon", polygon_fields(False, False),
                 pixel_size=0.001)
@@ -83,10 +86,9 @@ LOCAL = ('LOCAL_CS["site grid",LOCAL_DATUM["local",0],UNIT["metre",1],'
          'AXIS["Easting",EAST],AXIS["Northing",NORTH]]')
 
 
-def _square(crs) -> gpd.GeoDataFrame:
-    return gpd.GeoDataFrame({"feature_id": [0], "class_id": [1], "class_name": ["a"],
-                             "area_m2": [1.0], "perim_m": [4.0]},
-                            geometry=[shapely.box(10, 10, 11, 11)], crs=crs)
+def _square() -> Features:
+    return Features({"feature_id": [0], "class_id": [1], "class_name": ["a"],
+                     "area_m2": [1.0], "perim_m": [4.0]}, shapely.box([10], 10, 11, 11))
 
 
 @pytest.mark.parametrize("crs", [LOCAL, "IAU_2015:30100"])   # a site grid; the Moon
@@ -97,7 +99,7 @@ def test_geojson_of_a_crs_without_a_way_to_wgs84_is_refused_before_any_work(tmp_
 
     def frames():
         started.append(True)
-        yield _square(crs)
+        yield _square()
 
     with pytest.raises(ConfigError) as refused:
         write_layer(frames(), out, "GeoJSON", crs, "MultiPolygon", polygon_fields(False, False))
@@ -108,7 +110,7 @@ def test_geojson_of_a_crs_without_a_way_to_wgs84_is_refused_before_any_work(tmp_
     check_layer_crs(out, "GPKG", crs)           # other formats keep any CRS
     check_layer_crs(out, "GeoJSON", None)       # pixel coordinates: plain GeoJSON
     check_layer_crs(out, "GeoJSON", UTM)
-    write_layer([_square(crs)], tmp_path / "site.gpkg", "GPKG", crs, "MultiPolygon",
+    write_layer([_square()], tmp_path / "site.gpkg", "GPKG", crs, "MultiPolygon",
                 polygon_fields(False, False))
     assert list(tmp_path.iterdir()) == [tmp_path / "site.gpkg"]
 
@@ -129,11 +131,11 @@ def test_cli_geojson_from_a_site_grid_is_one_line(make_raster, tmp_path):
     assert not out.exists()
 
 
-def _many_squares(n: int) -> gpd.GeoDataFrame:
-    return gpd.GeoDataFrame(
-        {"feature_id": range(n), "class_id": [1] * n, "class_name": ["a"] * n,
+def _many_squares(n: int) -> Features:
+    return Features(
+        {"feature_id": np.arange(n), "class_id": [1] * n, "class_name": ["a"] * n,
          "area_m2": [1.0] * n, "perim_m": [4.0] * n},
-        geometry=[shapely.box(i, 0, i + 0.5, 0.5) for i in range(n)], crs=UTM)
+        shapely.box(np.arange(n), 0, np.arange(n) + 0.5, 0.5))
 
 
 def test_geopackage_on_a_full_disk_says_so_not_sqlite(tmp_path):
@@ -159,3 +161,41 @@ def test_sqlite_write_failures_read_as_a_full_disk(tmp_path, gdal):
     assert "sqlite3_exec" not in message and "free some space" in message
     if "disk is full" in gdal:
         assert "the disk is full" in message
+
+
+def test_measures_on_the_ellipsoid_match_a_local_projection_holes_and_parts_included():
+    """In lon/lat, areas and perimeters are on the ellipsoid: the same as in the local UTM
+    zone (within its scale error), holes subtracted whatever their orientation, every ring
+    of every part in the perimeter, as the planar measures count them; a box between two
+    parallels has the area of that zone of the ellipsoid."""
+    utm = CRS.from_epsg(32611)
+    to_utm = pyproj.Transformer.from_crs(WGS84, utm, always_xy=True).transform
+    outline = shapely.box(-115.2, 36.1, -115.199, 36.101)
+    hole = shapely.box(-115.1998, 36.1002, -115.1995, 36.1005)
+    with_hole = shapely.Polygon(outline.exterior.coords, [hole.exterior.coords])   # both cw/ccw
+    same_turn = shapely.Polygon(outline.exterior.coords, [hole.exterior.coords[::-1]])
+    two_parts = shapely.MultiPolygon([with_hole, shapely.box(-115.198, 36.1, -115.1975, 36.1005)])
+    geometries = np.array([with_hole, same_turn, two_parts], dtype=object)
+    areas, perimeters = measure(geometries, WGS84)
+    projected = shapely.transform(geometries, lambda xy: np.column_stack(to_utm(*xy.T)))
+    scale = 0.9996 * 1.0006   # UTM's scale at this distance from the central meridian, bound
+    np.testing.assert_allclose(areas, shapely.area(projected), rtol=2 * (scale**2 - 1))
+    np.testing.assert_allclose(perimeters, shapely.length(projected), rtol=2 * (scale - 1))
+    assert areas[0] == pytest.approx(areas[1], rel=1e-12)
+    both = shapely.MultiLineString([hole.exterior, outline.exterior])
+    lines = np.array([with_hole.exterior, both, shapely.LineString()], dtype=object)
+    lengths = measure_lines(lines, WGS84)
+    assert lengths[1] == pytest.approx(perimeters[0], rel=1e-12) and lengths[2] == 0
+    assert measure(np.array([], dtype=object), WGS84)[0].dtype == np.float64
+    # between latitudes 40 and 43 N, 3 degrees of longitude: 2 pi b^2 (q(43) - q(40)) / 120
+    geod = pyproj.Geod(ellps="WGS84")
+    e = math.sqrt(geod.es)
+
+    def q(lat: float) -> float:
+        s = math.sin(math.radians(lat))
+        return (1 - e * e) * (s / (1 - e * e * s * s)
+                              - math.log((1 - e * s) / (1 + e * s)) / (2 * e))
+
+    zone = 2 * math.pi * geod.a**2 * (q(43) - q(40)) / 2 * 3 / 360
+    assert measure(np.array([shapely.box(10, 40, 13, 43)]), WGS84)[0][0] == pytest.approx(
+        zone, rel=1e-9)

@@ -26,7 +26,7 @@ from pyproj import CRS, Transformer
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
-from geounet.export import pixel_size, polygon_fields, write_layer
+from geounet.export import Features, pixel_size, polygon_fields, write_layer
 from geounet.vectorize import VectorizeConfig, vectorize_raster
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -172,8 +172,10 @@ def test_geojson_keeps_the_geometry_of_the_geopackage(tmp_path, name):
         crs = CRS.from_user_input(src.crs.to_wkt())
         size = pixel_size(src.transform, src.shape, crs)
     frame = pyogrio.read_dataframe(gpkg)
+    fields = polygon_fields(False, False)
+    features = Features({f: frame[f].to_numpy() for f in fields}, frame.geometry.to_numpy())
     sized = tmp_path / "sized.geojson"
-    write_layer([frame], sized, "GeoJSON", crs, "MultiPolygon", polygon_fields(False, False),
+    write_layer([features], sized, "GeoJSON", crs, "MultiPolygon", polygon_fields(False, False),
                 pixel_size=size)
     assert_same_geometry(sized, gpkg)
     if shutil.which("ogr2ogr") is None:
