@@ -384,3 +384,78 @@ def test_two_class_softmax_on_request_runs_through_predict_vectorize_evaluate(
                        PredictConfig(device="cpu", progress=False, engine="onnx"))
         with rasterio.open(tmp_path / "onnx.tif") as src:
             assert (src.read(1) == classes).mean() > 0.999
+
+
+# Resume and reproducibility of multi-class runs on the sample land-cover scene -----------
+
+@pytest.fixture(scope="module")
+def landcover(tmp_path_factory):
+    """``geounet sample landcover`` at 256 px (seed 0: every class present), its files."""
+    from click.testing import CliRunner
+
+    from geounet.cli import main
+    from geounet.sample_data import LANDCOVER_CLASSES
+
+    folder = tmp_path_factory.mktemp("landcover")
+    result = CliRunner().invoke(main, ["sample", "landcover", "--size", "256", "--seed", "0",
+                                       "-o", str(folder), "-q"])
+    assert result.exit_code == 0, result.output
+    names = tuple(LANDCOVER_CLASSES)
+    with rasterio.open(folder / "landcover_mask.tif") as src:
+        assert (np.bincount(src.read(1).ravel(), minlength=len(names)) > 0).all()
+    return folder / "landcover_image.tif", folder / "landcover_mask.tif", names
+
+
+def _landcover_config(landcover, **changes) -> TrainConfig:
+    image, mask, names = landcover
+    return TrainConfig(**{**TINY, "images": [image], "labels": [mask], "class_names": names,
+                          "monitor": "miou", "epochs": 4, "steps_per_epoch": 12, **changes})
+
+
+def _per_class(result) -> list[dict[str, float]]:
+    """Each epoch's validation scores (per class and means), to 3 decimals."""
+    return [{k: round(v, 3) for k, v in h.items() if k not in ("seconds", "epoch")}
+            for h in result.history]
+
+
+def test_multiclass_same_seed_gives_the_same_per_class_metrics(landcover, tmp_path):
+    config = _landcover_config(landcover)
+    runs = [train_model(_landcover_config(landcover, seed=seed), tmp_path / f"{i}.st",
+                        progress=False) for i, seed in enumerate((1, 1, 2))]
+    assert {f"iou/{n}" for n in config.class_names[1:]} <= set(runs[0].history[-1])
+    assert max(runs[0].history[-1][f"iou/{n}"] for n in config.class_names[1:]) > 0.5
+    assert _per_class(runs[0]) == _per_class(runs[1])
+    assert _per_class(runs[0]) != _per_class(runs[2])   # another seed: the check can fail
+    first, second = (load_checkpoint(tmp_path / f"{i}.st")[0].state_dict() for i in (0, 1))
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_multiclass_killed_run_resumes_to_the_same_per_class_metrics(landcover, tmp_path,
+                                                                      monkeypatch):
+    """Killed in epoch 3 of 4 (hard pixels mined per class), resumed: as if never killed."""
+    from geounet.train import last_paths
+
+    config = _landcover_config(landcover, hard_fraction=0.5)
+    unbroken = train_model(config, tmp_path / "whole.st", progress=False)
+    validate, calls = loop.validate, []
+
+    def killed_in_epoch_three(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return validate(*args, **kwargs)
+
+    out = tmp_path / "broken.st"
+    monkeypatch.setattr(loop, "validate", killed_in_epoch_three)
+    with pytest.raises(KeyboardInterrupt):
+        train_model(config, out, progress=False)
+    monkeypatch.setattr(loop, "validate", validate)
+    assert read_metadata(last_paths(out)[0]).source["epoch"] == 2
+    resumed = train_model(config, out, resume=True, progress=False)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
+    assert _per_class(resumed) == _per_class(unbroken)
+    assert unbroken.best["miou"] > 0.1            # scores that can differ, not all zero
+    assert resumed.best == pytest.approx(unbroken.best, abs=1e-6)
+    whole = load_checkpoint(last_paths(tmp_path / "whole.st")[0])[0].state_dict()
+    again = load_checkpoint(last_paths(out)[0])[0].state_dict()
+    assert all(torch.equal(whole[k], again[k]) for k in whole)
