@@ -34,7 +34,8 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 @click.option("--resume", is_flag=True,
               help="Continue the run whose last checkpoint lies beside --output.")
 @click.option("--classes", help="Class names by id, background first: two (e.g. "
-              "background,crack) train a binary model, more a softmax model "
+              "background,crack) train a binary model (with --softmax a two-channel softmax one), "
+              "more a softmax model "
               "(background,building,road,water).")
 @click.option("--class-field", help="Attribute of vector labels with each feature's class "
               "id or name.")

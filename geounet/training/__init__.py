@@ -1,4 +1,4 @@
-"""Training a binary U-Net on rasters (GeoTIFF, PNG, JPEG) with raster or vector labels.
+"""Training a U-Net, binary or multi-class, on rasters (GeoTIFF, PNG, JPEG) with labels.
 
 The public entry points are in :mod:`geounet.train` (``TrainConfig``, ``train_model``,
 ``TrainResult``, ``last_paths``). This package holds the parts, one role per module, each
