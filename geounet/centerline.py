@@ -326,15 +326,20 @@ def _areas(sheet: _Sheet, graph: _Graph, paths: _Paths, owner: np.ndarray) -> np
     pixels = np.bincount(sheet.owner[sheet.image], minlength=len(sheet.sizes))
     per_shape = np.bincount(owner, minlength=len(sheet.sizes))
     area = pixels[owner].astype(np.float64)
-    lengths = np.diff(paths.offsets)
-    for i in np.flatnonzero(per_shape > 1):
+    branch = np.repeat(np.arange(len(owner)), np.diff(paths.offsets))   # of each vertex
+    shapes = np.flatnonzero(per_shape > 1)
+    several = np.isin(owner[branch], shapes)
+    branch, vertex = branch[several], paths.vertex[several]
+    order = np.argsort(owner[branch], kind="stable")
+    branch, vertex = branch[order], vertex[order]
+    ends = np.searchsorted(owner[branch], np.append(shapes, len(sheet.sizes)))
+    for i, start, stop in zip(shapes, ends[:-1], ends[1:]):
         rows, cols = sheet.patch(int(i))
         mine = np.flatnonzero(owner == i)
-        at = np.concatenate([paths.vertex[paths.offsets[k]:paths.offsets[k + 1]]
-                             for k in mine])
+        at, at_branch = vertex[start:stop], branch[start:stop]
         kept = np.full((rows.stop - rows.start, cols.stop - cols.start), len(owner) + 1)
         np.minimum.at(kept, (graph.rows[at] - rows.start, graph.cols[at] - cols.start),
-                      np.repeat(mine, lengths[mine]) + 1)
+                      at_branch + 1)
         kept[kept == len(owner) + 1] = 0
         nearest = ndimage.distance_transform_edt(kept == 0, return_distances=False,
                                                  return_indices=True)
