@@ -336,7 +336,8 @@ def load_onnx(path: str | Path) -> OnnxModel:
         raise
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types (Fail, ...)
         raise ModelError(f"{path}: not a readable ONNX model, probably truncated or corrupt "
-                         f"({first_line(exc)})") from exc
+                         f"({first_line(exc)}); export it again with `geounet export "
+                         f"MODEL.safetensors -o {path.name}`") from exc
     meta = _embedded_metadata(path, session.get_modelmeta().custom_metadata_map)
     inputs, outputs = session.get_inputs(), session.get_outputs()
     shape = inputs[0].shape if len(inputs) == 1 else []

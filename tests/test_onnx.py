@@ -322,9 +322,12 @@ def test_truncated_or_corrupt_onnx_is_one_line(odd_rgb, checkpoint, tmp_path):
     data = (tmp_path / "m.onnx").read_bytes()
     (tmp_path / "cut.onnx").write_bytes(data[: len(data) // 2])
     (tmp_path / "junk.onnx").write_bytes(b"\x00not a model\xff" * 10)
-    for bad in ("cut.onnx", "junk.onnx"):
+    (tmp_path / "random.onnx").write_bytes(np.random.default_rng(0).bytes(4096))
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    for bad in ("cut.onnx", "junk.onnx", "random.onnx", "empty.onnx"):
         result = _invoke("predict", odd_rgb, "-m", tmp_path / bad, "-o", tmp_path / "o.tif")
-        _one_line_error(result, "not a readable ONNX model")
+        line = _one_line_error(result, "not a readable ONNX model")
+        assert "export it again with `geounet export" in line      # what to do
         assert not (tmp_path / "o.tif").exists()
     result = _invoke("predict", odd_rgb, "-m", tmp_path / "none.onnx", "-o", tmp_path / "o.tif")
     _one_line_error(result, "no such ONNX model file")
@@ -337,7 +340,9 @@ def test_onnx_without_geounet_metadata_is_refused(odd_rgb, checkpoint, tmp_path)
     onnx.save(model, str(tmp_path / "foreign.onnx"))
     result = _invoke("predict", odd_rgb, "-m", tmp_path / "foreign.onnx", "-o",
                      tmp_path / "o.tif")
-    _one_line_error(result, "without geounet metadata")
+    line = _one_line_error(result, "without geounet metadata")
+    # What is missing, and what to do instead.
+    assert "band order, normalization, classes, tiling" in line and "geounet export" in line
     assert not (tmp_path / "o.tif").exists()
 
 
@@ -347,8 +352,16 @@ def test_band_mismatch_and_engine_and_tile_conflicts_are_one_line(make_raster, o
     one_band = make_raster(np.zeros((1, 40, 40), np.uint8), name="one.tif")
     two_band = make_raster(np.zeros((2, 40, 40), np.uint8), name="two.tif")
     _one_line_error(_invoke("predict", two_band, "-m", tmp_path / "m.onnx", "-o",
-                            tmp_path / "o.tif"), "band")
-    assert one_band.exists()
+                            tmp_path / "o.tif"), "2 band(s) but the model expects 3")
+    # With --bands: too few for the model, or a band the raster lacks.
+    _one_line_error(_invoke("predict", two_band, "-m", tmp_path / "m.onnx", "-o",
+                            tmp_path / "o.tif", "--bands", "1,2"), "the model expects 3")
+    _one_line_error(_invoke("predict", two_band, "-m", tmp_path / "m.onnx", "-o",
+                            tmp_path / "o.tif", "--bands", "1,2,3"), "has bands 1..2")
+    assert not (tmp_path / "o.tif").exists()
+    fixed = _invoke("predict", one_band, "-m", tmp_path / "m.onnx", "-o", tmp_path / "one_mask.tif",
+                    "--bands", "1,1,1", "-q")                 # what the message suggests
+    assert fixed.exit_code == 0 and (tmp_path / "one_mask.tif").exists(), fixed.output
     _one_line_error(_invoke("predict", odd_rgb, "-m", tmp_path / "m.onnx", "-o",
                             tmp_path / "o.tif", "--engine", "torch"), "--engine onnx")
     _one_line_error(_invoke("predict", odd_rgb, "-m", tmp_path / "m.onnx", "-o",
