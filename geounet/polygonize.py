@@ -65,6 +65,7 @@ CLASS_ID_RANGE = (-(2**31), 2**31 - 1)   # what GDAL's polygonizer and the class
 SHAPES_CHUNK = 2_000   # GeoJSON polygons turned into geometries at a time (bounds memory)
 LARGE_RING_VERTICES = 2_000   # touching rings of polygons this large: rings.repair
 HELP_MAX_OPEN_VERTICES = 1_000_000   # see _Joiner.holds_little
+MAX_BLOCKS_AHEAD = 8   # blocks polygonized and held before the merge takes them
 # GDAL >= 3.3.2 writes 4-connected polygons valid (a hole touching the exterior at a corner is
 # its own ring; OSGeo/gdal#3337); 8-connected ones touch themselves by design (gdal#7369).
 GDAL_VALID_4 = tuple(int(v) for v in rasterio.__gdal_version__.split(".")[:3]) >= (3, 3, 2)
@@ -134,11 +135,12 @@ class Pieces:
 @dataclass
 class _Shapes:
     """GDAL's polygons of a block (raster pixel corners), their class ids and the top-left
-    corner (x, y) of each."""
+    corner (x, y) of each; ``valid`` once rings touching at corners are repaired."""
 
     polygons: np.ndarray
     ids: np.ndarray
     top_left: np.ndarray
+    valid: bool = False
 
 
 @dataclass
@@ -207,7 +209,8 @@ def _blocks(mask_path, probabilities, windows: list[Window], settings: PixelSett
     """The polygonized blocks, in order: all in this process, or with ``settings.workers``
     processes running GDAL's polygonizer (which holds the GIL) a few blocks ahead while this
     process labels, measures and joins the blocks before them. While it would wait for one
-    and ``may_help()``, this process polygonizes a later block itself."""
+    and ``may_help()``, this process polygonizes the next block that no worker has (up to
+    :data:`MAX_BLOCKS_AHEAD` blocks held)."""
     workers = settings.workers
     if workers == 0:   # auto (see PixelSettings.workers)
         pixels = sum(w.width * w.height for w in windows)
@@ -229,22 +232,26 @@ def _blocks(mask_path, probabilities, windows: list[Window], settings: PixelSett
         context = multiprocessing.get_context("spawn")   # no fork of a threaded process
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_open_sources,
                                  initargs=(mask_path,)) as pool:
-            todo = iter(windows)
-            slots = collections.deque(_Slot(w, pool.submit(_worker_shapes, w, settings))
-                                      for w in itertools.islice(todo, 2 * workers + 1))
-            while slots:
+            waiting = collections.deque(windows)
+            slots: collections.deque[_Slot] = collections.deque()
+
+            def feed() -> None:   # each worker busy, one block queued behind it
+                while waiting and sum(not slot.here for slot in slots) < 2 * workers:
+                    window = waiting.popleft()
+                    slots.append(_Slot(window, pool.submit(_worker_shapes, window, settings)))
+
+            feed()
+            while slots and waiting:
                 head = slots[0]
-                if not head.ready() and may_help() and any(
-                        slot.take_over(src, prob_src, settings, shape)
-                        for slot in reversed(slots)):
+                if not head.ready() and len(slots) < MAX_BLOCKS_AHEAD and may_help():
+                    window = waiting.popleft()   # the next block no worker has: done here
+                    slots.append(_Slot(window, None, _block(src, prob_src, window, settings,
+                                                            shape)))
                     continue
-                window = next(todo, None)
-                if window is None:   # all submitted: take the rest, then end the processes
-                    break
                 slots.popleft()
                 yield head.finished(src, prob_src, settings, shape)
                 release_memory()
-                slots.append(_Slot(window, pool.submit(_worker_shapes, window, settings)))
+                feed()
             for slot in slots:
                 slot.wait()
         # the processes are gone before the last blocks are joined: features spanning the
@@ -254,26 +261,20 @@ def _blocks(mask_path, probabilities, windows: list[Window], settings: PixelSett
 
 
 class _Slot:
-    """A block on its way: polygonized by a worker process (``future``), or by this one."""
+    """A block on its way: polygonized by a worker process (``future``), or by this one
+    (``block``)."""
 
-    def __init__(self, window: Window, future: Future) -> None:
-        self.window, self.future = window, future
-        self.here = False   # polygonized (and labelled) in this process instead
-        self.block: _Block | None = None
+    def __init__(self, window: Window, future: Future | None,
+                 block: _Block | None = None) -> None:
+        self.window, self.future, self.block = window, future, block
+        self.here = future is None
         self.found: _Shapes | None = None
 
     def ready(self) -> bool:
-        return self.here or self.future.done()
-
-    def take_over(self, src, prob_src, settings: PixelSettings, shape: tuple[int, int]) -> bool:
-        """Polygonize the block here if no worker has started it."""
-        if self.ready() or not self.future.cancel():
-            return False
-        self.block, self.here = _block(src, prob_src, self.window, settings, shape), True
-        return True
+        return self.here or (self.future is not None and self.future.done())
 
     def wait(self) -> None:
-        if not self.here:
+        if self.future is not None and self.found is None:
             self.found = self.future.result()
 
     def finished(self, src, prob_src, settings: PixelSettings, shape: tuple[int, int],
@@ -296,14 +297,26 @@ def _open_sources(mask_path) -> None:
 
 
 def _worker_shapes(window: Window, settings: PixelSettings) -> _Shapes | None:
-    """GDAL's polygons of one block (:func:`_shapes`), in a worker process."""
+    """GDAL's polygons of one block (:func:`_shapes`), valid, in a worker process."""
     try:
         values, keep = _class_pixels(_sources["mask"], window, settings.classes)
         if not keep.any():
             return None
-        return _shapes(values, keep, window, settings.connectivity)
+        found = _shapes(values, keep, window, settings.connectivity)
+        if _needs_repair(settings.connectivity):   # labelled twice, but beside the merge
+            labels = _labels(values, keep, found, settings.connectivity)
+            label, piece = _polygon_labels(found, labels, window, _sources["mask"].name)
+            found.polygons = _repaired(found.polygons, labels, label, piece,
+                                       (window.col_off, window.row_off))
+        found.valid = True
+        return found
     finally:
         release_memory()
+
+
+def _needs_repair(connectivity: int) -> bool:
+    """Whether GDAL's polygons may have rings touching at corners (see :func:`_repaired`)."""
+    return connectivity == 8 or not GDAL_VALID_4
 
 
 def release_memory() -> None:
@@ -383,13 +396,8 @@ def _block(src, prob_src, window: Window, settings: PixelSettings, shape: tuple[
     classes_along = {side: _side(values, side).copy() for side in inner if inner[side]}
     del values
     polygons, ids, top_left = found.polygons, found.ids, found.top_left
-    label = labels[top_left[:, 1] - y0, top_left[:, 0] - x0]   # each polygon's component
-    if not np.array_equal(np.sort(label), np.arange(1, len(label) + 1)):
-        raise RuntimeError(f"{src.name}: the polygons of block {window} do not match its "
-                           "connected components")
-    piece = np.full(len(label) + 1, -1, np.int64)   # label -> polygon index
-    piece[label] = np.arange(len(label))
-    if settings.connectivity == 8 or not GDAL_VALID_4:
+    label, piece = _polygon_labels(found, labels, window, src.name)
+    if not found.valid and _needs_repair(settings.connectivity):
         polygons = _repaired(polygons, labels, label, piece, (x0, y0))
     pixels = np.bincount(labels.ravel(), minlength=len(label) + 1)[label]
     sides = {side: (piece[_side(labels, side)], along)
@@ -402,6 +410,20 @@ def _block(src, prob_src, window: Window, settings: PixelSettings, shape: tuple[
                     pixels, seeds, np.full(len(label), None, dtype=object))
     _block_branches(pieces, labels, label, on_edge, settings, (x0, y0))
     return _Block(pieces, on_edge, sides)
+
+
+def _polygon_labels(found: _Shapes, labels: np.ndarray, window: Window, name: str,
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(the label of each polygon's component, the polygon index of each label; -1: none),
+    found at each polygon's top-left pixel."""
+    x0, y0 = window.col_off, window.row_off
+    label = labels[found.top_left[:, 1] - y0, found.top_left[:, 0] - x0]
+    if not np.array_equal(np.sort(label), np.arange(1, len(label) + 1)):
+        raise RuntimeError(f"{name}: the polygons of block {window} do not match its "
+                           "connected components")
+    piece = np.full(len(label) + 1, -1, np.int64)   # label -> polygon index
+    piece[label] = np.arange(len(label))
+    return label, piece
 
 
 def _side(array: np.ndarray, side: str) -> np.ndarray:
