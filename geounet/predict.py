@@ -55,7 +55,7 @@ from geounet.io import RasterInfo, normalize, open_raster, read_masked, select_b
 from geounet.model import UNet, resolve_device
 from geounet.outputs import atomic_outputs, check_outputs, first_line
 from geounet.settings import CallSettings, PredictSettings
-from geounet.tiling import Block, TileGrid
+from geounet.tiling import Block, Tile, TileGrid
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +173,19 @@ def predict_raster(
     )
 
 
+@dataclass
+class _TileResult:
+    """A tile of a block, its place in the block (rows, cols) and its probabilities
+    (C, H, W; None: not run: ``empty``, without a valid pixel, or a halo tile adding nothing
+    to a region's rows)."""
+
+    tile: Tile
+    r0: int
+    c0: int
+    empty: bool
+    prob: np.ndarray | None = None
+
+
 class _Engine:
     """State of one streaming run: forward pass, grid, carried accumulators, open outputs."""
 
@@ -230,8 +243,12 @@ class _Engine:
                         finish(tmp, kind, self.config.cog)
 
     def _stream(self, mask_dst, prob_dst, bar: tqdm) -> None:
-        with contextlib.closing(_prefetch(self._read_blocks())) as prefetched:
-            self._consume(prefetched, mask_dst, prob_dst, bar)
+        """Three stages, each in its own thread and one block ahead of the next: read and
+        normalize, the forward pass, blend and write (so the engine's threads are busy while
+        the previous block is blended and written)."""
+        with contextlib.closing(_prefetch(self._read_blocks())) as read, \
+                contextlib.closing(_prefetch(self._inferred(read))) as inferred:
+            self._consume(inferred, mask_dst, prob_dst, bar)
 
     def _consume(self, prefetched: Iterator, mask_dst, prob_dst, bar: tqdm) -> None:
         """Accumulate each block, carry what later blocks add to, write what is final."""
@@ -240,7 +257,7 @@ class _Engine:
         outgoing: tuple[int, np.ndarray] | None = None
         left: np.ndarray | None = None                   # (C+1, block rows, carried cols)
         current_row = -1
-        for block, data, valid in prefetched:
+        for block, valid, tiles in prefetched:
             if block.row != current_row:
                 current_row, incoming, outgoing, left = block.row, outgoing, None, None
             win = block.window
@@ -253,7 +270,7 @@ class _Engine:
                 cols = slice(win.col_off, win.col_off + win.width)
                 acc[:, rows] += strip[:, :, cols]
                 strip[:, :, cols] = 0.0
-            self._accumulate(block, data, valid, acc, bar)
+            self._accumulate(tiles, acc, bar)
             out = block.output
             oy, ox = out.row_off - win.row_off, out.col_off - win.col_off
             done_rows, done_cols = oy + out.height, ox + out.width
@@ -291,38 +308,47 @@ class _Engine:
         return (b for b in self.grid.blocks(self.config.block_tiles) if b.row in self.block_rows)
 
     # -- model and blending -----------------------------------------------------------
-    def _accumulate(self, block: Block, data: np.ndarray, valid: np.ndarray,
-                    acc: np.ndarray, bar: tqdm) -> None:
-        wy, wx = block.window.row_off, block.window.col_off
-        todo = []
-        for tile in block.tiles:
-            w = tile.window
-            r0, c0 = w.row_off - wy, w.col_off - wx
-            if valid[r0 : r0 + w.height, c0 : c0 + w.width].any():
-                todo.append((tile, r0, c0))
-            else:
-                self.tiles_skipped += 1
-                bar.update(1)
+    def _inferred(self, blocks: Iterator[tuple[Block, np.ndarray, np.ndarray]],
+                  ) -> Iterator[tuple[Block, np.ndarray, list[_TileResult]]]:
+        """(block, valid pixels, its tiles with their probabilities; None: not run, as a
+        tile without a valid pixel or a halo tile adding nothing to a region's rows)."""
         size = self.config.batch_size
         top = self.out_rows[0]
-        for i in range(0, len(todo), size):
-            batch = todo[i : i + size]
-            if block.row < self.first_row and all(
-                    t.window.row_off + t.window.height <= top for t, _, _ in batch):
-                bar.update(len(batch))  # a halo batch adding nothing to the region's rows
-                continue
-            arrays = [data[:, r0 : r0 + t.window.height, c0 : c0 + t.window.width]
-                      for t, r0, c0 in batch]
-            probs = self._infer(np.stack(arrays))
-            for (tile, r0, c0), prob in zip(batch, probs):
-                weights = tile_weights(
-                    self.profile, tile.window.height, tile.window.width,
-                    self.row_overlaps[tile.row], self.col_overlaps[tile.col],
-                )
-                view = acc[:, r0 : r0 + tile.window.height, c0 : c0 + tile.window.width]
-                view[:-1] += prob * weights
+        for block, data, valid in blocks:
+            wy, wx = block.window.row_off, block.window.col_off
+            results = []
+            for tile in block.tiles:
+                w = tile.window
+                r0, c0 = w.row_off - wy, w.col_off - wx
+                empty = not valid[r0:r0 + w.height, c0:c0 + w.width].any()
+                results.append(_TileResult(tile, r0, c0, empty))
+            todo = [t for t in results if not t.empty]
+            for i in range(0, len(todo), size):
+                batch = todo[i:i + size]
+                if block.row < self.first_row and all(
+                        t.tile.window.row_off + t.tile.window.height <= top for t in batch):
+                    continue
+                probs = self._infer(np.stack([
+                    data[:, t.r0:t.r0 + t.tile.window.height, t.c0:t.c0 + t.tile.window.width]
+                    for t in batch]))
+                for t, prob in zip(batch, probs):
+                    t.prob = prob
+            del data
+            yield block, valid, results
+
+    def _accumulate(self, tiles: list[_TileResult], acc: np.ndarray, bar: tqdm) -> None:
+        """Add each tile's probabilities, weighted by the blending window, and the weights."""
+        for t in tiles:
+            height, width = t.tile.window.height, t.tile.window.width
+            self.tiles_skipped += t.empty
+            if t.prob is not None:
+                weights = tile_weights(self.profile, height, width,
+                                       self.row_overlaps[t.tile.row],
+                                       self.col_overlaps[t.tile.col])
+                view = acc[:, t.r0:t.r0 + height, t.c0:t.c0 + width]
+                view[:-1] += t.prob * weights
                 view[-1] += weights
-            bar.update(len(batch))
+        bar.update(len(tiles))
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities (N, C, H, W) of a batch of normalized tiles, by the engine's
