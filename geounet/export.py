@@ -1,8 +1,6 @@
-"""Measuring features and writing them to the vector formats GIS tools read.
+"""Writing features to the vector formats GIS tools read.
 
-Areas are in square metres and lengths in metres: planar in a projected CRS (scaled by
-the CRS's unit), on the CRS's ellipsoid in a geographic CRS (areas with edges along
-parallels and meridians, as pixel edges are; lengths geodesic). Formats come from the
+Formats come from the
 output's extension: ``.gpkg`` GeoPackage, ``.geojson``/``.json`` GeoJSON (RFC 7946: WGS 84
 lon/lat, right-hand winding, as many decimals as the raster's pixel needs: see
 :func:`geojson_decimals`), ``.shp`` Shapefile (names of at most 10 characters:
@@ -27,11 +25,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pyogrio
 import shapely
-from pyproj import CRS, Geod, Transformer
+from pyproj import CRS, Transformer
 from pyproj.exceptions import ProjError
 from rasterio import Affine
 
-from geounet.errors import ConfigError, InputError
+from geounet.errors import ConfigError
 from geounet.outputs import atomic_outputs, write_failed
 
 # Attribute columns and their Arrow types.
@@ -94,72 +92,6 @@ def check_layer_crs(path: Path | None, driver: str | None, crs: CRS | None) -> N
         raise ConfigError(f"{path}: GeoJSON (RFC 7946) needs a CRS that can be transformed to "
                           f"WGS 84, and the features' CRS {crs.name!r} ({crs.type_name}) "
                           "cannot; write .gpkg, .shp or .parquet instead") from None
-
-
-def measure(geometries: np.ndarray, crs: CRS | None) -> tuple[np.ndarray, np.ndarray]:
-    """(areas in m^2, perimeters in m) of polygons in ``crs``; pixel units when it is None."""
-    geod = _geod(crs)
-    if geod is not None and crs is not None:
-        return _ellipsoid_area_perimeter(geod, crs, np.asarray(geometries))
-    unit = _unit(crs)
-    return shapely.area(geometries) * unit**2, shapely.length(geometries) * unit
-
-
-def measure_lines(lines: np.ndarray, crs: CRS | None) -> np.ndarray:
-    """Lengths in metres of lines in ``crs`` (geodesic in a geographic CRS)."""
-    geod = _geod(crs)
-    if geod is not None:
-        parts, owner = shapely.get_parts(np.asarray(lines), return_index=True)
-        return _sums(owner, _geodesic_lengths(geod, parts), len(lines))
-    return shapely.length(lines) * _unit(crs)
-
-
-def _geodesic_lengths(geod: Geod, paths: np.ndarray) -> np.ndarray:
-    """Geodesic length (m) of each LineString or LinearRing of ``paths`` (lon/lat degrees),
-    all segments in one call."""
-    coords, path = shapely.get_coordinates(paths, return_index=True)
-    if len(coords) < 2:
-        return np.zeros(len(paths), dtype=np.float64)
-    segments = np.asarray(geod.line_lengths(coords[:, 0], coords[:, 1]), dtype=np.float64)
-    within = path[1:] == path[:-1]
-    return _sums(path[:-1][within], segments[within], len(paths))
-
-
-def _ellipsoid_area_perimeter(geod: Geod, crs: CRS, polygons: np.ndarray,
-                             ) -> tuple[np.ndarray, np.ndarray]:
-    """(areas, perimeters) of (Multi)Polygons in the geographic ``crs`` on its ellipsoid
-    ``geod``. Areas are exact on the ellipsoid for edges along parallels and meridians, as
-    a raster's pixel edges are: planar in the ellipsoid's cylindrical equal-area projection
-    (a geodesic edge bulges from a parallel: a 3 x 3 degree box differs by 7e-5 of its
-    area; 30 cm pixels by < 1e-6). Perimeters: geodesic lengths of every ring, holes too
-    (as the planar :func:`shapely.length`)."""
-    ellipsoid = crs.ellipsoid
-    assert ellipsoid is not None   # _geod found one
-    equal_area = CRS.from_proj4(f"+proj=cea +a={ellipsoid.semi_major_metre!r} "
-                                f"+b={ellipsoid.semi_minor_metre!r} +over +no_defs")
-    transform = Transformer.from_crs(crs, equal_area, always_xy=True).transform
-    areas = shapely.area(shapely.transform(
-        polygons, lambda xy: np.column_stack(transform(xy[:, 0], xy[:, 1]))))
-    parts, part_owner = shapely.get_parts(polygons, return_index=True)
-    rings, ring_part = shapely.get_rings(parts, return_index=True)
-    perimeters = _sums(part_owner[ring_part], _geodesic_lengths(geod, rings), len(polygons))
-    return np.asarray(areas, dtype=np.float64), perimeters
-
-
-def _sums(index: np.ndarray, values: np.ndarray, count: int) -> np.ndarray:
-    """Float64 sums of ``values`` grouped by ``index`` (0 .. count - 1)."""
-    return np.bincount(index, values, minlength=count).astype(np.float64, copy=False)
-
-
-def _geod(crs: CRS | None) -> Geod | None:
-    """The ellipsoid to measure on in a geographic CRS; None: measure in map units."""
-    if crs is None or not crs.is_geographic:
-        return None
-    geod = crs.get_geod()
-    if geod is None:
-        raise InputError(f"the geographic CRS {crs.name!r} has no ellipsoid, so lengths and "
-                         "areas cannot be given in metres; assign a CRS with a datum")
-    return geod
 
 
 def _unit(crs: CRS | None) -> float:

@@ -180,20 +180,20 @@ def test_centerline_layer_is_streamed_batch_by_batch(make_raster, tmp_path, monk
     """Centerline frames go to a temporary spool file as each batch of polygons is finished
     (memory does not grow with the number of lines); the spool goes once the layer is
     written."""
-    import geounet.vectorize
+    import geounet.features
 
     shape = np.zeros((512, 512), bool)
     for row in (40, 170, 300, 430):                       # one crack per row of blocks
         shape[row:row + 3, 100:400] = True
     path = write_mask(make_raster, shape)
     added = []
-    real_add = geounet.vectorize._Spool.add
+    real_add = geounet.features.LineSpool.add
 
     def add(self, frame):
         added.append(len(frame))
         real_add(self, frame)
 
-    monkeypatch.setattr(geounet.vectorize._Spool, "add", add)
+    monkeypatch.setattr(geounet.features.LineSpool, "add", add)
     out, lines = tmp_path / "cracks.gpkg", tmp_path / "lines.gpkg"
     result = vectorize_raster(path, out, VectorizeConfig(block_size=128), centerlines_output=lines)
     assert len(added) == 4 and sum(added) == result.centerline_features

@@ -23,12 +23,11 @@ from geounet.export import (
     Features,
     check_layer_crs,
     geojson_decimals,
-    measure,
-    measure_lines,
     pixel_size,
     polygon_fields,
     write_layer,
 )
+from geounet.features import measure, measure_lines
 from geounet.outputs import write_failed
 
 UTM = CRS.from_epsg(32633)
