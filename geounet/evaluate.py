@@ -5,8 +5,10 @@ writes) or a probability raster (float32 foreground probability, nodata NaN, as
 ``--probabilities`` writes). Labels are raster masks on the prediction's grid or vector
 files rasterized onto it (:mod:`geounet.labels`, as training reads them); a vector file's
 class attribute (``LabelConfig.class_field``) holds class ids or names, looked up in the
-model's class names (those the prediction raster carries, or the checkpoint's). Nodata in
-either is ignored.
+model's class names (those the prediction raster carries, or the checkpoint's). RGB label
+masks take a palette (:func:`geounet.palette.parse_palette`, as in training): their colours
+become those class ids, a colour of a class named ``unlabelled`` is not scored, an unlisted
+colour is refused. Nodata in either is ignored.
 
 Reported per class, counts pooled over all images: IoU, precision, recall, F1 (exact
 pixels), and for the foreground classes the tolerant precision/recall/F1 of the crack
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -66,6 +68,9 @@ class EvaluateConfig:
         class_names: names by class id (id 0 first); unset: those the first prediction
             raster carries (:func:`geounet.geotiff.read_class_names`); ``class N`` where no
             name is known.
+        palette: raster labels are RGB masks of these colours (``{'#rrggbb': class name or
+            id}``, :func:`geounet.palette.parse_palette`); names are looked up in
+            ``class_names`` (:func:`label_palette`). None: labels hold class ids.
     """
 
     tolerance: float = 2.0
@@ -73,6 +78,7 @@ class EvaluateConfig:
     thresholds: int = 99
     labels: LabelConfig = LabelConfig()
     class_names: tuple[str, ...] = ()
+    palette: Mapping[str, str | int] | None = None
 
 
 def read_binary_mask(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -165,7 +171,7 @@ def evaluate_model(model: str | Path, pairs: Sequence[tuple[str | Path, str | Pa
     loaded = load_model(model, "cpu")  # a checkpoint or an exported .onnx file
     meta = model_metadata(loaded)
     config = replace(config, class_names=config.class_names or tuple(meta.class_names))
-    check_vector_labels(pairs, with_class_names(config, pairs).labels)  # before the model runs
+    check_labels(pairs, with_class_names(config, pairs).labels)  # before the model runs
     binary = meta.arch.classes == 1
     settings = PredictConfig(device=device, engine=engine, threads=threads, progress=False,
                              tta=tta)
@@ -181,8 +187,7 @@ def evaluate_model(model: str | Path, pairs: Sequence[tuple[str | Path, str | Pa
             predicted.append((out, label))
         names = config.class_names or tuple(meta.class_names)
         threshold = meta.threshold if config.threshold is None else config.threshold
-        config = EvaluateConfig(config.tolerance, threshold, config.thresholds, config.labels,
-                                names)
+        config = replace(config, threshold=threshold, class_names=names)
         report = evaluate_pairs(predicted, config, progress)
     for item, (image, _) in zip(report["per_image"], pairs):
         item["prediction"] = f"{model} on {image}"
@@ -194,7 +199,8 @@ def with_class_names(config: EvaluateConfig,
                      pairs: Sequence[tuple[str | Path, str | Path]]) -> EvaluateConfig:
     """``config`` with its class names (unset: those the first prediction raster carries)
     also used to look up the class attribute of vector labels (unless the labels name their
-    own); refuses a class attribute when no label is a vector file."""
+    own) and the classes of its palette; refuses a class attribute when no label is a vector
+    file."""
     names = config.class_names
     if not names and pairs and not is_vector(pairs[0][0]) and Path(pairs[0][0]).is_file():
         with warnings.catch_warnings():
@@ -208,15 +214,42 @@ def with_class_names(config: EvaluateConfig,
                               "a class attribute applies to vector labels (drop it)")
         if not labels.class_names:
             labels = replace(labels, class_names=names)
+    if config.palette is not None:
+        labels = replace(labels, palette=label_palette(config.palette, names))
     return replace(config, class_names=names, labels=labels)
 
 
-def check_vector_labels(pairs: Sequence[tuple[str | Path, str | Path]],
-                        labels: LabelConfig) -> None:
-    """Read each vector label onto its image's grid as evaluation will, so a missing class
-    attribute or an unknown class name is refused before any model runs."""
+def label_palette(palette: Mapping[str, str | int],
+                  class_names: Sequence[str]) -> tuple[tuple[str, int], ...]:
+    """``('#rrggbb', class id)`` pairs of a palette, its class names looked up in
+    ``class_names`` as training does (:func:`geounet.training.config.palette_ids`).
+
+    Colours of a class named ``unlabelled`` (or of id 255) become :data:`IGNORE`: not scored,
+    as in training. Without class names only class ids can be given.
+    """
+    from geounet.training.config import UNLABELLED, palette_ids
+
+    ids = {colour: IGNORE if isinstance(cls, str) and cls.lower() == UNLABELLED else cls
+           for colour, cls in palette.items()}
+    if not class_names:   # classes by id only
+        bad = [f"{colour} -> {cls!r}" for colour, cls in ids.items()
+               if isinstance(cls, str) or not 0 <= cls <= IGNORE]
+        if bad:
+            raise ConfigError(f"palette: {', '.join(bad)}: the predictions carry no class "
+                              "names to look names up in; give class ids 0..254")
+        return tuple((colour, int(cls)) for colour, cls in ids.items())
+    try:
+        return palette_ids(ids, tuple(class_names), IGNORE)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def check_labels(pairs: Sequence[tuple[str | Path, str | Path]], labels: LabelConfig) -> None:
+    """Read each vector label (and, with a palette, each RGB label) onto its image's grid as
+    evaluation will, so a missing class attribute, an unknown class name or a colour missing
+    from the palette is refused before any model runs."""
     for image, label in pairs:
-        if is_vector(label):
+        if is_vector(label) or labels.palette:
             load_target(label, image_info(image), labels)
 
 

@@ -263,3 +263,97 @@ def test_model_evaluation_looks_classes_up_in_the_models_names_before_running_it
     monkeypatch.setattr("geounet.predict.predict_raster", not_now)
     with pytest.raises(InputError, match="'motorway', not class names building, road, water"):
         evaluate_model(model, [(image, tmp_path / "odd.gpkg")], config, device="cpu")
+
+
+COLOURS = {"background": "#ffffff", "building": "#0000ff", "road": "#00ffff", "water": "#ff0000"}
+
+
+def _rgb(ids: np.ndarray, colours: dict[int, str]) -> np.ndarray:
+    """(3, rows, cols) uint8 RGB mask painting each class id with its colour."""
+    rgb = np.zeros((3, *ids.shape), np.uint8)
+    for k, colour in colours.items():
+        rgb[:, ids == k] = np.array([int(colour[i:i + 2], 16) for i in (1, 3, 5)])[:, None]
+    return rgb
+
+
+def test_rgb_truth_with_a_palette_is_scored_by_class(land_cover, make_raster, tmp_path):
+    pred_path, _, pred, truth = land_cover
+    ids = truth.copy()
+    ids[0:3, 50:60] = 9                          # clutter, mapped to 'unlabelled'
+    colours = {k: COLOURS[name] for k, name in enumerate(LAND_COVER)} | {9: "#808080"}
+    mask = make_raster(_rgb(ids, colours), name="truth_rgb.tif")
+    palette = ",".join(f"{name}={colour}" for name, colour in COLOURS.items())
+    result = CliRunner().invoke(main, ["evaluate", str(pred_path), str(mask), "--json",
+                                       "--palette", palette + ",unlabelled=#808080"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert list(report["classes"]) == list(LAND_COVER)
+    scored = ids != 9                            # the clutter is not scored
+    for k, name in enumerate(LAND_COVER):
+        assert report["classes"][name]["pixel"]["iou"] == pytest.approx(
+            _iou(pred[scored], truth[scored], k))
+    assert report["confusion"]["matrix"][0][0] == ((pred == 0) & (truth == 0) & scored).sum()
+    # A YAML file with ids gives the same scores.
+    (tmp_path / "palette.yaml").write_text("".join(
+        f"'{colour}': {k}\n" for k, colour in enumerate(COLOURS.values())) +
+        "'#808080': unlabelled\n")
+    by_file = CliRunner().invoke(main, ["evaluate", str(pred_path), str(mask), "--json",
+                                        "--palette", str(tmp_path / "palette.yaml")])
+    assert json.loads(by_file.stdout)["classes"] == report["classes"]
+    # Without the palette, an RGB mask is not class ids.
+    plain = CliRunner().invoke(main, ["evaluate", str(pred_path), str(mask)])
+    assert plain.exit_code == 1
+
+
+def test_rgb_truth_with_an_unlisted_colour_is_the_training_error(land_cover, make_raster,
+                                                                 tmp_path):
+    pred_path, truth_path, _, truth = land_cover
+    colours = {k: COLOURS[name] for k, name in enumerate(LAND_COVER)}
+    rgb = _rgb(truth, colours)
+    rgb[:, 30:32, 0:3] = np.array([0, 200, 0])[:, None, None]   # 6 px nobody listed
+    mask = make_raster(rgb, name="truth_rgb.tif")
+    palette = ",".join(f"{name}={colour}" for name, colour in COLOURS.items())
+    report = tmp_path / "report.json"
+    result = CliRunner().invoke(main, ["evaluate", str(pred_path), str(mask), "--palette",
+                                       palette, "-o", str(report)])
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("geounet: error:"), result.stderr
+    assert ("truth_rgb.tif: colour #00c800 (6 px, first at row 30, col 0) is not in the "
+            "palette; add it to the palette") in lines[0]
+    assert not report.exists()
+    forest = CliRunner().invoke(main, ["evaluate", str(pred_path), str(mask), "--palette",
+                                       palette + ",forest=#00c800"])
+    assert forest.exit_code == 1 and "#00c800 -> 'forest' is not a class" in forest.stderr
+    bad = CliRunner().invoke(main, ["evaluate", str(pred_path), str(mask), "--palette",
+                                    "building"])
+    assert bad.exit_code == 1 and "--palette: " in bad.stderr
+    vector = CliRunner().invoke(main, ["evaluate", str(pred_path), str(truth_path),
+                                       "--palette", palette])
+    assert vector.exit_code == 1 and "this is a vector file" in vector.stderr
+
+
+def test_model_evaluation_checks_rgb_truth_before_running_the_model(
+        land_cover, make_raster, make_metadata, make_unet, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from geounet.checkpoint import save_checkpoint
+    from geounet.errors import InputError
+    from geounet.model import UNetConfig
+
+    _, _, _, truth = land_cover
+    arch = UNetConfig(3, 4, 4, 2)
+    model = save_checkpoint(tmp_path / "lc.safetensors", make_unet(arch),
+                            replace(make_metadata(arch), class_names=LAND_COVER))
+    image = make_raster(np.zeros((3, 40, 60), np.uint8), name="image.tif")
+    rgb = _rgb(truth, {k: COLOURS[name] for k, name in enumerate(LAND_COVER)})
+    rgb[:, 0, 0] = 7                                  # one unlisted colour
+    mask = make_raster(rgb, name="truth_rgb.tif")
+
+    def not_now(*args, **kwargs):
+        raise AssertionError("the model ran before the labels were checked")
+
+    monkeypatch.setattr("geounet.predict.predict_raster", not_now)
+    config = EvaluateConfig(thresholds=0, palette={c: n for n, c in COLOURS.items()})
+    with pytest.raises(InputError, match="colour #070707 .* is not in the palette"):
+        evaluate_model(model, [(image, mask)], config, device="cpu")

@@ -41,6 +41,9 @@ from geounet.settings import PredictSettings
 @click.option("--class-field", help="Attribute of vector labels with each feature's class "
               "id or name (names as the model or the prediction's classes call them); "
               "default: every feature is class 1.")
+@click.option("--palette", help="TRUTH rasters are RGB masks: colours to classes as in "
+              "training, inline (building=#ff0000,water=#0000ff; names or ids) or a "
+              "YAML/JSON file {'#ff0000': building, ...}. A colour not listed is an error.")
 @setting_option(PredictSettings, "device")
 @setting_option(PredictSettings, "engine")
 @setting_option(PredictSettings, "threads")
@@ -51,17 +54,18 @@ from geounet.settings import PredictSettings
 @click.option("--overwrite", is_flag=True, help="Replace an existing --output.")
 @verbosity
 def command(prediction, truth, model, images, labels, split_file, split, tolerance,
-            threshold, thresholds, line_width, line_width_units, class_field, device, engine,
-            threads, tta, as_json, output, overwrite, quiet, verbose) -> None:
+            threshold, thresholds, line_width, line_width_units, class_field, palette, device,
+            engine, threads, tta, as_json, output, overwrite, quiet, verbose) -> None:
     """Precision, recall, F1 and IoU per class of PREDICTION against TRUTH.
 
     PREDICTION and TRUTH are rasters or folders paired by file name; TRUTH may be vector
-    files (with --class-field for several classes). Or give --model with --images and
-    --labels to run a checkpoint first.
+    files (with --class-field for several classes) or RGB masks (with --palette). Or give
+    --model with --images and --labels to run a checkpoint first.
     Probability rasters (float) also get ODS/OIS over thresholds.
     """
     from geounet.evaluate import EvaluateConfig, evaluate_model, evaluate_pairs
     from geounet.labels import LabelConfig, pair_folders, select_split
+    from geounet.palette import parse_palette
 
     if model is not None:
         if prediction is not None or images is None or labels is None:
@@ -80,8 +84,13 @@ def command(prediction, truth, model, images, labels, split_file, split, toleran
         raise ConfigError(f"{source} and {target}: give two files or two folders")
     pairs = pair_folders(source, target) if source.is_dir() else [(source, target)]
     pairs = select_split(pairs, split_file, split)
+    try:
+        colours = None if palette is None else parse_palette(palette)
+    except ValueError as exc:
+        raise ConfigError(f"--palette: {exc}") from None
     config = EvaluateConfig(tolerance, threshold, thresholds,
-                            LabelConfig(line_width, line_width_units, class_field=class_field))
+                            LabelConfig(line_width, line_width_units, class_field=class_field),
+                            palette=colours)
     if model is not None:
         report = evaluate_model(model, pairs, config, device, threads, progress=not quiet,
                                 tta=tta, engine=engine)
