@@ -162,6 +162,35 @@ def test_atlanta_buildings_vector_equals_gdal_rasterized_mask(tmp_path):
     np.testing.assert_array_equal(load_target(geographic, info), from_raster)
 
 
+@pytest.mark.skipif(not ATLANTA.is_dir(), reason=f"real data not found at {ATLANTA}")
+@pytest.mark.skipif(shutil.which("gdal_rasterize") is None, reason="gdal_rasterize not found")
+def test_atlanta_buildings_by_class_field_equal_gdal_rasterize_by_attribute(tmp_path):
+    """Real footprints with a class column (small / large buildings, by area): the target
+    read with ``class_field`` equals ``gdal_rasterize -a`` of that column pixel for pixel,
+    by id and by name."""
+    image = ATLANTA / "sample_geotiff.tif"
+    frame = gpd.read_file(ATLANTA / "geotiff_labels.geojson")[["geometry"]]
+    frame["kind"] = np.where(frame.area < frame.area.median(), 1, 2).astype("int32")
+    frame["kind_name"] = np.where(frame.kind == 1, "small", "large")
+    labels = tmp_path / "buildings.gpkg"
+    frame.to_file(labels)
+    reference = tmp_path / "reference.tif"
+    with rasterio.open(image) as src:
+        bounds, res = src.bounds, src.res
+    subprocess.run(["gdal_rasterize", "-q", "-a", "kind", "-init", "0", "-ot", "Byte",
+                    "-te", *map(str, bounds), "-tr", *map(str, res), str(labels),
+                    str(reference)], check=True, timeout=60)
+    with rasterio.open(reference) as src:
+        expected = src.read(1)
+    names = ("background", "small", "large")
+    info = image_info(image)
+    by_id = load_target(labels, info, LabelConfig(class_field="kind", class_names=names))
+    by_name = load_target(labels, info, LabelConfig(class_field="kind_name", class_names=names))
+    assert set(np.unique(expected)) == {0, 1, 2}
+    np.testing.assert_array_equal(by_id, expected)
+    np.testing.assert_array_equal(by_name, expected)
+
+
 VEGAS = DATA / "spacenet_vegas_road"
 
 
