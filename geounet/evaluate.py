@@ -11,8 +11,9 @@ become those class ids, a colour of a class named ``unlabelled`` is not scored, 
 colour is refused. Nodata in either is ignored.
 
 Reported per class, counts pooled over all images: IoU, precision, recall, F1 (exact
-pixels), and for the foreground classes the tolerant precision/recall/F1 of the crack
-literature (a pixel counts as correct within ``tolerance`` pixels); with several foreground
+pixels), and for the foreground classes (the linear ones, when they are named) the tolerant
+precision/recall/F1 of the crack literature (a pixel counts as correct within ``tolerance``
+pixels); with several foreground
 classes also their mean IoU and the confusion matrix. For probability rasters,
 ODS and OIS tolerant F1 over ``thresholds`` evenly spaced thresholds (see
 :func:`geounet.metrics.ods_ois`). :func:`evaluate_model` runs a checkpoint through
@@ -71,6 +72,9 @@ class EvaluateConfig:
         palette: raster labels are RGB masks of these colours (``{'#rrggbb': class name or
             id}``, :func:`geounet.palette.parse_palette`); names are looked up in
             ``class_names`` (:func:`label_palette`). None: labels hold class ids.
+        linear_classes: class ids of linear features (roads, cracks) that get the tolerant
+            scores; None: every foreground class. Areal classes (buildings, water) are
+            scored by their pixels only.
     """
 
     tolerance: float = 2.0
@@ -79,6 +83,12 @@ class EvaluateConfig:
     labels: LabelConfig = LabelConfig()
     class_names: tuple[str, ...] = ()
     palette: Mapping[str, str | int] | None = None
+    linear_classes: tuple[int, ...] | None = None
+
+    def tolerant(self, class_id: int) -> bool:
+        """Whether ``class_id`` gets the tolerant scores (a linear foreground class)."""
+        return class_id > 0 and (self.linear_classes is None
+                                 or class_id in self.linear_classes)
 
 
 def read_binary_mask(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -131,12 +141,13 @@ def evaluate_pairs(pairs: Sequence[tuple[str | Path, str | Path]],
         confusion += np.bincount(target[valid].astype(np.int64) * IGNORE + pred[valid],
                                  minlength=IGNORE * IGNORE).reshape(IGNORE, IGNORE)
         for class_id in sorted(set(ids) | ({0, 1} if prob is not None else set())):
+            tolerant = config.tolerant(class_id)
             counts = count(pred == class_id, target == class_id,
-                           config.tolerance if class_id else 0, valid)
+                           config.tolerance if tolerant else 0, valid)
             per_class.setdefault(class_id, Counts())
             per_class[class_id] += counts
             if class_id:
-                image[_name(class_id, config)] = _scores(counts, tolerant=True)
+                image[_name(class_id, config)] = _scores(counts, tolerant)
         if prob is not None and config.thresholds:
             sweeps.append(threshold_sweep(prob, target == 1, thresholds, config.tolerance,
                                           valid))
@@ -144,7 +155,7 @@ def evaluate_pairs(pairs: Sequence[tuple[str | Path, str | Path]],
     report: dict = {
         "images": len(images), "prediction": "/".join(sorted(kinds)),
         "tolerance_px": config.tolerance, "threshold": threshold,
-        "classes": {_name(c, config): _scores(per_class[c], tolerant=c > 0)
+        "classes": {_name(c, config): _scores(per_class[c], config.tolerant(c))
                     for c in sorted(per_class)},
     }
     if len([c for c in per_class if c]) > 1:   # several foreground classes

@@ -357,3 +357,26 @@ def test_model_evaluation_checks_rgb_truth_before_running_the_model(
     config = EvaluateConfig(thresholds=0, palette={c: n for n, c in COLOURS.items()})
     with pytest.raises(InputError, match="colour #070707 .* is not in the palette"):
         evaluate_model(model, [(image, mask)], config, device="cpu")
+
+
+def test_linear_classes_alone_get_tolerant_scores(make_raster, tmp_path):
+    """A road one pixel off its label scores ~0 exactly but 1 within the tolerance; a
+    building (areal) is scored by its pixels only when roads alone are named linear."""
+    truth = np.zeros((1, 40, 40), np.uint8)
+    truth[0, 20, 5:35] = 2                      # road
+    truth[0, 5:12, 5:12] = 1                    # building
+    pred = truth.copy()
+    pred[0, 20], pred[0, 21, 5:35] = 0, 2       # the road one pixel lower
+    paths = (make_raster(pred, name="pred.tif"), make_raster(truth, name="truth.tif"))
+    everything = evaluate_pairs([paths], EvaluateConfig(class_names=("bg", "building", "road")))
+    assert set(everything["classes"]["building"]) == {"pixel", "tolerant"}
+    roads_only = evaluate_pairs([paths], EvaluateConfig(
+        class_names=("bg", "building", "road"), linear_classes=(2,)))
+    road, building = roads_only["classes"]["road"], roads_only["classes"]["building"]
+    assert road["pixel"]["f1"] == 0 and road["tolerant"]["f1"] == pytest.approx(1.0)
+    assert set(building) == {"pixel"} and building["pixel"]["iou"] == 1.0
+    result = CliRunner().invoke(main, ["evaluate", str(paths[0]), str(paths[1]),
+                                       "--linear-classes", "2"])
+    assert result.exit_code == 0, result.output
+    assert "class 2 tolerant (2 px)" in result.output
+    assert "class 1 tolerant" not in result.output and "class 1 pixel" in result.output

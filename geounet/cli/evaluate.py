@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from geounet.cli.options import setting_option, verbosity
+from geounet.cli.options import parse_class_ids, setting_option, verbosity
 from geounet.errors import ConfigError
 from geounet.inputs import require_regular_file
 from geounet.outputs import atomic_path, check_output
@@ -44,6 +44,9 @@ from geounet.settings import PredictSettings
 @click.option("--palette", help="TRUTH rasters are RGB masks: colours to classes as in "
               "training, inline (building=#ff0000,water=#0000ff; names or ids) or a "
               "YAML/JSON file {'#ff0000': building, ...}. A colour not listed is an error.")
+@click.option("--linear-classes", callback=parse_class_ids,
+              help="Class ids of linear features (roads, cracks) that get the tolerant "
+              "scores, e.g. 2,4 (unset: every foreground class).")
 @setting_option(PredictSettings, "device")
 @setting_option(PredictSettings, "engine")
 @setting_option(PredictSettings, "threads")
@@ -54,8 +57,9 @@ from geounet.settings import PredictSettings
 @click.option("--overwrite", is_flag=True, help="Replace an existing --output.")
 @verbosity
 def command(prediction, truth, model, images, labels, split_file, split, tolerance,
-            threshold, thresholds, line_width, line_width_units, class_field, palette, device,
-            engine, threads, tta, as_json, output, overwrite, quiet, verbose) -> None:
+            threshold, thresholds, line_width, line_width_units, class_field, palette,
+            linear_classes, device, engine, threads, tta, as_json, output, overwrite, quiet,
+            verbose) -> None:
     """Precision, recall, F1 and IoU per class of PREDICTION against TRUTH.
 
     PREDICTION and TRUTH are rasters or folders paired by file name; TRUTH may be vector
@@ -90,7 +94,7 @@ def command(prediction, truth, model, images, labels, split_file, split, toleran
         raise ConfigError(f"--palette: {exc}") from None
     config = EvaluateConfig(tolerance, threshold, thresholds,
                             LabelConfig(line_width, line_width_units, class_field=class_field),
-                            palette=colours)
+                            palette=colours, linear_classes=linear_classes)
     if model is not None:
         report = evaluate_model(model, pairs, config, device, threads, progress=not quiet,
                                 tta=tta, engine=engine)
@@ -129,7 +133,9 @@ def _print_table(report: dict, tolerance: float) -> None:
     tolerant = f"tolerant ({tolerance:g} px)"
     rows = []
     if "pixel" in report:
-        rows += [("pixel", report["pixel"]), (tolerant, report["tolerant"])]
+        rows.append(("pixel", report["pixel"]))
+        if "tolerant" in report:
+            rows.append((tolerant, report["tolerant"]))
     for name, scores in report["classes"].items():
         rows.append((f"{name} pixel", scores["pixel"]))
         if "tolerant" in scores:
