@@ -483,10 +483,22 @@ def _walk(rng: np.random.Generator, start: np.ndarray, heading: float,
     return np.vstack([start, start + np.cumsum(moves, axis=0)])
 
 
+# Std of white noise smoothed by the widths' Gaussian (sigma 8 vertices): the norm of the
+# filter's impulse response (32 = its radius, 4 sigma).
+_WOBBLE_SIGMA = 8
+_WOBBLE_STD = float(np.linalg.norm(ndimage.gaussian_filter1d(np.eye(1, 65, 32)[0],
+                                                             _WOBBLE_SIGMA)))
+
+
 def _widths(rng: np.random.Generator, n: int, base: float) -> np.ndarray:
-    """Widths (px, 1-6) at ``n`` vertices wobbling around ``base``, tapering to 1 at the ends."""
-    wobble = ndimage.gaussian_filter1d(rng.normal(0, 1, n), 8)
-    wobble /= wobble.std() + 1e-6
+    """Widths (px, 1-6) at ``n`` vertices wobbling around ``base``, tapering to 1 at the ends.
+
+    The wobble is smoothed noise scaled to unit variance by the filter's own std, not by
+    the sample's: a short crack (a few vertices, all alike after smoothing) would otherwise
+    divide by a near-zero std and blow up to infinite, then NaN, widths.
+    """
+    wobble = ndimage.gaussian_filter1d(rng.normal(0, 1, n), _WOBBLE_SIGMA)
+    wobble /= _WOBBLE_STD
     s = np.linspace(0, 1, n)
     taper = np.clip(np.minimum(s, 1 - s) / 0.15, 0, 1) ** 0.7
     return np.clip(1 + (base * np.exp(0.25 * wobble) - 1) * taper, 1, 6)

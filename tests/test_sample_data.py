@@ -90,3 +90,13 @@ def test_no_partial_files_left(roads):
 
 def test_registry_names():
     assert set(SCENES) == {"roads", "cracks", "landcover"}
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+@pytest.mark.parametrize("seed", [0, 1])
+def test_short_cracks_have_finite_widths(tmp_path, seed):
+    # A 64 px scene is all short cracks: a few vertices each, where a width wobble scaled
+    # by its own near-zero std used to overflow to infinite and NaN widths.
+    files = generate_crack_scene(tmp_path, seed=seed, size=64)
+    widths = gpd.read_file(files.labels, layer="centerlines").width_px
+    assert len(widths) and widths.between(1, 6).all(), widths.tolist()
