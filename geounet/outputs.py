@@ -206,18 +206,22 @@ def remove_stale_temporaries(outputs: Sequence[Path], any_process: bool = False)
 
     By default only those of processes of this host that no longer run; ``any_process``
     (for a caller holding a lock that excludes every other writer) deletes all of them.
-    Only regular files whose names follow this module's scheme are touched.
+    Only regular files whose names follow this module's scheme are touched. Each folder is
+    listed once, however many of the outputs lie in it.
     """
-    removed = 0
+    folders: dict[Path, set[str]] = {}
     for output in outputs:
         output = Path(output)
         parent = output.parent if str(output.parent) else Path(".")
+        folders.setdefault(parent, set()).add(output.name)
+    removed = 0
+    for parent, names in folders.items():
         try:
             entries = list(os.scandir(parent))
         except OSError:
             continue
         for entry in entries:
-            owner = temporary_owner(entry.name, output.name)
+            owner = _owner_in(entry.name, names)
             if owner is None or not entry.is_file(follow_symlinks=False):
                 continue
             if not any_process and (owner[0] != _HOST or _alive(owner[1])):
@@ -228,6 +232,24 @@ def remove_stale_temporaries(outputs: Sequence[Path], any_process: bool = False)
     if removed:
         log.info("removed %d temporary file(s) left by an interrupted run", removed)
     return removed
+
+
+def _owner_in(name: str, output_names: set[str]) -> tuple[str, int] | None:
+    """:func:`temporary_owner` of ``name`` for the first of ``output_names`` it is a
+    temporary of, or ``None``. Only the names ``name`` could be a temporary of are tried
+    (what lies between its leading dots and a ``.geounet-``), each one set lookup, so a
+    folder is matched against all its outputs in one pass."""
+    mark = "." + TEMP_MARK
+    dots = len(name) - len(name.lstrip("."))
+    end = name.find(mark, 1)
+    while end > 0:
+        for start in range(1, min(dots, end) + 1):
+            if name[start:end] in output_names:
+                owner = temporary_owner(name, name[start:end])
+                if owner is not None:
+                    return owner
+        end = name.find(mark, end + 1)
+    return None
 
 
 def _alive(pid: int) -> bool:

@@ -102,6 +102,44 @@ def test_temporaries_of_dead_processes_are_removed_and_nothing_else(tmp_path):
     assert not mine.exists()
 
 
+def test_stale_temporaries_of_many_outputs_take_one_listing_per_folder(tmp_path, monkeypatch):
+    import geounet.outputs
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+    def stale(path: Path, extension: str | None = None) -> Path:
+        """A temporary of ``path`` as a killed process would have left it."""
+        mine = temporary_sibling(path, extension)
+        theirs = mine.with_name(mine.name.replace(f"-{os.getpid()}-", f"-{dead}-"))
+        mine.rename(theirs)
+        return theirs
+
+    outputs = [a / f"out{i}.tif" for i in range(200)]
+    outputs += [b / ".hidden.json", b / "x.geounet-y.gpkg", b / "z.gpkg"]
+    left = [stale(p) for p in outputs]
+    left.append(stale(b / "z.gpkg", ".tif"))          # the mask kept for z.gpkg's polygons
+    left.append(stale(left[-1]))                      # and its compact rewrite
+    keep = [a / "out1.tif", a / ".out1.tif.geounet-x", a / ".out9999.tif.geounet-0000-1-"
+            "00000000.tif", b / ".y.gpkg.geounet-0000-1-00000000.gpkg", b / "..hidden.json.bak"]
+    keep.append(stale(a / "other.tif"))              # not an output asked about
+    for path in keep[:-1]:
+        path.write_bytes(b"user data")
+    listed = []
+    scandir = os.scandir
+
+    def counting(path):
+        listed.append(Path(path))
+        return scandir(path)
+
+    monkeypatch.setattr(geounet.outputs.os, "scandir", counting)
+    assert remove_stale_temporaries(outputs) == len(left) == 205
+    assert sorted(listed) == [a, b]
+    assert not any(p.exists() for p in left) and all(p.exists() for p in keep)
+
+
 def test_atomic_outputs_appear_together_or_not_at_all(tmp_path):
     a, b = tmp_path / "a.txt", tmp_path / "b.txt"
     b.write_text("old")
