@@ -32,6 +32,7 @@ import rasterio
 from rasterio.windows import Window
 
 from benchmarks.common import SAMPLE, WORK
+from geounet.outputs import temporary_owner
 
 GEOUNET = [sys.executable, "-m", "geounet"]
 ROOT = WORK / "resume"
@@ -87,6 +88,17 @@ def same(a: Path, b: Path) -> bool:
             and fa.drop(columns="geometry").equals(fb.drop(columns="geometry")))
 
 
+def temporaries(folder: Path, reference: Path) -> list[str]:
+    """Names of geounet's temporary files in ``folder``: those that
+    :func:`geounet.outputs.temporary_owner` recognizes as made for one of the files a
+    complete run leaves (those in ``reference``: outputs, manifest, report), at any depth."""
+    if not folder.exists():
+        return []
+    finals = [p.name for p in reference.iterdir()]
+    return [p.name for p in folder.iterdir()
+            if any(temporary_owner(p.name, final) is not None for final in finals)]
+
+
 def check_against(folder: Path, reference: Path) -> tuple[int, int]:
     """(outputs present, outputs that differ from the reference or are unreadable)."""
     present, bad = 0, 0
@@ -111,16 +123,16 @@ def kill_trials(trials: int, reference: Path, first_seconds: float) -> dict:
             proc = subprocess.Popen([*GEOUNET, "run", str(wf), "-q"],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(rng.uniform(0.5, first_seconds))
-            temporaries = [p for p in out.glob(".*.part")] if out.exists() else []
+            writing = temporaries(out, reference)
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
             kills += 1
-            during_writes += bool(temporaries)
+            during_writes += bool(writing)
             if out.exists():
                 partial += check_against(out, reference)[1]
         code, _ = run(wf)
         present, bad = check_against(out, reference)
-        leftovers = [p.name for p in out.iterdir() if p.name.endswith(".part")]
+        leftovers = temporaries(out, reference)
         identical += (code == 0 and bad == 0 and not leftovers
                       and present == len(final_outputs(reference)))
     return {"trials": trials, "kills": kills, "kills_during_writes": during_writes,
