@@ -2,13 +2,13 @@
 
 The raster is covered by the global tile grid of :mod:`geounet.tiling` and processed block by
 block in row-major order. A background thread reads and normalizes the next block while the
-model runs on the current one. Each tile's probabilities are weighted by a blend window
-(:mod:`geounet.blend`) and summed, with the weights, into the block's accumulator. When a block
-is done, its ``output`` region is final: it is divided by the weights, thresholded, and
-written. The parts of the accumulator that later blocks still add to are carried forward: to
-the right within the block row, and down in a strip of the overlap's height across the
-raster's width. Peak memory is therefore set by tile, batch and block size (plus a
-``overlap x width`` strip), not by the raster's size.
+model runs on the current one, and another blends and writes the previous one. Each tile's
+probabilities are weighted by a blend window (:mod:`geounet.blend`) and summed, with the
+weights, into the block's accumulator. When a block is done, its ``output`` region is final:
+it is divided by the weights, thresholded, and written. The parts of the accumulator that
+later blocks still add to are carried forward: to the right within the block row, and down in
+a strip of the overlap's height across the raster's width. Peak memory is therefore set by
+tile, batch and block size (plus a ``overlap x width`` strip), not by the raster's size.
 
 A run can be limited to a ``region`` of block rows of the global grid: it computes the tiles
 of those block rows plus the halo tiles of earlier block rows that reach into them (in the
@@ -33,7 +33,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
@@ -243,12 +243,15 @@ class _Engine:
                         finish(tmp, kind, self.config.cog)
 
     def _stream(self, mask_dst, prob_dst, bar: tqdm) -> None:
-        """Three stages, each in its own thread and one block ahead of the next: read and
-        normalize, the forward pass, blend and write (so the engine's threads are busy while
-        the previous block is blended and written)."""
+        """Three stages, one block apart: a thread reads and normalizes, this thread runs the
+        forward pass, a thread blends and writes (so the engine's threads are busy while the
+        previous block is blended and written). The forward pass stays in the main thread,
+        where signals land: Ctrl-C stops it between two of its operations."""
         with contextlib.closing(_prefetch(self._read_blocks())) as read, \
-                contextlib.closing(_prefetch(self._inferred(read))) as inferred:
-            self._consume(inferred, mask_dst, prob_dst, bar)
+                _consumed_in_background(
+                    lambda items: self._consume(items, mask_dst, prob_dst, bar)) as write:
+            for item in self._inferred(read):
+                write(item)
 
     def _consume(self, prefetched: Iterator, mask_dst, prob_dst, bar: tqdm) -> None:
         """Accumulate each block, carry what later blocks add to, write what is final."""
@@ -416,6 +419,60 @@ def undo_orientation(y: torch.Tensor, turns: int, mirror: bool) -> torch.Tensor:
     """The inverse of :func:`orient`: ``undo_orientation(orient(x, t, m), t, m) == x``."""
     y = torch.rot90(y, -turns, (2, 3))
     return torch.flip(y, (3,)) if mirror else y
+
+
+@contextlib.contextmanager
+def _consumed_in_background(consume: Callable[[Iterator], None],
+                            ) -> Generator[Callable[[Any], None], None, None]:
+    """Run ``consume`` in a background thread over the items handed to the function this
+    yields, which waits while one item is queued besides the one being consumed.
+
+    A failure of ``consume`` is raised by the next hand-over or at the end. When the block
+    ends by an exception (Ctrl-C), ``consume`` stops after its current item and the thread is
+    joined before the exception goes on (so the caller may close what ``consume`` writes to).
+    """
+    q: queue.Queue = queue.Queue(maxsize=1)
+    done, cancel = object(), threading.Event()
+    failures: list[BaseException] = []
+
+    def items() -> Iterator:
+        while not cancel.is_set():
+            try:
+                item = q.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if item is done:
+                return
+            yield item
+            del item
+
+    def run() -> None:
+        try:
+            consume(items())
+        except BaseException as exc:  # handed to the producer, raised there
+            failures.append(exc)
+
+    def hand_over(item: Any) -> None:
+        while not failures:
+            try:
+                q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+        raise failures[0]
+
+    thread = threading.Thread(target=run, name="geounet-writer", daemon=True)
+    thread.start()
+    try:
+        yield hand_over
+        hand_over(done)
+    except BaseException:
+        cancel.set()
+        raise
+    finally:
+        thread.join()
+    if failures:
+        raise failures[0]
 
 
 def _prefetch(items: Iterator, depth: int = 1) -> Generator[Any, None, None]:
