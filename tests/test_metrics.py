@@ -6,10 +6,11 @@ import math
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from geounet.errors import InputError
 from geounet.evaluate import evaluate_masks, read_binary_mask
-from geounet.metrics import pixel_scores, tolerant_scores
+from geounet.metrics import pixel_scores, tolerant_scores, within
 
 
 def _masks():
@@ -109,6 +110,20 @@ def test_tolerance_is_euclidean():
     pred[7, 7] = True  # 2 px down and 2 px right: 2.83 px away
     assert tolerant_scores(pred, truth, tolerance=2).f1 == 0.0
     assert tolerant_scores(pred, truth, tolerance=2.9).f1 == 1.0
+
+
+@pytest.mark.parametrize("tolerance", [0, 0.5, 1, 1.5, 2, math.sqrt(5), 3, 4.9, 12, 13, 40])
+def test_within_is_the_euclidean_distance_rule(tolerance):
+    """The same pixels as "distance to the nearest True pixel <= tolerance", up to the image
+    edges, for sparse lines, dense noise and masks thinner than the disk."""
+    rng = np.random.default_rng(7)
+    masks = [rng.random((97, 131)) < p for p in (0.002, 0.05, 0.4)]
+    masks += [rng.random((3, 50)) < 0.1, rng.random((50, 2)) < 0.1, np.eye(9, dtype=bool)]
+    for mask in masks:
+        expected = ndimage.distance_transform_edt(~mask) <= tolerance
+        assert np.array_equal(within(mask, tolerance), expected)
+    assert not within(np.zeros((5, 5), bool), 2).any()
+    assert not within(np.ones((5, 5), bool), -1).any()
 
 
 def test_evaluate_masks_reads_rasters_and_ignores_nodata(make_raster):
