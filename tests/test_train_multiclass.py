@@ -459,3 +459,42 @@ def test_multiclass_killed_run_resumes_to_the_same_per_class_metrics(landcover, 
     whole = load_checkpoint(last_paths(tmp_path / "whole.st")[0])[0].state_dict()
     again = load_checkpoint(last_paths(out)[0])[0].state_dict()
     assert all(torch.equal(whole[k], again[k]) for k in whole)
+
+
+def test_multiclass_model_runs_through_a_workflow(scene, tmp_path):
+    """A workflow with a softmax model: a mask of class ids with the names and colours, one
+    probability band per class, features named by class, and per-class summaries."""
+    import json
+
+    from geounet.geotiff import read_class_colors, read_class_names
+    from geounet.workflow import REPORT, load_workflow, run_workflow
+
+    image, mask, _ = scene
+    model = tmp_path / "lc.safetensors"
+    train_model(TrainConfig(images=[image], labels=[mask], **TINY), model, progress=False)
+    _, meta = load_checkpoint(model)
+    (tmp_path / "in").mkdir()
+    shutil.copy(image, tmp_path / "in" / "a.tif")
+    path = tmp_path / "wf.yaml"
+    path.write_text(f"name: lc\ninputs: {{folder: in}}\nmodel: {model}\n"
+                    "outputs: {folder: out, probabilities: '{stem}_prob.tif'}\n")
+    report = run_workflow(load_workflow(path), progress=False)
+    assert [r.status for r in report.items] == ["done"]
+    out = tmp_path / "out"
+    with rasterio.open(out / "a_mask.tif") as src:
+        classes = src.read(1)
+        assert read_class_names(src) == list(NAMES)
+        assert read_class_colors(src) == list(meta.class_colors)
+    with rasterio.open(out / "a_prob.tif") as src:
+        probs = src.read()
+        assert probs.shape == (len(NAMES), *classes.shape)
+        assert np.allclose(probs.sum(axis=0), 1, atol=1e-4)
+        assert np.array_equal(probs.argmax(axis=0), classes)
+    found = {NAMES[k] for k in np.unique(classes) if k > 0}
+    assert len(found) >= 2
+    frame = gpd.read_file(out / "a.gpkg")
+    assert set(frame["class_name"]) == found
+    summary = json.loads((out / REPORT).read_text())["items"][0]["summary"]
+    assert set(summary["classes"]) == found
+    for name in found:
+        assert summary["classes"][name]["features"] == int((frame["class_name"] == name).sum())
