@@ -94,6 +94,32 @@ def check_layer_crs(path: Path | None, driver: str | None, crs: CRS | None) -> N
                           "cannot; write .gpkg, .shp or .parquet instead") from None
 
 
+def check_reprojection(source: CRS, target: CRS, transform: Affine, shape: tuple[int, int],
+                       option: str) -> None:
+    """Refuse, before any work, a reprojection from ``source`` to ``target`` that pyproj
+    cannot make, or that sends part of the raster (``transform``, ``shape`` rows, cols; its
+    outline sampled 33 points a side) outside ``target``'s valid area (infinite
+    coordinates). ``option`` names the setting and its value in the message."""
+    rows, cols = shape
+    t = np.linspace(0.0, 1.0, 33)
+    outline = np.concatenate([np.column_stack([t * cols, np.zeros_like(t)]),
+                              np.column_stack([t * cols, np.full_like(t, rows)]),
+                              np.column_stack([np.zeros_like(t), t * rows]),
+                              np.column_stack([np.full_like(t, cols), t * rows])])
+    x, y = transform @ (outline[:, 0], outline[:, 1])
+    try:
+        tx, ty = Transformer.from_crs(source, target, always_xy=True).transform(
+            x, y, errcheck=True)
+        reachable = bool(np.isfinite(tx).all() and np.isfinite(ty).all())
+    except ProjError:
+        reachable = False
+    if not reachable:
+        raise ConfigError(f"{option}: the raster's area in {source.name!r} "
+                          "cannot be transformed there (no transformation between the two, "
+                          "or the area lies outside its valid area); choose a CRS that "
+                          "covers the raster")
+
+
 def _unit(crs: CRS | None) -> float:
     """Metres per map unit of a projected CRS (1 for pixel coordinates)."""
     return crs.axis_info[0].unit_conversion_factor if crs is not None and crs.axis_info else 1.0

@@ -112,7 +112,7 @@ class FeatureLayers:
     class_names: dict[int, str]
     config: VectorizeSettings
     scores: bool
-    target_crs: str | None
+    target_crs: CRS | None
     spool: LineSpool | None = None
     features: int = 0
     area_m2: float = 0.0

@@ -154,13 +154,25 @@ class _Block:
 
 
 def check_same_grid(mask: RasterInfo, probabilities: RasterInfo) -> None:
-    """Refuse a probability raster that is not on the mask's grid."""
-    if (probabilities.width, probabilities.height) != (mask.width, mask.height) or (
-            probabilities.transform != mask.transform):
-        raise InputError(f"{probabilities.path} is not on the grid of {mask.path} (size "
-                         f"{probabilities.width}x{probabilities.height} vs "
-                         f"{mask.width}x{mask.height}); give the probabilities written with "
+    """Refuse a probability raster that is not on the mask's grid (size, transform, CRS),
+    saying which differs."""
+    differences = []
+    if (probabilities.width, probabilities.height) != (mask.width, mask.height):
+        differences.append(f"size {probabilities.width}x{probabilities.height} vs "
+                           f"{mask.width}x{mask.height}")
+    if probabilities.transform != mask.transform:
+        differences.append(f"transform {tuple(probabilities.transform)[:6]} vs "
+                           f"{tuple(mask.transform)[:6]}")
+    if probabilities.crs != mask.crs:
+        differences.append(f"CRS {_crs_name(probabilities)} vs {_crs_name(mask)}")
+    if differences:
+        raise InputError(f"{probabilities.path} is not on the grid of {mask.path} "
+                         f"({'; '.join(differences)}); give the probabilities written with "
                          "this mask")
+
+
+def _crs_name(info: RasterInfo) -> str:
+    return repr(info.crs.to_string()) if info.crs is not None else "none"
 
 
 def polygonize(mask_path: str | Path, settings: PixelSettings | None = None,

@@ -30,6 +30,7 @@ from geounet.errors import ConfigError, InputError
 from geounet.export import (
     CENTERLINE_FIELDS,
     check_layer_crs,
+    check_reprojection,
     pixel_size,
     polygon_fields,
     write_layer,
@@ -37,7 +38,7 @@ from geounet.export import (
 )
 from geounet.features import FeatureLayers, LineSpool
 from geounet.geotiff import read_class_names
-from geounet.io import open_raster
+from geounet.io import RasterInfo, open_raster
 from geounet.outputs import (
     atomic_outputs,
     check_outputs,
@@ -71,21 +72,28 @@ class VectorizeConfig(VectorizeSettings, CallSettings):
 
 @dataclass(frozen=True)
 class VectorOutputs:
-    """Checked vector outputs of one command: names, formats and the CRS asked for."""
+    """Checked vector outputs of one command: names, formats, and the CRSs of the features:
+    ``raster_crs`` where they are measured (the raster's, or the one declared for a raster
+    without; None: the transform's own units), ``layer_crs`` where they are written;
+    ``reproject``: whether the two differ by request."""
 
     polygons: Path
     polygons_format: str
     centerlines: Path | None
     centerlines_format: str | None
-    crs: pyproj.CRS | None
+    raster_crs: pyproj.CRS | None
+    layer_crs: pyproj.CRS | None
+    reproject: bool
 
 
 def check_vector_outputs(output: str | Path, centerlines: str | Path | None,
                          driver: str | None, crs: str | None,
-                         inputs: list[str | Path], overwrite: bool) -> VectorOutputs:
+                         inputs: list[str | Path], overwrite: bool, raster: RasterInfo,
+                         pixel_coordinates: bool = False) -> VectorOutputs:
     """Check the vector outputs of a command before any work: formats that agree with the
     names, every file (and Shapefile part) free to write, distinct from each other and
-    from the inputs, and a CRS that pyproj knows."""
+    from the inputs, a CRS that pyproj knows, and that the features of ``raster`` (the mask,
+    or the image whose mask it will be: same grid) can be placed and written in it."""
     output = Path(output)
     lines = Path(centerlines) if centerlines is not None else None
     check_outputs([output, lines], inputs, overwrite)
@@ -98,7 +106,22 @@ def check_vector_outputs(output: str | Path, centerlines: str | Path | None,
         except pyproj.exceptions.CRSError as exc:
             raise ConfigError(f"--crs {crs!r} is not a CRS pyproj knows ({first_line(exc)}); "
                               "give one like EPSG:32633") from None
-    return VectorOutputs(output, fmt, lines, lines_fmt, requested)
+    source = pyproj.CRS.from_user_input(raster.crs.to_wkt()) if raster.crs else None
+    reproject = requested is not None and source is not None
+    if source is None:
+        if requested is not None:   # declared
+            source = requested
+        elif not pixel_coordinates:
+            raise InputError(f"{raster.path}: raster has no CRS; declare it with --crs "
+                             "EPSG:XXXX or accept pixel coordinates with --pixel-coordinates")
+    target = requested if reproject else source
+    if reproject:
+        assert source is not None and requested is not None
+        check_reprojection(source, requested, raster.transform, (raster.height, raster.width),
+                           f"--crs {crs}")
+    check_layer_crs(output, fmt, target)
+    check_layer_crs(lines, lines_fmt, target)
+    return VectorOutputs(output, fmt, lines, lines_fmt, source, target, reproject)
 
 
 @dataclass
@@ -146,24 +169,15 @@ def vectorize_raster(mask_path: str | Path, output: str | Path,
     inputs = [mask_path] + ([probabilities] if probabilities is not None else [])
     if probabilities is not None:
         check_same_grid(info, open_raster(probabilities))
-    plan = check_vector_outputs(output, centerlines_output, driver, crs, inputs, overwrite)
+    plan = check_vector_outputs(output, centerlines_output, driver, crs, inputs, overwrite,
+                                info, pixel_coordinates)
     fmt, lines_path, lines_fmt = plan.polygons_format, plan.centerlines, plan.centerlines_format
-    source_crs = info.crs
-    if source_crs is None:
-        if plan.crs is not None:   # declared
-            source_crs, crs = rasterio.crs.CRS.from_user_input(plan.crs.to_wkt()), None
-        elif not pixel_coordinates:
-            raise InputError(f"{mask_path}: raster has no CRS; declare it with --crs EPSG:XXXX "
-                             "or accept pixel coordinates with --pixel-coordinates")
     with rasterio.open(mask_path) as src:
         class_names = dict(enumerate(read_class_names(src)))
-    pyproj_crs = pyproj.CRS.from_user_input(source_crs.to_wkt()) if source_crs else None
-    target = plan.crs if crs else pyproj_crs
-    check_layer_crs(output, fmt, target)
-    check_layer_crs(lines_path, lines_fmt, target)
-    size = pixel_size(info.transform, (info.height, info.width), pyproj_crs, target)
-    outputs = FeatureLayers(info.transform, pyproj_crs, class_names, config,
-                            probabilities is not None, crs)
+    target = plan.layer_crs
+    size = pixel_size(info.transform, (info.height, info.width), plan.raster_crs, target)
+    outputs = FeatureLayers(info.transform, plan.raster_crs, class_names, config,
+                            probabilities is not None, target if plan.reproject else None)
     frames = (outputs.polygons(pieces) for pieces in polygonize(
         mask_path, config.pixel_settings(info.transform), probabilities, progress)
         if len(pieces))

@@ -261,3 +261,27 @@ def test_predict_on_a_plain_png_writes_a_pixel_grid_mask_without_warnings(checkp
                               "-o", str(out), "--overwrite", "-v"], capture_output=True,
                              text=True)
     assert verbose.returncode == 0 and "NotGeoreferencedWarning" in verbose.stderr
+
+
+def test_predict_vector_checks_the_layers_crs_before_inference(make_raster, checkpoint,
+                                                               tmp_path):
+    """`predict --vector` refuses a layer it could not write (no CRS to place the polygons
+    in; GeoJSON of a local site grid) before the model runs, naming the input, and leaves
+    no mask behind; with --pixel-coordinates the same command writes all its outputs."""
+    image = np.random.default_rng(0).integers(0, 255, (3, 40, 40), dtype=np.uint8)
+    local = ('LOCAL_CS["site grid",LOCAL_DATUM["site",0],UNIT["metre",1],'
+             'AXIS["Easting",EAST],AXIS["Northing",NORTH]]')
+    plain = make_raster(image, "plain.tif", crs=None)
+    site = make_raster(image, "site.tif", crs=local)
+    before = sorted(tmp_path.iterdir())
+    for source, vector, said in ((plain, "v.gpkg", "plain.tif: raster has no CRS"),
+                                 (site, "v.geojson", "GeoJSON (RFC 7946) needs a CRS")):
+        result = _invoke("predict", source, "-m", checkpoint, "-o", tmp_path / "m.tif",
+                         "--probabilities", tmp_path / "p.tif", "--vector",
+                         tmp_path / vector, "-q", "--device", "cpu")
+        _assert_one_line_error(result, said)
+        assert sorted(tmp_path.iterdir()) == before
+    result = _invoke("predict", plain, "-m", checkpoint, "-o", tmp_path / "m.tif", "--vector",
+                     tmp_path / "v.gpkg", "--pixel-coordinates", "-q", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "m.tif").exists() and (tmp_path / "v.gpkg").exists()

@@ -12,7 +12,7 @@ from rasterio.transform import Affine, from_origin
 from scipy import ndimage
 from shapely.geometry import shape
 
-from geounet.errors import InputError, OutputError
+from geounet.errors import ConfigError, InputError, OutputError
 from geounet.polygonize import PixelSettings, polygonize
 from geounet.vectorize import VectorizeConfig, vectorize_raster
 
@@ -255,3 +255,39 @@ def test_polygons_and_centerlines_appear_together_or_not_at_all(make_raster, tmp
     monkeypatch.undo()
     vectorize_raster(path, polygons, VectorizeConfig(), overwrite=True, centerlines_output=lines)
     assert len(gpd.read_file(polygons)) == 1 and len(gpd.read_file(lines)) >= 1
+
+
+def test_unreachable_crs_is_refused_before_any_work(make_raster, tmp_path):
+    """--crs that pyproj cannot reach from the raster's CRS (a local site grid to WGS 84), or
+    that puts the raster outside its valid area (the far side of an orthographic view): one
+    line before polygonizing, nothing written; a reachable one is written where it belongs."""
+    mask = np.zeros((1, 10, 10), np.uint8)
+    mask[0, 2:6, 2:6] = 1
+    local = ('LOCAL_CS["site grid",LOCAL_DATUM["site",0],UNIT["metre",1],'
+             'AXIS["Easting",EAST],AXIS["Northing",NORTH]]')
+    site = make_raster(mask, "site.tif", crs=local, transform=TRANSFORM)
+    utm = make_raster(mask, "utm.tif", transform=TRANSFORM)
+    for path, crs in ((site, "EPSG:4326"), (utm, "+proj=ortho +lat_0=-60 +lon_0=-165")):
+        with pytest.raises(ConfigError, match="cannot be transformed there"):
+            vectorize_raster(path, tmp_path / "out.gpkg", crs=crs)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["site.tif", "utm.tif"]
+    vectorize_raster(utm, tmp_path / "ok.gpkg", crs="EPSG:4326")
+    bounds = gpd.read_file(tmp_path / "ok.gpkg").total_bounds
+    assert 14.99 < bounds[0] < bounds[2] < 15.01 and 45.1 < bounds[1] < bounds[3] < 45.2
+
+
+def test_probabilities_on_another_grid_say_what_differs(make_raster, tmp_path):
+    mask = make_raster(np.ones((1, 10, 10), np.uint8), "mask.tif", transform=TRANSFORM)
+    prob = np.full((1, 10, 10), 0.9, np.float32)
+    cases = {"other_crs.tif": ({"crs": "EPSG:32634"}, "CRS 'EPSG:32634' vs 'EPSG:32633'"),
+             "shifted.tif": ({"transform": TRANSFORM @ Affine.translation(1, 0)},
+                             "transform (0.5, 0.0, 500000.5"),
+             "smaller.tif": ({}, "size 9x10 vs 10x10")}
+    for name, (options, said) in cases.items():
+        array = prob[:, :, :9] if name == "smaller.tif" else prob
+        path = make_raster(array, name, **({"transform": TRANSFORM} | options))
+        with pytest.raises(InputError) as caught:
+            vectorize_raster(mask, tmp_path / "out.gpkg", probabilities=path)
+        assert said in str(caught.value)
+        assert "transform" not in str(caught.value) or name == "shifted.tif"
+    assert not (tmp_path / "out.gpkg").exists()

@@ -60,11 +60,13 @@ def command(ctx: click.Context, input_path: Path, model: Path, output: Path | No
     # Every output is checked before the model runs.
     inputs: list[str | Path] = [input_path, model]
     check_outputs([output, probabilities, vector, request.centerlines], inputs, overwrite)
-    if vector is not None:
+    if vector is not None:   # against the input: the mask will have its grid and CRS
+        from geounet.io import open_raster
         from geounet.vectorize import check_vector_outputs
 
         check_vector_outputs(vector, request.centerlines, request.driver, request.crs,
-                             inputs, overwrite)
+                             inputs, overwrite, open_raster(input_path),
+                             request.pixel_coordinates)
     from geounet.predict import PredictConfig, predict_raster  # torch: loaded on use
     from geounet.workflow.pipeline import mask_for_vectors
 
@@ -76,7 +78,13 @@ def command(ctx: click.Context, input_path: Path, model: Path, output: Path | No
         vectors = None
         if vector is not None:
             assert mask is not None   # the user's mask or the temporary one
-            vectors = request.run(mask, vector, overwrite, quiet or as_json, probabilities)
+            try:
+                vectors = request.run(mask, vector, overwrite, quiet or as_json, probabilities)
+            except BaseException:   # the outputs appear together or not at all
+                for written in (output, probabilities):
+                    if written is not None:
+                        written.unlink(missing_ok=True)
+                raise
         _summarize(result, vectors, temporary_mask, as_json, quiet)
 
 
