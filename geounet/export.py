@@ -189,12 +189,23 @@ def write_layer_at(tmp: Path, frames: Iterable[Features | pa.RecordBatch], path:
         if driver == "Parquet":
             _write_geoparquet(batches, tmp, schema, crs, geometry_type)
         else:
-            _write_ogr(batches, tmp, schema, driver, crs, geometry_type, path.stem,
-                       pixel_size)
+            _write_ogr(batches, tmp, schema, driver, crs, geometry_type,
+                       layer_name(path, driver), pixel_size)
     except (OSError, RuntimeError) as exc:  # pyogrio's errors are RuntimeErrors
         if source.error is not None:      # the features failed, not the writer
             raise source.error from source.error.__cause__
         raise write_failed(path, exc) from exc
+
+
+def layer_name(path: Path, driver: str) -> str:
+    """The layer's name: the file's stem, prefixed with ``layer_`` in a GeoPackage when it
+    starts with a character GDAL refuses there (``-``, ``(``, ``#``, ``@``...) or with the
+    reserved ``gpkg``."""
+    name = path.stem
+    if driver == "GPKG" and (name.startswith("gpkg") or not (name[:1].isalnum()
+                                                             or name[:1] == "_")):
+        return f"layer_{name}"
+    return name
 
 
 def layer_schema(fields: dict[str, pa.DataType]) -> pa.Schema:

@@ -35,6 +35,7 @@ from rasterio.features import rasterize
 from geounet.errors import InputError
 from geounet.inputs import require_regular_file
 from geounet.io import RasterInfo, open_raster, require_in_memory
+from geounet.outputs import check_vector_name
 
 IGNORE = 255
 # Largest plausible coordinate in any CRS: 25x the Earth's circumference in metres or feet.
@@ -173,6 +174,7 @@ def rasterize_vector(path: str | Path, image: RasterInfo,
     import geopandas as gpd  # heavy: loaded on use
 
     require_regular_file(path, "vector")  # a FIFO would wait forever
+    check_vector_name(Path(path))
     try:
         frame = gpd.read_file(path, fid_as_index=True)  # messages name features by FID
     except Exception as exc:  # pyogrio raises its own DataSourceError and others

@@ -66,8 +66,25 @@ def output_parts(path: Path) -> list[Path]:
                      for ext in SHAPEFILE_SIDECARS]
 
 
+def check_vector_name(path: Path) -> None:
+    """Refuse a vector file name that pyogrio would not pass to GDAL as it is: it reads
+    ``a!b.gpkg`` as the member ``b.gpkg`` of an archive ``a``, and ``zip:``, ``s3:``...
+    as URL schemes, so another file would be written or read."""
+    from pyogrio.util import vsi_path  # the parsing pyogrio applies to every path
+
+    if vsi_path(str(path)) != str(path):
+        raise ConfigError(f"{path}: GDAL would read this name as {vsi_path(str(path))!r} "
+                          "('!' and 'scheme:' are archive and URL syntax in vector file "
+                          "names); rename the file")
+
+
 def vector_format(path: Path, name: str | None = None) -> str:
-    """The driver for ``path`` from ``name`` (a --format value) or the extension."""
+    """The driver for ``path`` from ``name`` (a --format value) or the extension; refuses a
+    name GDAL would misread (:func:`check_vector_name`)."""
+    check_vector_name(path)
+    if path.suffix.lower() == ".shp" and path.suffix not in (".shp", ".SHP"):
+        raise ConfigError(f"{path}: GDAL opens a Shapefile named .shp or .SHP, not "
+                          f"{path.suffix!r}; name it {path.with_suffix('.shp').name}")
     by_extension = FORMATS.get(path.suffix.lower())
     if not name:
         if by_extension is None:
@@ -98,6 +115,8 @@ def check_outputs(outputs: Sequence[Path | None], inputs: Sequence[str | Path | 
     command reads (rasters, models, labels, configs). Returns the outputs given.
     """
     given = [Path(p) for p in outputs if p is not None]
+    # an input Shapefile is read with its sidecars: none of them is an output either
+    read = [part for i in inputs if i is not None for part in output_parts(Path(i))]
     seen: dict[str, Path] = {}
     for path in given:
         for part in output_parts(path):
@@ -106,7 +125,7 @@ def check_outputs(outputs: Sequence[Path | None], inputs: Sequence[str | Path | 
                 raise ConfigError(f"{part} is given for two outputs; the outputs must be "
                                   "different files")
             seen[key] = path
-            _check_part(part, path, [Path(i) for i in inputs if i is not None], overwrite)
+            _check_part(part, path, read, overwrite)
     return given
 
 
@@ -124,15 +143,25 @@ def _identity(path: Path) -> str:
     return os.path.normcase(os.path.realpath(path))
 
 
+def same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name one file: the same resolved name (case-folded where the
+    folder is), or two hard links of it."""
+    if _identity(a) == _identity(b):
+        return True
+    with contextlib.suppress(OSError):
+        return a.exists() and b.exists() and a.samefile(b)
+    return False
+
+
 def _check_part(part: Path, output: Path, inputs: list[Path], overwrite: bool) -> None:
     for item in inputs:
-        same = _identity(part) == _identity(item)
-        with contextlib.suppress(OSError):
-            same = same or (part.exists() and item.exists() and part.samefile(item))
-        if same:
+        if same_file(part, item):
             what = "the output" if part == output else f"the output's part {part.name}"
             raise OutputError(f"{output}: {what} is the same file as the input {item}; "
                               "choose another output name")
+    if part.is_symlink() and not part.exists():
+        raise OutputError(f"{part}: is a symbolic link to a missing file; remove the link or "
+                          "choose another output name")
     try:
         mode = part.stat().st_mode
     except FileNotFoundError:
@@ -167,6 +196,8 @@ def temporary_sibling(path: Path, extension: str | None = None, create: bool = T
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     extension = path.suffix if extension is None else extension
+    if extension.lower() == ".shp":   # GDAL writes the parts of 'x.SHP' as x.shp, x.dbf...
+        extension = ".shp"
     while True:
         name = (f".{path.name}.{TEMP_MARK}{_HOST}-{os.getpid()}-{secrets.token_hex(4)}"
                 f"{extension}")

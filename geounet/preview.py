@@ -47,7 +47,7 @@ from rasterio.windows import Window
 from geounet.errors import InputError
 from geounet.geotiff import read_class_colors, read_class_names
 from geounet.io import open_raster
-from geounet.outputs import atomic_path, check_output, first_line
+from geounet.outputs import atomic_path, check_output, check_vector_name, first_line
 from geounet.palette import CLASS_COLOURS, class_colour, to_hex, to_rgb  # noqa: F401
 
 log = logging.getLogger(__name__)
@@ -361,6 +361,7 @@ def _draw_vector(canvas: Image.Image, path: Path, crs, to_preview: Affine,
 
     if not path.exists():
         raise InputError(f"{path}: no such file")
+    check_vector_name(path)
     try:
         layers = pyogrio.list_layers(path)[:, 0]
     except pyogrio.errors.DataSourceError as exc:

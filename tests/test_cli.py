@@ -285,3 +285,24 @@ def test_predict_vector_checks_the_layers_crs_before_inference(make_raster, chec
                      tmp_path / "v.gpkg", "--pixel-coordinates", "-q", "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "m.tif").exists() and (tmp_path / "v.gpkg").exists()
+
+
+def test_evaluate_never_writes_its_report_over_a_file_it_reads(masks, tmp_path):
+    """The report (-o) may not replace the palette, the split file, or a label of paired
+    folders, even with --overwrite (a palette became JSON before)."""
+    pred, truth = masks
+    palette = tmp_path / "palette.yaml"
+    palette.write_text("'#000000': background\n'#010101': thing\n")
+    split = tmp_path / "split.txt"
+    split.write_text("pred test\n")
+    (tmp_path / "p").mkdir()
+    (tmp_path / "t").mkdir()
+    (tmp_path / "p/a.tif").write_bytes(pred.read_bytes())
+    (tmp_path / "t/a.tif").write_bytes(truth.read_bytes())
+    before = {p: p.read_bytes() for p in (palette, split, tmp_path / "t/a.tif")}
+    for args, output in ((["--palette", palette], palette), (["--split-file", split], split),
+                         ([], tmp_path / "t/a.tif")):
+        source, target = (tmp_path / "p", tmp_path / "t") if not args else (pred, truth)
+        result = _invoke("evaluate", source, target, *args, "-o", output, "--overwrite")
+        _assert_one_line_error(result, "is the same file as the input")
+    assert {p: p.read_bytes() for p in before} == before

@@ -33,6 +33,7 @@ from geounet.outputs import (
     remove_stale_temporaries,
     temporary_owner,
     temporary_sibling,
+    vector_format,
 )
 
 
@@ -215,3 +216,36 @@ def test_metres_per_unit():
     assert metres_per_unit("EPSG:2263") == pytest.approx(0.3048006096)   # US survey feet
     assert metres_per_unit("EPSG:4326") is None and metres_per_unit(None) is None
     assert metres_per_unit(rasterio.crs.CRS.from_epsg(3857)) == 1.0
+
+
+def test_no_output_is_a_part_of_an_input_shapefile(tmp_path):
+    """An input Shapefile is read with its sidecars: none of them may be written over, not
+    even with --overwrite (preview, evaluate and train wrote PNGs, JSON and checkpoints
+    onto labels' .dbf and .shx before)."""
+    labels = tmp_path / "labels.shp"
+    for part in output_parts(labels):
+        part.write_bytes(b"user data")
+    for name in ("labels.dbf", "labels.shx", "labels.prj", "labels.cpg"):
+        with pytest.raises(OutputError, match=f"same file as the input .*{name}"):
+            check_outputs([tmp_path / name], [labels], overwrite=True)
+    assert all(p.read_bytes() == b"user data" for p in output_parts(labels))
+
+
+def test_a_dangling_symlink_is_not_an_empty_output_name(tmp_path):
+    link = tmp_path / "out.tif"
+    link.symlink_to(tmp_path / "elsewhere.tif")
+    for overwrite in (False, True):
+        with pytest.raises(OutputError, match="symbolic link to a missing file"):
+            check_outputs([link], [], overwrite)
+    assert link.is_symlink()
+
+
+@pytest.mark.parametrize("name,read_as", [("a!b.gpkg", "b.gpkg"), ("zip:x.gpkg", "/vsizip/"),
+                                          ("s3:x.geojson", "/vsis3/")])
+def test_vector_names_gdal_would_misread_are_refused(tmp_path, name, read_as):
+    """pyogrio reads 'a!b.gpkg' as b.gpkg in an archive 'a' and a relative 'zip:x.gpkg' as
+    a URL: another file would be written or read."""
+    with pytest.raises(ConfigError, match=f"GDAL would read this name as '{read_as}"):
+        vector_format(Path(name))
+    for plain in ("a b.gpkg", "-v.gpkg", "x#1.geojson", "ü.shp", "a:b.gpkg"):
+        assert vector_format(Path(plain)) and vector_format(tmp_path / plain)

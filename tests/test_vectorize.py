@@ -291,3 +291,30 @@ def test_probabilities_on_another_grid_say_what_differs(make_raster, tmp_path):
         assert said in str(caught.value)
         assert "transform" not in str(caught.value) or name == "shifted.tif"
     assert not (tmp_path / "out.gpkg").exists()
+
+
+@pytest.mark.parametrize("name,layer", [("OUT.SHP", "OUT"),
+                                        ("-v.gpkg", "layer_-v"), ("(a).gpkg", "layer_(a)"),
+                                        ("gpkgroads.gpkg", "layer_gpkgroads"),
+                                        ("#1.gpkg", "layer_#1"), ("a b-c.gpkg", "a b-c")])
+def test_names_gdal_is_particular_about_are_written(make_raster, tmp_path, name, layer):
+    """An upper-case .SHP and GeoPackage names whose stem GDAL refuses as a layer name (a
+    leading '-', '(', '#', the reserved 'gpkg') failed after all the work, leaving
+    temporaries; now they are written, with nothing else beside them. A mixed-case '.Shp',
+    which GDAL cannot open, is refused before any work."""
+    mask = np.zeros((1, 12, 12), np.uint8)
+    mask[0, 2:6, 3:9] = 1
+    path = make_raster(mask, "mask.tif", transform=TRANSFORM)
+    out = tmp_path / name
+    vectorize_raster(path, out)
+    assert pyogrio.list_layers(out)[0][0] == layer
+    frame = gpd.read_file(out)
+    assert len(frame) == 1 and frame.area_m2[0] == pytest.approx(24 * 0.25)
+    left = {p.name for p in tmp_path.iterdir()} - {"mask.tif"}
+    stem = out.stem
+    expected = ({f"{stem}{e}" for e in (".SHP", ".SHX", ".DBF", ".PRJ", ".CPG")}
+                if out.suffix == ".SHP" else {name})
+    assert left == expected
+    with pytest.raises(ConfigError, match="name it out.shp"):
+        vectorize_raster(path, tmp_path / "out.Shp")
+    assert {p.name for p in tmp_path.iterdir()} - {"mask.tif"} == expected

@@ -11,6 +11,7 @@ import numpy as np
 import pyogrio
 import pytest
 import rasterio
+import yaml
 from click.testing import CliRunner
 
 from geounet.cli import main
@@ -400,3 +401,29 @@ def test_bundled_workflows_are_valid(name):
     assert workflow.model.is_file() and discover_inputs(workflow)
     if name == "nightly.yaml":
         assert workflow.schedule is not None
+
+
+def test_outputs_never_replace_the_model_the_yaml_or_the_input_list(batch, tmp_path):
+    """A name template that would write onto the workflow's model, its YAML file or its
+    input list is refused when planning, even with ``overwrite: always``: nothing is run and
+    the three files are unchanged."""
+    model = Path(yaml.safe_load(batch().read_text())["model"])
+    (tmp_path / "in" / f"{model.stem}.tif").write_bytes((tmp_path / "in/s0.tif").read_bytes())
+    (tmp_path / "in/wf.tif").write_bytes((tmp_path / "in/s0.tif").read_bytes())
+    (tmp_path / "list.txt").write_text("in/s1.tif\nin/list.tif\n")
+    (tmp_path / "in/list.tif").write_bytes((tmp_path / "in/s0.tif").read_bytes())
+    cases = {"model": (f"  folder: {model.parent}\n  mask: '{{stem}}.safetensors'\n", None),
+             "YAML file": (f"  folder: {tmp_path}\n  mask: '{{stem}}.yaml'\n", None),
+             "input list": (f"  folder: {tmp_path}\n  mask: '{{stem}}.txt'\n", "list.txt")}
+    before = {p: p.read_bytes() for p in (model, tmp_path / "list.txt")}
+    for what, (outputs, listed) in cases.items():
+        text = batch().read_text().replace("  folder: out\n", outputs + "  overwrite: always\n")
+        if listed:
+            text = text.replace("inputs:\n  folder: in\n", f"inputs:\n  file: {listed}\n")
+        path = tmp_path / "wf.yaml"
+        path.write_text(text)
+        result = CliRunner().invoke(main, ["run", str(path), "-q"])
+        assert result.exit_code == 1, (what, result.output)
+        assert f"is this workflow's {what}" in result.output, result.output
+        assert path.read_text() == text
+    assert {p: p.read_bytes() for p in before} == before

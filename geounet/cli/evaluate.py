@@ -79,14 +79,16 @@ def command(prediction, truth, model, images, labels, split_file, split, toleran
         raise ConfigError("give PREDICTION and TRUTH, or --model with --images and --labels")
     else:
         source, target = prediction, truth
-    if output is not None:
-        check_output(output, [p for p in (source, target, model) if p is not None], overwrite)
     for path in (source, target):
         if not path.is_dir():
             require_regular_file(path)
     if source.is_dir() != target.is_dir():
         raise ConfigError(f"{source} and {target}: give two files or two folders")
     pairs = pair_folders(source, target) if source.is_dir() else [(source, target)]
+    if output is not None:   # never one of the files read, paired ones of folders included
+        palette_file = Path(palette) if palette is not None and "=" not in palette else None
+        check_output(output, [*(p for pair in pairs for p in pair), model, split_file,
+                              palette_file], overwrite)
     pairs = select_split(pairs, split_file, split)
     try:
         colours = None if palette is None else parse_palette(palette)

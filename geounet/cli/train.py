@@ -108,8 +108,10 @@ def command(config_file, output, resume, classes, class_weights, name, overwrite
                                 "source": {**config.source, "name": name or output.stem}})
     # Every file the run reads is never one it writes, even with --overwrite or --resume
     # (which replaces the run's own checkpoints).
+    palette = flags.get("palette")
     inputs = [*(p for pair in config.pairs() for p in pair), *config.val_images,
-              *config.val_labels, config_file, config.split_file]
+              *config.val_labels, config_file, config.split_file,
+              Path(palette) if palette is not None and "=" not in palette else None]
     check_outputs([output, *last_paths(output)], inputs, overwrite or resume)
     result = train_model(config, output, resume=resume, progress=not quiet)
     if not quiet:

@@ -9,12 +9,13 @@ templates; two inputs that would write the same file are refused before anything
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from geounet.errors import ConfigError, GeoUNetError
-from geounet.outputs import GDAL_SIDECARS, output_parts
+from geounet.outputs import GDAL_SIDECARS, output_parts, same_file
 from geounet.workflow.config import Workflow, read_input_list
 from geounet.workflow.manifest import HTML_REPORT, LOCK, MANIFEST, REPORT, Manifest
 
@@ -73,16 +74,29 @@ def own_files(workflow: Workflow, candidates: list[Path]) -> set[Path]:
 
 
 def plan_items(workflow: Workflow, inputs: list[Path]) -> list[Item]:
-    """Items with their output paths; refuse two inputs that would write the same file."""
+    """Items with their output paths; refuse two inputs that would write the same file, and
+    an output (or a Shapefile part of one) that is the workflow's model, its file or its
+    input list, whatever ``outputs.overwrite`` says."""
     items = _items(workflow, inputs)
+    protected = {path: what for path, what in ((workflow.model, "model"),
+                                               (workflow.source, "YAML file"),
+                                               (workflow.inputs.file, "input list"))
+                 if path is not None}
     owners: dict[Path, Path] = {}
     for item in items:
-        for target in filter(None, item.outputs.values()):
+        for kind, target in item.outputs.items():
+            if target is None:
+                continue
             if target in owners:
                 raise ConfigError(f"{owners[target]} and {item.input} would both write "
                                   f"{target}; use {{name}} in outputs templates or rename an "
                                   "input")
             owners[target] = item.input
+            for part, (path, what) in itertools.product(output_parts(target),
+                                                        protected.items()):
+                if same_file(part, path):
+                    raise ConfigError(f"outputs.{kind}: the output {part} of {item.input} "
+                                      f"is this workflow's {what}; change the name template")
     return items
 
 
