@@ -49,3 +49,34 @@ def test_signal_mid_predict_leaves_nothing(tmp_path, signum, status, word):
         f"geounet: {word}; no output was left at the destination"]
     assert list(out.iterdir()) == []
     assert np.all([p.exists() for p in (image, model)])
+
+
+@pytest.mark.parametrize("signum,status,word", [(signal.SIGTERM, 143, "terminated"),
+                                                (signal.SIGINT, 130, "interrupted")])
+def test_an_interrupt_a_library_reports_as_its_error_is_still_the_interrupt(
+        tmp_path, monkeypatch, signum, status, word):
+    """GDAL reading Arrow batches turns an interrupt raised in the batch stream into its
+    own "Error while accessing batch from stream": that was reported as a failed write
+    (exit 1). The signal is remembered, so it is reported as what it was, nothing left."""
+    import pyogrio
+    from click.testing import CliRunner
+
+    from geounet.cli import main
+
+    mask = np.zeros((1, 40, 40), np.uint8)
+    mask[0, 5:20, 5:30] = 1
+    path = write_raster(tmp_path / "mask.tif", mask)
+
+    def swallowing_write(*args, **kwargs):
+        try:
+            os.kill(os.getpid(), signum)
+            time.sleep(1)   # the handler raises here
+        except BaseException:   # noqa: BLE001 - as the library does
+            pass
+        raise RuntimeError("Error while accessing batch from stream.")
+
+    monkeypatch.setattr(pyogrio, "write_arrow", swallowing_write)
+    result = CliRunner().invoke(main, ["vectorize", str(path), "-o", str(tmp_path / "v.gpkg")])
+    assert result.exit_code == status, result.output
+    assert result.stderr.strip() == f"geounet: {word}; no output was left at the destination"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.tif"]

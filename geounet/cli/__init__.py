@@ -30,20 +30,35 @@ class Terminated(KeyboardInterrupt):
     out as it is for Ctrl-C."""
 
 
+_signalled: list[type[KeyboardInterrupt]] = []   # the interrupts received, in order
+
+
 @contextlib.contextmanager
 def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated`, SIGINT KeyboardInterrupt, and both are
+    remembered: a library that turns the exception into its own error (GDAL reading a
+    stream of batches reports "Error while accessing batch from stream") is still reported
+    as the interrupt it was."""
+    _signalled.clear()
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
-    def terminate(signum: int, frame: object) -> None:
-        raise Terminated
+    def raiser(kind: type[KeyboardInterrupt]):
+        def handle(signum: int, frame: object) -> None:
+            _signalled.append(kind)
+            raise kind
 
-    previous = signal.signal(signal.SIGTERM, terminate)
+        return handle
+
+    previous = {number: signal.signal(number, raiser(kind))
+                for number, kind in ((signal.SIGTERM, Terminated),
+                                     (signal.SIGINT, KeyboardInterrupt))}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 class _Group(click.Group):
@@ -53,14 +68,24 @@ class _Group(click.Group):
         silence_libtiff_stderr()  # a full disk is our one line, not one raw line per block
         try:
             with _terminate_as_interrupt():
-                return super().invoke(ctx)
+                try:
+                    return super().invoke(ctx)
+                except Exception as exc:
+                    if _signalled:   # the interrupt, reported by a library as its error
+                        raise _signalled[0]() from exc
+                    raise
         except GeoUNetError as exc:
             _fail(f"error: {exc}", exc)
         except RasterioError as exc:
             _fail(f"error: {_gdal_words(exc)}", exc)
         except KeyboardInterrupt as exc:
             how = "terminated" if isinstance(exc, Terminated) else "interrupted"
-            click.echo(f"geounet: {how}; no output was left at the destination", err=True)
+            if ctx.invoked_subcommand == "train":   # finished epochs' checkpoints are complete
+                said = ("no partial checkpoint was left; those of finished epochs are kept: "
+                        "continue with --resume")
+            else:
+                said = "no output was left at the destination"
+            click.echo(f"geounet: {how}; {said}", err=True)
             sys.exit(143 if isinstance(exc, Terminated) else 130)
         except MemoryError as exc:
             _fail(f"error: out of memory in `geounet {ctx.invoked_subcommand}`; lower "
