@@ -383,6 +383,12 @@ def _class_pixels(src, window: Window, classes: tuple[int, ...] | None,
                              f"vector layer holds ({CLASS_ID_RANGE[0]} to {CLASS_ID_RANGE[1]}); "
                              "give a class mask (small whole numbers per class) or set that "
                              "value as the raster's nodata")
+        if values.dtype.kind == "f":
+            fractional = kept[kept != np.round(kept)]
+            if fractional.size:
+                raise InputError(f"{src.name}: holds the value {fractional[0]:.6g}, not a "
+                                 "class id; this looks like probabilities: vectorize the class "
+                                 "mask (predict -o), or threshold it first")
         values = np.where(keep, values, 0).astype(np.int32)
     keep &= values != 0
     if classes is not None:

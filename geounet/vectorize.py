@@ -166,6 +166,10 @@ def vectorize_raster(mask_path: str | Path, output: str | Path,
         config = config.model_copy(update={"centerlines": True})
     output = Path(output)
     info = open_raster(mask_path)
+    if info.count != 1:
+        raise InputError(f"{mask_path}: has {info.count} bands; a class mask has one (class "
+                         "ids, 0 for background): give the mask that predict writes, or "
+                         "extract the band that holds the classes (gdal_translate -b N)")
     inputs = [mask_path] + ([probabilities] if probabilities is not None else [])
     if probabilities is not None:
         check_same_grid(info, open_raster(probabilities))

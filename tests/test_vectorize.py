@@ -143,10 +143,32 @@ def test_cli_predict_to_polygons_in_one_command(rgb, tiny_model, tmp_path):
     assert pyogrio.read_info(out)["crs"] == "EPSG:4326"
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix != ".safetensors") == [
         "in.tif", "polys.geojson"]
-    done = subprocess.run([sys.executable, "-m", "geounet", "vectorize", str(rgb), "-o",
-                           str(tmp_path / "v.gpkg"), "--json"], capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run([sys.executable, "-m", "geounet", "predict", str(rgb), "-m",
+                           str(tiny_model()), "-o", str(tmp_path / "m.tif"), "-q"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    done = subprocess.run([sys.executable, "-m", "geounet", "vectorize", str(tmp_path / "m.tif"),
+                           "-o", str(tmp_path / "v.gpkg"), "--json"], capture_output=True,
+                          text=True, timeout=120)
     assert done.returncode == 0 and json.loads(done.stdout)["format"] == "GPKG"
+
+
+def test_rasters_that_are_not_class_masks_are_refused(make_raster, tmp_path):
+    """Probabilities (fractional values) and a multi-band image were vectorized silently
+    (fractions truncated, band 1 taken as classes): refused in one line, nothing written;
+    a float mask of whole class ids is still a mask."""
+    prob = np.full((1, 20, 20), 0.05, np.float32)
+    prob[0, 5:10, 5:10] = 0.93
+    cases = {"prob.tif": (prob, "holds the value 0.05, not a class id"),
+             "rgb.tif": (np.ones((3, 20, 20), np.uint8), "has 3 bands; a class mask has one")}
+    for name, (array, said) in cases.items():
+        with pytest.raises(InputError, match=said):
+            vectorize_raster(make_raster(array, name, transform=TRANSFORM), tmp_path / "o.gpkg")
+    assert not (tmp_path / "o.gpkg").exists()
+    whole = np.where(prob > 0.5, 2.0, 0.0).astype(np.float32)
+    vectorize_raster(make_raster(whole, "whole.tif", transform=TRANSFORM), tmp_path / "o.gpkg")
+    frame = gpd.read_file(tmp_path / "o.gpkg")
+    assert list(frame.class_id) == [2] and frame.area_m2[0] == pytest.approx(25 * 0.25)
 
 
 def component_means(mask: np.ndarray, prob: np.ndarray, connectivity: int) -> np.ndarray:
