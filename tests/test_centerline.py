@@ -42,6 +42,29 @@ def test_straight_crack_length_and_width(length, width, angle):
     assert abs(branches.max_width_px[0] - width) <= 1.5
 
 
+def pixels_polygon(mask: np.ndarray) -> shapely.Geometry:
+    """The union of a mask's pixels as unit squares (x = column, y = row)."""
+    rows, cols = np.nonzero(mask)
+    return shapely.union_all(shapely.box(cols, rows, cols + 1, rows + 1))
+
+
+@pytest.mark.parametrize("legs", [(50, 50), (50, 20), (30, 30)])
+def test_lines_of_thin_cracks_keep_to_their_corners(legs):
+    """Smoothing let the line of a 1 px crack cut its corner: an L of 1 px legs had 24 of
+    98 px of its line outside the crack. Now the line turns with the crack and stays on it;
+    the length is the pixel-centre path's within 1 px."""
+    down, across = legs
+    mask = np.zeros((down + 10, across + 10), bool)
+    mask[5:5 + down, 5] = True
+    mask[4 + down, 5:5 + across] = True
+    branches = centerlines(mask)
+    assert len(branches) == 1
+    line = branches.lines[0]
+    assert line.difference(pixels_polygon(mask).buffer(1e-9)).length == 0.0
+    # the path through the pixel centres, each free end extended by half a pixel
+    assert line.length == pytest.approx(down + across - 2 + 1, abs=1.0)
+
+
 def road_network(size: int = 900, width: float = 12.0) -> tuple[np.ndarray, float]:
     """A grid of roads with a diagonal and a dead end; (mask, true centerline length px)."""
     lines = [shapely.LineString([(0, 150), (size, 150)]),
