@@ -9,7 +9,8 @@ branches shorter than the spur length (by default twice the shape's radius at th
 at least 3 px) are pruned, shortest first, never leaving a junction with fewer than two
 branches; branches meeting at a former junction are then one. Lines are smoothed
 (Douglas-Peucker, 1 px, which removes the pixel staircase that would otherwise inflate lengths
-by up to 8 %; 0.9 px along parts 1 or 2 px wide, so the line keeps to a thin crack's corners) and each free end is extended by the shape's radius there, because thinning stops
+by up to 8 %; 0.9 px along parts 1 or 2 px wide, so the line keeps to a thin crack's
+corners) and each free end is extended by the shape's radius there, because thinning stops
 about half a width short of a shape's end.
 
 Width: every pixel of a shape is assigned to its nearest centerline pixel; a branch's mean
