@@ -143,7 +143,7 @@ class FeatureLayers:
         }
         if self.scores:
             with np.errstate(invalid="ignore", divide="ignore"):
-                columns["score"] = pieces.score_sum / pieces.pixels
+                columns["score"] = pieces.score_sum / pieces.scored   # none valid: null
         if config.centerlines:
             columns.update(self._centerlines(pieces, columns["feature_id"], areas))
         self.features += len(geometries)

@@ -106,7 +106,9 @@ class Pieces:
     Attributes:
         ids: class id of each.
         polygons: shapely Polygons or MultiPolygons (valid).
-        score_sum: sum of the probabilities over its pixels (0 without probabilities).
+        score_sum: sum of the valid probabilities over its pixels (0 without
+            probabilities).
+        scored: how many of its pixels have a valid probability (not nodata, finite).
         pixels: its pixel count.
         seeds: ``row * width + column`` of its first pixel in raster order.
         branches: its centerline branches (:class:`geounet.centerline.Branches`, raster
@@ -116,6 +118,7 @@ class Pieces:
     ids: np.ndarray
     polygons: np.ndarray
     score_sum: np.ndarray
+    scored: np.ndarray
     pixels: np.ndarray
     seeds: np.ndarray
     branches: np.ndarray
@@ -424,7 +427,7 @@ def _block(src, prob_src, window: Window, settings: PixelSettings, shape: tuple[
     for index, _ in sides.values():
         on_edge[index[index >= 0]] = True
     seeds = (top_left[:, 1] * width + top_left[:, 0]).astype(np.int64)
-    pieces = Pieces(ids, polygons, _score_sums(prob_src, window, labels, label, ids),
+    pieces = Pieces(ids, polygons, *_score_sums(prob_src, window, labels, label, ids),
                     pixels, seeds, np.full(len(label), None, dtype=object))
     _block_branches(pieces, labels, label, on_edge, settings, (x0, y0))
     return _Block(pieces, on_edge, sides)
@@ -552,12 +555,13 @@ def _repaired(polygons: np.ndarray, labels: np.ndarray, label: np.ndarray, piece
 
 
 def _score_sums(prob_src, window: Window, labels: np.ndarray, label: np.ndarray,
-                ids: np.ndarray) -> np.ndarray:
-    """Sum of the probabilities over each polygon's pixels: of band 1 for a binary model,
-    else of the band of each polygon's own class (band = class id + 1)."""
-    sums = np.zeros(len(label))
+                ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sum of the valid probabilities over each polygon's pixels, how many are valid): of
+    band 1 for a binary model, else of the band of each polygon's own class (band = class
+    id + 1). Nodata and non-finite probabilities are not counted."""
+    sums, scored = np.zeros(len(label)), np.zeros(len(label), np.int64)
     if prob_src is None:
-        return sums
+        return sums, scored
     flat = labels.ravel()
     for class_id in ([None] if prob_src.count == 1 else np.unique(ids)):
         band = 1 if class_id is None else int(class_id) + 1
@@ -565,11 +569,15 @@ def _score_sums(prob_src, window: Window, labels: np.ndarray, label: np.ndarray,
             raise InputError(f"{prob_src.name}: has {prob_src.count} bands but the mask has "
                              f"class {class_id} (its probability is band {band}); give the "
                              "probabilities written with this mask")
-        prob = np.nan_to_num(_read(prob_src, window, band), nan=0.0).ravel()
-        total = np.bincount(flat, prob, len(label) + 1)[label]
+        prob = _read(prob_src, window, band).ravel()
+        valid = np.isfinite(prob)
+        if prob_src.nodata is not None and not np.isnan(prob_src.nodata):
+            valid &= prob != prob_src.nodata
+        total = np.bincount(flat, np.where(valid, prob, 0.0), len(label) + 1)[label]
+        count = np.bincount(flat, valid, len(label) + 1)[label]
         mine = slice(None) if class_id is None else ids == class_id
-        sums[mine] = total[mine]
-    return sums
+        sums[mine], scored[mine] = total[mine], count[mine]
+    return sums, scored
 
 
 def _block_branches(pieces: Pieces, labels: np.ndarray, label: np.ndarray,
@@ -725,6 +733,7 @@ class _Joiner:
                 branches[k] = self._branches(polygons[k], class_id,
                                              int(pieces.seeds[start:end].min()))
         return Pieces(pieces.ids[starts], polygons, np.add.reduceat(pieces.score_sum, starts),
+                      np.add.reduceat(pieces.scored, starts),
                       np.add.reduceat(pieces.pixels, starts),
                       np.minimum.reduceat(pieces.seeds, starts), branches)
 
@@ -769,4 +778,5 @@ def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _empty() -> Pieces:
     return Pieces(np.zeros(0, np.int64), np.empty(0, dtype=object), np.zeros(0),
-                  np.zeros(0, np.int64), np.zeros(0, np.int64), np.empty(0, dtype=object))
+                  np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64),
+                  np.empty(0, dtype=object))

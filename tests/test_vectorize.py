@@ -209,6 +209,27 @@ def test_scores_are_the_exact_pixel_means_of_features_across_blocks(
     assert spans > 5   # features joined across blocks were checked
 
 
+@pytest.mark.parametrize("nodata", [float("nan"), -1.0])
+def test_scores_leave_out_probability_nodata(make_raster, tmp_path, nodata):
+    """Nodata probabilities (NaN, or the raster's nodata value) counted as 0 or as the
+    value itself (a score of -0.1): the score is the mean of the valid ones, across blocks,
+    and missing (NULL) for a feature that has none."""
+    mask = np.zeros((1, 20, 20), np.uint8)
+    mask[0, 2:10, 2:10] = 1     # half its probabilities are nodata
+    mask[0, 14:18, 3:7] = 1     # all of them are
+    prob = np.where(mask > 0, 0.8, 0.1).astype(np.float32)
+    prob[0, 2:6, 2:10] = nodata
+    prob[0, 14:18, 3:7] = nodata
+    path = make_raster(mask, "mask.tif", transform=TRANSFORM)
+    prob_path = make_raster(prob, "prob.tif", transform=TRANSFORM, nodata=nodata)
+    for block in (5, 64):
+        out = tmp_path / f"s{block}.gpkg"
+        vectorize_raster(path, out, VectorizeConfig(block_size=block), probabilities=prob_path)
+        frame = gpd.read_file(out).sort_values("area_m2", ascending=False)
+        assert frame.score.iloc[0] == pytest.approx(0.8)
+        assert frame.score.isna().tolist() == [False, True]
+
+
 def test_features_are_measured_from_their_pixels_never_drawn_back(make_raster, tmp_path,
                                                                    monkeypatch):
     """Scores and centerlines come from the labelled pixels: a polygon with thousands of
