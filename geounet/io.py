@@ -9,9 +9,10 @@ contract between stages).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,38 @@ class RasterInfo:
     transform: rasterio.Affine
     nodata: float | None
     gcps: tuple = ((), None)   # (ground control points, their CRS) when georeferenced so
+
+
+GCP_TOLERANCE_PX = 0.1   # how far an affine fit may miss a ground control point
+
+
+def gcp_transform(points: Sequence) -> tuple[rasterio.Affine, float]:
+    """The affine transform that fits ground control points best (least squares,
+    :func:`rasterio.transform.from_gcps`) and how far it misses the worst of them (pixels)."""
+    from rasterio.transform import from_gcps
+
+    transform = from_gcps(points)
+    inverse = ~transform
+    miss = max((float(np.hypot(*np.subtract(inverse @ (p.x, p.y), (p.col, p.row))))
+                for p in points), default=0.0)
+    return transform, miss
+
+
+def georeferenced(info: RasterInfo) -> RasterInfo:
+    """``info`` placed by its ground control points when it has no CRS of its own but GCPs
+    (as ``predict`` carries them over to its outputs): their CRS and the affine transform
+    fitted to them. GCPs that no affine transform fits within :data:`GCP_TOLERANCE_PX`
+    (a warped or sensor-geometry image) are refused with the warp that fixes it."""
+    points, crs = info.gcps
+    if info.crs is not None or not points or crs is None:
+        return info
+    transform, miss = (gcp_transform(points) if len(points) >= 3
+                       else (rasterio.Affine.identity(), math.inf))
+    if miss > GCP_TOLERANCE_PX:
+        raise InputError(f"{info.path}: is placed by {len(points)} ground control points that "
+                         f"no affine transform fits (off by {miss:.2g} px); warp it onto a "
+                         f"grid first: gdalwarp -r near -t_srs {crs} {info.path} warped.tif")
+    return replace(info, transform=transform, crs=crs)
 
 
 def open_raster(path: str | Path) -> RasterInfo:

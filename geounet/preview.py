@@ -41,12 +41,11 @@ import rasterio
 from affine import Affine
 from PIL import Image, ImageDraw, ImageFont
 from rasterio.enums import Resampling
-from rasterio.transform import from_gcps
 from rasterio.windows import Window
 
 from geounet.errors import InputError
 from geounet.geotiff import read_class_colors, read_class_names
-from geounet.io import open_raster
+from geounet.io import gcp_transform, open_raster
 from geounet.outputs import atomic_path, check_output, check_vector_name, first_line
 from geounet.palette import CLASS_COLOURS, class_colour, to_hex, to_rgb  # noqa: F401
 
@@ -226,7 +225,7 @@ def render_preview(image: str | Path, output_png: str | Path, mask: str | Path |
         valid = src.dataset_mask(out_shape=shape, resampling=Resampling.nearest) > 0
         transform, crs = src.transform, src.crs
         if crs is None and src.gcps[1] is not None and src.gcps[0]:
-            transform, crs = from_gcps(src.gcps[0]), src.gcps[1]
+            transform, crs = gcp_transform(src.gcps[0])[0], src.gcps[1]
     valid &= np.isfinite(data).all(axis=0)
     rgb = stretch(np.where(np.isfinite(data), data, 0), valid, percentiles)
     if rgb.shape[0] == 1:

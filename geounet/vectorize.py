@@ -38,7 +38,7 @@ from geounet.export import (
 )
 from geounet.features import FeatureLayers, LineSpool
 from geounet.geotiff import read_class_names
-from geounet.io import RasterInfo, open_raster
+from geounet.io import RasterInfo, georeferenced, open_raster
 from geounet.outputs import (
     atomic_outputs,
     check_outputs,
@@ -152,7 +152,8 @@ def vectorize_raster(mask_path: str | Path, output: str | Path,
         config: polygonization settings (``centerlines`` adds length and widths).
         driver: format name (gpkg, geojson, shapefile, parquet) overriding the extension.
         crs: reproject features to this CRS; for a raster without a CRS, declares its CRS.
-        pixel_coordinates: accept a raster without a CRS and write pixel coordinates.
+        pixel_coordinates: accept a raster without a CRS; coordinates in its own units (pixels,
+            or its transform's units when it has one).
         overwrite: replace existing outputs.
         probabilities: probability raster on the mask's grid: adds each feature's mean
             probability (``score``).
@@ -173,6 +174,7 @@ def vectorize_raster(mask_path: str | Path, output: str | Path,
     inputs = [mask_path] + ([probabilities] if probabilities is not None else [])
     if probabilities is not None:
         check_same_grid(info, open_raster(probabilities))
+    info = georeferenced(info)
     plan = check_vector_outputs(output, centerlines_output, driver, crs, inputs, overwrite,
                                 info, pixel_coordinates)
     fmt, lines_path, lines_fmt = plan.polygons_format, plan.centerlines, plan.centerlines_format

@@ -6,6 +6,7 @@ import geopandas as gpd
 import numpy as np
 import pyogrio
 import pytest
+import rasterio
 import shapely
 from rasterio import features
 from rasterio.transform import Affine, from_origin
@@ -361,3 +362,43 @@ def test_names_gdal_is_particular_about_are_written(make_raster, tmp_path, name,
     with pytest.raises(ConfigError, match="name it out.shp"):
         vectorize_raster(path, tmp_path / "out.Shp")
     assert {p.name for p in tmp_path.iterdir()} - {"mask.tif"} == expected
+
+
+def test_a_mask_placed_by_ground_control_points(tmp_path, checkpoint):
+    """A raster georeferenced only by GCPs (predict carries them over to its mask) was
+    refused as having no CRS, and declaring one wrote pixel coordinates under it. Affine
+    GCPs place the polygons; GCPs no affine transform fits are refused with the warp."""
+    from click.testing import CliRunner
+    from rasterio.control import GroundControlPoint as Gcp
+
+    from geounet.cli import main
+
+    def write(path, array, points):
+        profile = {"driver": "GTiff", "width": array.shape[2], "height": array.shape[1],
+                   "count": array.shape[0], "dtype": array.dtype.name}
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(array)
+            dst.gcps = (points, rasterio.crs.CRS.from_epsg(32633))
+        return path
+
+    affine = [Gcp(0, 0, 500000, 4000000), Gcp(0, 10, 500005, 4000000),
+              Gcp(10, 0, 500000, 3999995), Gcp(10, 10, 500005, 3999995)]
+    mask = np.zeros((1, 10, 10), np.uint8)
+    mask[0, 2:5, 2:5] = 1
+    path = write(tmp_path / "gcp.tif", mask, affine)
+    vectorize_raster(path, tmp_path / "a.gpkg")
+    frame = gpd.read_file(tmp_path / "a.gpkg")
+    assert frame.crs.to_epsg() == 32633
+    assert tuple(frame.total_bounds) == pytest.approx((500001, 3999997.5, 500002.5, 3999999))
+    assert frame.area_m2[0] == pytest.approx(2.25)
+    warped = [*affine[:3], Gcp(10, 10, 500009, 3999995)]
+    with pytest.raises(InputError, match="no affine transform fits .* gdalwarp"):
+        vectorize_raster(write(tmp_path / "warped.tif", mask, warped), tmp_path / "b.gpkg")
+    assert not (tmp_path / "b.gpkg").exists()
+    image = np.random.default_rng(0).integers(0, 255, (3, 10, 10), dtype=np.uint8)
+    write(tmp_path / "image.tif", image, affine)
+    result = CliRunner().invoke(main, ["predict", str(tmp_path / "image.tif"), "-m",
+                                       str(checkpoint), "--vector", str(tmp_path / "p.gpkg"),
+                                       "-q", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert pyogrio.read_info(tmp_path / "p.gpkg")["crs"] == "EPSG:32633"

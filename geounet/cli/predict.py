@@ -61,11 +61,11 @@ def command(ctx: click.Context, input_path: Path, model: Path, output: Path | No
     inputs: list[str | Path] = [input_path, model]
     check_outputs([output, probabilities, vector, request.centerlines], inputs, overwrite)
     if vector is not None:   # against the input: the mask will have its grid and CRS
-        from geounet.io import open_raster
+        from geounet.io import georeferenced, open_raster
         from geounet.vectorize import check_vector_outputs
 
         check_vector_outputs(vector, request.centerlines, request.driver, request.crs,
-                             inputs, overwrite, open_raster(input_path),
+                             inputs, overwrite, georeferenced(open_raster(input_path)),
                              request.pixel_coordinates)
     from geounet.predict import PredictConfig, predict_raster  # torch: loaded on use
     from geounet.workflow.pipeline import mask_for_vectors

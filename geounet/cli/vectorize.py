@@ -59,7 +59,8 @@ vector_options = [
     _setting("workers"),
     _option("--crs", help="Reproject to this CRS (declares it for a raster without one)."),
     _option("--pixel-coordinates", is_flag=True,
-            help="Accept a raster without a CRS and write pixel coordinates."),
+            help="Accept a raster without a CRS: coordinates in its own units (pixels, or its "
+            "transform's units when it has one)."),
 ]
 
 
