@@ -315,7 +315,10 @@ def atomic_outputs(paths: Sequence[Path | None]) -> Iterator[list[Path | None]]:
                     _check_complete(tmp)
             for tmp, final in zip(temps, finals):
                 if tmp is not None and final is not None:
-                    rename_parts(tmp, final)
+                    try:
+                        rename_parts(tmp, final)
+                    except OSError as exc:   # e.g. a part that may not be replaced
+                        raise write_failed(final, exc) from exc
         except Exception as exc:  # noqa: BLE001 - write errors come in many types
             bad = _failed_output(exc, temps, finals)
             if isinstance(exc, GeoUNetError) or bad is None:
@@ -338,14 +341,39 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 def rename_parts(tmp: Path, final: Path) -> None:
     """Rename a complete temporary and its Shapefile sidecars (if any) onto ``final``'s
-    names: the sidecars first, the main file last (it is what readers open)."""
+    names: the sidecars first, the main file last (it is what readers open). When one of
+    several parts cannot be replaced, the parts already replaced get their old contents back
+    (kept as hard links until the end): a Shapefile is never half old, half new."""
     pairs = list(zip(output_parts(tmp), output_parts(final)))
-    for source, target in pairs[1:] + pairs[:1]:
-        if source.exists():
-            os.replace(source, target)
-        elif target != final:   # a sidecar the driver did not write: none of an older one
-            with contextlib.suppress(FileNotFoundError):
+    if len(pairs) == 1:
+        os.replace(tmp, final)
+        return
+    kept: list[tuple[Path, Path]] = []   # (final part, hard link to its old contents)
+    done: list[Path] = []
+    try:
+        for _, target in pairs:
+            if target.exists():
+                old = temporary_sibling(final, target.suffix, create=False)
+                os.link(target, old)
+                kept.append((target, old))
+        for source, target in pairs[1:] + pairs[:1]:
+            if source.exists():
+                os.replace(source, target)
+            elif target != final:   # a sidecar the driver did not write: none of an older one
+                with contextlib.suppress(FileNotFoundError):
+                    target.unlink()
+            done.append(target)
+    except BaseException:
+        for target in done:
+            with contextlib.suppress(OSError):
                 target.unlink()
+        for target, old in kept:
+            with contextlib.suppress(OSError):
+                os.replace(old, target)
+        raise
+    finally:
+        for _, old in kept:
+            old.unlink(missing_ok=True)
 
 
 def _check_complete(tmp: Path) -> None:
@@ -358,7 +386,8 @@ def _failed_output(exc: BaseException, temps: list[Path | None], finals: list[Pa
     is not a write error (e.g. an input could not be read)."""
     chain = list(exception_chain(exc))
     for tmp, final in zip(temps, finals):
-        if tmp is not None and final is not None and any(tmp.name in str(e) for e in chain):
+        if tmp is not None and final is not None and any(
+                tmp.with_suffix("").name in str(e) for e in chain):   # any of its parts
             return final
     if any((isinstance(e, OSError) and e.errno in DISK_FULL) or says_write_failed(str(e))
            for e in chain):

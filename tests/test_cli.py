@@ -306,3 +306,16 @@ def test_evaluate_never_writes_its_report_over_a_file_it_reads(masks, tmp_path):
         result = _invoke("evaluate", source, target, *args, "-o", output, "--overwrite")
         _assert_one_line_error(result, "is the same file as the input")
     assert {p: p.read_bytes() for p in before} == before
+
+
+def test_an_output_name_ending_in_a_slash_is_refused(odd_rgb, checkpoint, tmp_path):
+    """`-o out/` became a file named `out`: refused in one line, nothing written."""
+    before = sorted(tmp_path.iterdir())
+    for args in (["predict", odd_rgb, "-m", checkpoint, "-o", f"{tmp_path}/newout/"],
+                 ["vectorize", odd_rgb, "-o", f"{tmp_path}/out.gpkg/"],
+                 ["predict", odd_rgb, "-m", checkpoint, "--vector", f"{tmp_path}/v.gpkg/"]):
+        result = _invoke(*args)
+        assert result.exit_code == 2, result.output
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "names a folder" in lines[0], result.stderr
+    assert sorted(tmp_path.iterdir()) == before

@@ -249,3 +249,25 @@ def test_vector_names_gdal_would_misread_are_refused(tmp_path, name, read_as):
         vector_format(Path(name))
     for plain in ("a b.gpkg", "-v.gpkg", "x#1.geojson", "ü.shp", "a:b.gpkg"):
         assert vector_format(Path(plain)) and vector_format(tmp_path / plain)
+
+
+def test_a_shapefile_that_cannot_be_replaced_whole_keeps_its_old_parts(tmp_path, monkeypatch):
+    """The parts were renamed one by one: when the .dbf could not be replaced (an
+    immutable file), the new .shx sat beside the old .shp and .dbf, a corrupt Shapefile.
+    Now the replaced parts get their old contents back and no temporary is left."""
+    final = tmp_path / "v.shp"
+    for part in output_parts(final):
+        part.write_text(f"old {part.suffix}")
+    replace = os.replace
+
+    def refusing(source, target):
+        if str(target).endswith("v.dbf"):
+            raise PermissionError(1, "Operation not permitted", str(target))
+        replace(source, target)
+
+    monkeypatch.setattr(os, "replace", refusing)
+    with pytest.raises(OutputError), atomic_outputs([final]) as (tmp,):
+        for part in output_parts(tmp):
+            part.write_text(f"new {part.suffix}")
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {
+        p.name: f"old {p.suffix}" for p in output_parts(final)}

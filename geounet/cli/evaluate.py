@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from geounet.cli.options import parse_class_ids, setting_option, verbosity
+from geounet.cli.options import OutputPath, parse_class_ids, setting_option, verbosity
 from geounet.errors import ConfigError
 from geounet.inputs import require_regular_file
 from geounet.outputs import atomic_path, check_output
@@ -52,7 +52,7 @@ from geounet.settings import PredictSettings
 @setting_option(PredictSettings, "threads")
 @setting_option(PredictSettings, "tta")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@click.option("-o", "--output", type=click.Path(path_type=Path),
+@click.option("-o", "--output", type=OutputPath(),
               help="Also write the full JSON report (with per-image scores) here.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --output.")
 @verbosity

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import click
 
-from geounet.cli.options import InputPath, overwrite, verbosity
+from geounet.cli.options import InputPath, OutputPath, overwrite, verbosity
 from geounet.cli.summary import Column, emit, fixed
 
 
 @click.command("export")
 @click.argument("checkpoint", metavar="MODEL.safetensors", type=InputPath("checkpoint"))
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+@click.option("-o", "--output", required=True, type=OutputPath(),
               help="ONNX file to write (.onnx).")
 @click.option("--tile", type=click.IntRange(16),
               help="Fixed square tile edge in pixels (default: the checkpoint's tile).")

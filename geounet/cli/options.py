@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import types
 import warnings
 from collections.abc import Callable
@@ -85,6 +86,20 @@ class InputPath(click.Path):
                 require_regular_file(path, self.kind)
             except GeoUNetError as exc:
                 self.fail(str(exc), param, ctx)
+        return super().convert(value, param, ctx)
+
+
+class OutputPath(click.Path):
+    """``click.Path`` of an output file: a name ending in a path separator means a folder
+    (``out/``), which ``Path`` would silently turn into a file named ``out``."""
+
+    def __init__(self) -> None:
+        super().__init__(path_type=Path)
+
+    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+        if isinstance(value, str) and value.endswith(("/", os.sep)):
+            self.fail(f"{value}: names a folder (it ends with {value[-1]!r}); give an output "
+                      "file name", param, ctx)
         return super().convert(value, param, ctx)
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from geounet.cli.options import overwrite, parse_bands, setting_option, verbosity
+from geounet.cli.options import OutputPath, overwrite, parse_bands, setting_option, verbosity
 from geounet.cli.summary import Column, emit, fixed
 from geounet.cli.vectorize import summary as vector_summary
 from geounet.cli.vectorize import vector_request, with_vector_options
@@ -20,9 +20,9 @@ from geounet.settings import PredictSettings
 @click.option("-m", "--model", required=True, type=click.Path(path_type=Path),
               help="Checkpoint (.safetensors) from `geounet train`, or an .onnx file from "
               "`geounet export`.")
-@click.option("-o", "--output", type=click.Path(path_type=Path),
+@click.option("-o", "--output", type=OutputPath(),
               help="Class mask GeoTIFF (uint8, nodata 255).")
-@click.option("--probabilities", type=click.Path(path_type=Path),
+@click.option("--probabilities", type=OutputPath(),
               help="Probabilities GeoTIFF (float32, nodata NaN).")
 @setting_option(PredictSettings, "bands", callback=parse_bands,
                 help="Input bands in model order, e.g. 1,2,3 (default: the checkpoint's).")
@@ -38,7 +38,7 @@ from geounet.settings import PredictSettings
 @setting_option(PredictSettings, "threads")
 @setting_option(PredictSettings, "tta")
 @click.option("--cog", is_flag=True, help="Write Cloud-Optimized GeoTIFFs with overviews.")
-@click.option("--vector", type=click.Path(path_type=Path),
+@click.option("--vector", type=OutputPath(),
               help="Also polygonize the mask into this vector file (.gpkg, .geojson, ...).")
 @with_vector_options
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")

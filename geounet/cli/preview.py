@@ -6,14 +6,14 @@ from pathlib import Path
 
 import click
 
-from geounet.cli.options import overwrite, parse_bands, verbosity
+from geounet.cli.options import OutputPath, overwrite, parse_bands, verbosity
 from geounet.cli.summary import Column, emit, fixed
 from geounet.preview import render_preview
 
 
 @click.command("preview")
 @click.argument("image", metavar="IMAGE.tif", type=click.Path(path_type=Path))
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+@click.option("-o", "--output", required=True, type=OutputPath(),
               help="The PNG to write.")
 @click.option("--mask", type=click.Path(path_type=Path),
               help="Class mask on the image's grid, drawn as a translucent overlay.")

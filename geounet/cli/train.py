@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from geounet.cli.options import InputPath, overwrite, verbosity
+from geounet.cli.options import InputPath, OutputPath, overwrite, verbosity
 from geounet.errors import ConfigError
 from geounet.outputs import check_outputs
 
@@ -29,7 +29,7 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 @click.option("--val-image", "val_images", multiple=True, type=_FILE,
               help="Validation image (repeatable); default: a share of the training data.")
 @click.option("--val-label", "val_labels", multiple=True, type=_FILE)
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+@click.option("-o", "--output", required=True, type=OutputPath(),
               help="Best checkpoint to write (.safetensors); the last one goes beside it.")
 @click.option("--resume", is_flag=True,
               help="Continue the run whose last checkpoint lies beside --output.")

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from geounet.cli.options import overwrite, parse_class_ids, setting_option, verbosity
+from geounet.cli.options import OutputPath, overwrite, parse_class_ids, setting_option, verbosity
 from geounet.cli.summary import Column, emit, fixed, significant
 from geounet.settings import VectorizeSettings
 
@@ -50,7 +50,7 @@ vector_options = [
     _setting("min_pixels"),
     _setting("fill_holes"),
     _setting("simplify"),
-    _option("--centerlines", type=click.Path(path_type=Path),
+    _option("--centerlines", type=OutputPath(),
             help="Also write skeleton centerlines here; adds length and widths (m) to the "
                  "polygons of the linear classes (the `centerlines` setting)."),
     _setting("linear_classes", parse=parse_class_ids),
@@ -120,7 +120,7 @@ def summary(result: VectorizeResult) -> tuple[dict, dict, list[Column]]:
 
 @click.command("vectorize")
 @click.argument("mask", type=click.Path(path_type=Path))
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+@click.option("-o", "--output", required=True, type=OutputPath(),
               help="Vector file (.gpkg, .geojson, .shp, .parquet).")
 @click.option("--probabilities", type=click.Path(path_type=Path),
               help="Probability raster of the mask: adds each feature's mean (score).")
