@@ -182,6 +182,11 @@ def _check_part(part: Path, output: Path, inputs: list[Path], overwrite: bool) -
         raise OutputError(f"{parent}: output folder does not exist; create it first")
     if not os.access(parent, os.W_OK):
         raise OutputError(f"{parent}: output folder is not writable")
+    try:   # the test that counts (a read-only mount, /proc): make a file there and remove it
+        temporary_sibling(part).unlink()
+    except OSError as exc:
+        raise OutputError(f"{parent}: output folder cannot hold new files "
+                          f"({exc.strerror})") from None
 
 
 # -- temporary names ---------------------------------------------------------------------

@@ -271,3 +271,11 @@ def test_a_shapefile_that_cannot_be_replaced_whole_keeps_its_old_parts(tmp_path,
             part.write_text(f"new {part.suffix}")
     assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {
         p.name: f"old {p.suffix}" for p in output_parts(final)}
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_a_folder_that_cannot_hold_files_is_refused_before_any_work():
+    """/proc passes the access test but holds no new file: the write failed after the work,
+    naming a hidden temporary. Now a file is made and removed there first."""
+    with pytest.raises(OutputError, match="^/proc: output folder cannot hold new files"):
+        check_outputs([Path("/proc/x.tif")], [], overwrite=False)
