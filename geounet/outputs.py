@@ -78,6 +78,14 @@ def check_vector_name(path: Path) -> None:
                           "names); rename the file")
 
 
+def check_geotiff_name(path: Path | None) -> None:
+    """Refuse a GeoTIFF output named as a vector or picture file (``mask.gpkg`` would hold a
+    GeoTIFF that GIS tools open as something else, or not at all)."""
+    if path is not None and path.suffix.lower() in (*FORMATS, ".png", ".jpg", ".jpeg"):
+        raise ConfigError(f"{path}: {path.suffix!r} names another kind of file and this "
+                          f"output is a GeoTIFF; name it {path.with_suffix('.tif').name}")
+
+
 def vector_format(path: Path, name: str | None = None) -> str:
     """The driver for ``path`` from ``name`` (a --format value) or the extension; refuses a
     name GDAL would misread (:func:`check_vector_name`)."""

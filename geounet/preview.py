@@ -43,7 +43,7 @@ from PIL import Image, ImageDraw, ImageFont
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
-from geounet.errors import InputError
+from geounet.errors import ConfigError, InputError
 from geounet.geotiff import read_class_colors, read_class_names
 from geounet.io import gcp_transform, open_raster
 from geounet.outputs import atomic_path, check_output, check_vector_name, first_line
@@ -211,6 +211,9 @@ def render_preview(image: str | Path, output_png: str | Path, mask: str | Path |
         [Path(vector)] if isinstance(vector, (str, Path)) else [Path(v) for v in vector])
     inputs = [Path(image), *([Path(mask)] if mask else []), *vectors]
     output_png = check_output(output_png, inputs, overwrite)
+    if output_png.suffix.lower() != ".png":
+        raise ConfigError(f"{output_png}: the preview is a PNG picture; name it "
+                          f"{output_png.with_suffix('.png').name}")
     info = open_raster(image)
     shape = preview_shape(info.width, info.height, max_size)
     chosen = _bands(info.count, bands, image)

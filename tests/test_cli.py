@@ -319,3 +319,15 @@ def test_an_output_name_ending_in_a_slash_is_refused(odd_rgb, checkpoint, tmp_pa
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and "names a folder" in lines[0], result.stderr
     assert sorted(tmp_path.iterdir()) == before
+
+
+def test_outputs_named_as_another_kind_of_file_are_refused(odd_rgb, checkpoint, tmp_path):
+    """predict wrote GeoTIFFs named m.gpkg or p.png, preview a PNG named p.tif."""
+    for args, said in ((["predict", odd_rgb, "-m", checkpoint, "-o", tmp_path / "m.gpkg"],
+                        "name it m.tif"),
+                       (["predict", odd_rgb, "-m", checkpoint, "--probabilities",
+                         tmp_path / "p.png"], "name it p.tif"),
+                       (["preview", odd_rgb, "-o", tmp_path / "p.tif"], "name it p.png")):
+        _assert_one_line_error(_invoke(*args), said)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [odd_rgb.name, checkpoint.name])

@@ -11,7 +11,7 @@ from geounet.cli.summary import Column, emit, fixed
 from geounet.cli.vectorize import summary as vector_summary
 from geounet.cli.vectorize import vector_request, with_vector_options
 from geounet.errors import ConfigError
-from geounet.outputs import check_outputs
+from geounet.outputs import check_geotiff_name, check_outputs
 from geounet.settings import PredictSettings
 
 
@@ -60,6 +60,8 @@ def command(ctx: click.Context, input_path: Path, model: Path, output: Path | No
     # Every output is checked before the model runs.
     inputs: list[str | Path] = [input_path, model]
     check_outputs([output, probabilities, vector, request.centerlines], inputs, overwrite)
+    check_geotiff_name(output)
+    check_geotiff_name(probabilities)
     if vector is not None:   # against the input: the mask will have its grid and CRS
         from geounet.io import georeferenced, open_raster
         from geounet.vectorize import check_vector_outputs
