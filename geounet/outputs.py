@@ -50,6 +50,9 @@ GDAL_SIDECARS = (".aux.xml", ".ovr", "-journal", "-wal", "-shm")
 # Vector formats by extension (GDAL driver names).
 FORMATS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON",
            ".shp": "ESRI Shapefile", ".parquet": "Parquet"}
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)   # read once, at import, before any thread could create a file
+FILE_MODE = 0o666 & ~_UMASK   # the mode of a new file: outputs get it whoever wrote them
 _HOST = f"{zlib.crc32(socket.gethostname().encode()) & 0xFFFF:04x}"
 _TEMP_REST = re.compile(r"^([0-9a-f]{4})-(\d+)-[0-9a-f]{8}(\.[^/]*)?$")
 
@@ -326,6 +329,9 @@ def atomic_outputs(paths: Sequence[Path | None]) -> Iterator[list[Path | None]]:
             for tmp in temps:
                 if tmp is not None:
                     _check_complete(tmp)
+                    for part in output_parts(tmp):   # as any new file (safetensors: 0600)
+                        if part.exists():
+                            os.chmod(part, FILE_MODE)
             for tmp, final in zip(temps, finals):
                 if tmp is not None and final is not None:
                     try:

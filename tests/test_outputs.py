@@ -279,3 +279,14 @@ def test_a_folder_that_cannot_hold_files_is_refused_before_any_work():
     naming a hidden temporary. Now a file is made and removed there first."""
     with pytest.raises(OutputError, match="^/proc: output folder cannot hold new files"):
         check_outputs([Path("/proc/x.tif")], [], overwrite=False)
+
+
+def test_outputs_get_the_mode_of_a_new_file(tmp_path):
+    """safetensors writes its files 0600: checkpoints were unreadable to the user's group
+    while every other output was not. Every output now gets the mode a new file gets."""
+    final = tmp_path / "model.safetensors"
+    with atomic_outputs([final]) as (tmp,):
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o600))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert final.stat().st_mode & 0o777 == 0o666 & ~umask
