@@ -28,6 +28,7 @@ import logging
 import os
 import re
 import secrets
+import shutil
 import socket
 import stat
 import zlib
@@ -362,7 +363,8 @@ def rename_parts(tmp: Path, final: Path) -> None:
     """Rename a complete temporary and its Shapefile sidecars (if any) onto ``final``'s
     names: the sidecars first, the main file last (it is what readers open). When one of
     several parts cannot be replaced, the parts already replaced get their old contents back
-    (kept as hard links until the end): a Shapefile is never half old, half new."""
+    (kept as hard links, or copies, until the end): a Shapefile is never half old, half
+    new."""
     pairs = list(zip(output_parts(tmp), output_parts(final)))
     if len(pairs) == 1:
         os.replace(tmp, final)
@@ -373,7 +375,10 @@ def rename_parts(tmp: Path, final: Path) -> None:
         for _, target in pairs:
             if target.exists():
                 old = temporary_sibling(final, target.suffix, create=False)
-                os.link(target, old)
+                try:
+                    os.link(target, old)
+                except OSError:   # a file system without hard links (FAT), or an immutable file
+                    shutil.copy2(target, old)
                 kept.append((target, old))
         for source, target in pairs[1:] + pairs[:1]:
             if source.exists():

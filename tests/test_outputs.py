@@ -290,3 +290,21 @@ def test_outputs_get_the_mode_of_a_new_file(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert final.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_a_shapefile_is_replaced_where_hard_links_cannot_be_made(tmp_path, monkeypatch):
+    """On a file system without hard links (a FAT USB stick) the old parts are kept as
+    copies: the Shapefile is still replaced, and nothing else is left."""
+    final = tmp_path / "v.shp"
+    for part in output_parts(final):
+        part.write_text(f"old {part.suffix}")
+
+    def no_links(source, target):
+        raise PermissionError(1, "Operation not permitted", str(source))
+
+    monkeypatch.setattr(os, "link", no_links)
+    with atomic_outputs([final]) as (tmp,):
+        for part in output_parts(tmp):
+            part.write_text(f"new {part.suffix}")
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {
+        p.name: f"new {p.suffix}" for p in output_parts(final)}
