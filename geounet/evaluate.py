@@ -131,7 +131,8 @@ def evaluate_pairs(pairs: Sequence[tuple[str | Path, str | Path]],
     for prediction, label in tqdm(pairs, disable=not progress, desc="evaluate", unit="image"):
         info = image_info(prediction)
         pred, prob = _read_prediction(info, threshold)
-        kinds.add("probability" if prob is not None else "mask")
+        kinds.add("probability" if np.issubdtype(np.dtype(info.dtype), np.floating)
+                  else "mask")
         target = load_target(label, info, config.labels)
         valid = (target != IGNORE) & (pred != IGNORE)
         # The two paths, then the scores of each foreground class under its name.
@@ -265,19 +266,26 @@ def check_labels(pairs: Sequence[tuple[str | Path, str | Path]], labels: LabelCo
 
 
 def _read_prediction(info: RasterInfo, threshold: float) -> tuple[np.ndarray, np.ndarray | None]:
-    """Class ids (IGNORE where nodata) and, for float rasters, the probabilities of band 1.
+    """Class ids (IGNORE where nodata) and, for a binary model's probability raster (one
+    float band), its probabilities. A float raster of several bands is a multi-class
+    model's (band = class id + 1, as predict writes it): each pixel is the class of its
+    largest probability, as ``evaluate -m`` decides.
 
     Integer rasters are read like label masks (a 0/255 mask is binary).
     """
-    require_in_memory(info, 24, "evaluate")
+    require_in_memory(info, 24 + 8 * (info.count - 1), "evaluate")
     if not np.issubdtype(np.dtype(info.dtype), np.floating):
         return read_raster_target(info.path, info), None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(info.path) as src:
-            values = src.read(1)
-            valid = (src.read_masks(1) > 0) & np.isfinite(values)
-    prob = np.where(valid, values, 0).astype(np.float32)
+            values = src.read()
+            valid = (src.read_masks() > 0).all(axis=0) & np.isfinite(values).all(axis=0)
+    if info.count > 1:
+        pred = np.argmax(np.where(valid, values, 0), axis=0).astype(np.uint8)
+        pred[~valid] = IGNORE
+        return pred, None
+    prob = np.where(valid, values[0], 0).astype(np.float32)
     pred = (prob > threshold).astype(np.uint8)
     pred[~valid] = IGNORE
     return pred, prob

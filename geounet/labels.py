@@ -34,7 +34,7 @@ from rasterio.features import rasterize
 
 from geounet.errors import InputError
 from geounet.inputs import require_regular_file
-from geounet.io import RasterInfo, open_raster, require_in_memory
+from geounet.io import RasterInfo, georeferenced, open_raster, require_in_memory
 from geounet.outputs import check_vector_name
 
 IGNORE = 255
@@ -94,12 +94,28 @@ def load_target(label: str | Path, image: RasterInfo, config: LabelConfig = Labe
 
 
 def _label_info(mask: str | Path, image: RasterInfo) -> RasterInfo:
-    """The raster label's info, refused unless it is on ``image``'s grid."""
+    """The raster label's info, refused unless it is on ``image``'s grid: the same size
+    and, where both are georeferenced, the same CRS and transform (to a thousandth of a
+    pixel). A label without georeferencing (a plain picture) is taken on the image's
+    pixels."""
     info = image_info(mask)
     if (info.width, info.height) != (image.width, image.height):
         raise InputError(f"{mask}: {info.width}x{info.height} px does not match image "
                          f"{image.path} {image.width}x{image.height} px; labels must be on "
                          "the image's grid")
+    differs = []
+    if info.crs is not None and image.crs is not None and info.crs != image.crs:
+        differs.append(f"CRS {info.crs.to_string()!r} vs {image.crs.to_string()!r}")
+    pixel = min(abs(image.transform.a), abs(image.transform.e)) or 1.0
+    if (not info.transform.is_identity and not image.transform.is_identity
+            and not info.transform.almost_equals(image.transform, precision=pixel * 1e-3)):
+        differs.append(f"origin {info.transform.c:.6g}, {info.transform.f:.6g} and pixel "
+                       f"{info.transform.a:.6g} vs {image.transform.c:.6g}, "
+                       f"{image.transform.f:.6g} and {image.transform.a:.6g}")
+    if differs:
+        raise InputError(f"{mask}: not on the grid of {image.path} ({'; '.join(differs)}); "
+                         "labels must be on the image's grid: resample them onto it first "
+                         "(e.g. gdalwarp with the image's -t_srs, -te and -tr)")
     return info
 
 
@@ -116,11 +132,17 @@ def read_raster_target(mask: str | Path, image: RasterInfo) -> np.ndarray:
         with rasterio.open(mask) as src:
             raw = src.read(1)
             valid = src.read_masks(1) > 0
-    values = np.unique(raw[valid])
+    values = np.unique(raw[valid & np.isfinite(raw)] if raw.dtype.kind == "f" else raw[valid])
+    if raw.dtype.kind == "f":
+        valid &= np.isfinite(raw)
+        fractional = values[values != np.round(values)]
+        if fractional.size:
+            raise InputError(f"{mask}: holds the value {fractional[0]:.6g}, not a class id; "
+                             "give labels of whole class ids (0 background)")
     if set(values.tolist()) <= {0, 255}:   # a 0/255 mask: 255 is the foreground
         target = (raw > 0).astype(np.uint8)
     elif values.min() >= 0 and values.max() < IGNORE:
-        target = raw.astype(np.uint8)
+        target = np.where(valid, raw, 0).astype(np.uint8)
     else:
         raise InputError(f"{mask}: values {values[:8].tolist()} are neither a 0/255 mask nor "
                          "class ids 0..254")
@@ -175,6 +197,7 @@ def rasterize_vector(path: str | Path, image: RasterInfo,
 
     require_regular_file(path, "vector")  # a FIFO would wait forever
     check_vector_name(Path(path))
+    image = georeferenced(image)   # placed by ground control points: where they say
     try:
         frame = gpd.read_file(path, fid_as_index=True)  # messages name features by FID
     except Exception as exc:  # pyogrio raises its own DataSourceError and others

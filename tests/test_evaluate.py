@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from shapely.geometry import box
 
 from geounet.cli import main
+from geounet.errors import InputError
 from geounet.evaluate import EvaluateConfig, evaluate_model, evaluate_pairs
 from geounet.metrics import Counts, count, ods_ois, threshold_sweep
 
@@ -380,3 +381,61 @@ def test_linear_classes_alone_get_tolerant_scores(make_raster, tmp_path):
     assert result.exit_code == 0, result.output
     assert "class 2 tolerant (2 px)" in result.output
     assert "class 1 tolerant" not in result.output and "class 1 pixel" in result.output
+
+
+def test_a_multi_class_probability_raster_is_scored_by_its_largest_band(make_raster):
+    """predict writes one probability band per class for a softmax model; evaluate read
+    band 1 (the background's) against the threshold and scored every class 0, exit 0."""
+    truth = np.zeros((10, 10), np.uint8)
+    truth[0:5, 0:5], truth[6:10, 6:10] = 1, 2
+    prob = np.full((3, 10, 10), 0.05, np.float32)
+    for c in range(3):
+        prob[c][truth == c] = 0.9
+    prob[:, 9, 0] = np.nan   # nodata is left out
+    report = evaluate_pairs([(make_raster(prob, "prob.tif"), make_raster(truth[None], "t.tif"))],
+                            EvaluateConfig(tolerance=0))
+    assert {k: v["pixel"]["iou"] for k, v in report["classes"].items()} == {
+        "class 0": 1.0, "class 1": 1.0, "class 2": 1.0}
+    assert report["mean_iou"] == 1.0 and "ods_ois" not in report
+
+
+def test_labels_off_the_prediction_grid_or_fractional_are_refused(make_raster, tmp_path):
+    """Truth 5 m away, in another UTM zone or holding 0.5 was scored pixel for pixel (or
+    truncated to 0) without a word; a label without georeferencing is still taken on the
+    prediction's pixels."""
+    pred = np.zeros((1, 10, 10), np.uint8)
+    pred[0, :5, :5] = 1
+    shifted = rasterio.transform.from_origin(500005, 5000000, 1, 1)
+    base = rasterio.transform.from_origin(500000, 5000000, 1, 1)
+    path = make_raster(pred, "pred.tif", transform=base)
+    cases = {"shifted.tif": ({"transform": shifted}, pred, "not on the grid"),
+             "utm34.tif": ({"transform": base, "crs": "EPSG:32634"}, pred, "CRS 'EPSG:32634'"),
+             "half.tif": ({"transform": base}, pred * np.float32(0.5),
+                          "holds the value 0.5, not a class id")}
+    for name, (options, array, said) in cases.items():
+        with pytest.raises(InputError, match=said):
+            evaluate_pairs([(path, make_raster(array, name, **options))])
+    plain = make_raster(pred, "plain.tif", crs=None, transform=rasterio.Affine.identity())
+    report = evaluate_pairs([(path, plain)], EvaluateConfig(tolerance=0))
+    assert report["classes"]["class 1"]["pixel"]["iou"] == 1.0
+
+
+def test_a_prediction_placed_by_ground_control_points_meets_vector_truth(tmp_path):
+    """Vector truth was burnt onto a GCP-only prediction's pixel coordinates: nothing
+    landed and the scores were 0."""
+    from rasterio.control import GroundControlPoint as Gcp
+
+    pred = np.zeros((1, 10, 10), np.uint8)
+    pred[0, :5, :5] = 1
+    path = tmp_path / "pred.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=10, height=10, count=1,
+                       dtype="uint8") as dst:
+        dst.write(pred)
+        dst.gcps = ([Gcp(0, 0, 500000, 100000), Gcp(0, 10, 500010, 100000),
+                     Gcp(10, 0, 500000, 99990), Gcp(10, 10, 500010, 99990)],
+                    rasterio.crs.CRS.from_epsg(32633))
+    truth = tmp_path / "truth.gpkg"
+    gpd.GeoDataFrame({"c": [1]}, geometry=[box(500000, 99995, 500005, 100000)],
+                     crs="EPSG:32633").to_file(truth)
+    report = evaluate_pairs([(path, truth)], EvaluateConfig(tolerance=0))
+    assert report["classes"]["class 1"]["pixel"]["iou"] == 1.0
