@@ -70,6 +70,12 @@ def output_parts(path: Path) -> list[Path]:
                      for ext in SHAPEFILE_SIDECARS]
 
 
+def required_parts(path: Path) -> list[Path]:
+    """The files without which the output ``path`` cannot be read: itself, and for a
+    Shapefile its .shx and .dbf (a .prj or .cpg may rightly be absent)."""
+    return output_parts(path)[:3]
+
+
 def check_vector_name(path: Path) -> None:
     """Refuse a vector file name that pyogrio would not pass to GDAL as it is: it reads
     ``a!b.gpkg`` as the member ``b.gpkg`` of an archive ``a``, and ``zip:``, ``s3:``...

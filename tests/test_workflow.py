@@ -427,3 +427,26 @@ def test_outputs_never_replace_the_model_the_yaml_or_the_input_list(batch, tmp_p
         assert f"is this workflow's {what}" in result.output, result.output
         assert path.read_text() == text
     assert {p: p.read_bytes() for p in before} == before
+
+
+def test_shapefile_outputs_report_like_geopackages_and_a_lost_part_is_redone(batch, tmp_path):
+    """With .shp outputs the run report read the widths back as null (the Shapefile holds
+    them as mean_wid_m, max_wid_m); and a deleted .dbf or .shx left the item 'unchanged',
+    its Shapefile unreadable for good."""
+    reports = {}
+    for ext in ("gpkg", "shp"):
+        path = batch(f"  vector: '{{stem}}.{ext}'\n  centerlines: '{{stem}}_lines.{ext}'\n",
+                     name=f"{ext}.yaml")
+        text = path.read_text().replace("folder: out", f"folder: out_{ext}")
+        path.write_text(text)
+        reports[ext] = run_workflow(load_workflow(path), progress=False)
+    summaries = {ext: {r.input.name: r.summary for r in report.items}
+                 for ext, report in reports.items()}
+    assert summaries["shp"] == summaries["gpkg"]
+    assert any(c["mean_width_m"] is not None for s in summaries["shp"].values()
+               for c in s["classes"].values())
+    for part in ("s0.dbf", "s1_lines.shx"):
+        (tmp_path / "out_shp" / part).unlink()
+    again = run_workflow(load_workflow(tmp_path / "shp.yaml"), progress=False)
+    assert statuses(again) == {"s0.tif": "done", "s1.tif": "done", "s2.tif": "skipped"}
+    assert (tmp_path / "out_shp/s0.dbf").exists() and (tmp_path / "out_shp/s1_lines.shx").exists()

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from geounet.errors import OutputError
-from geounet.outputs import atomic_path
+from geounet.outputs import atomic_path, required_parts
 from geounet.outputs import remove_stale_temporaries as remove_output_temporaries
 from geounet.workflow.summary import ItemSummary
 
@@ -96,7 +96,8 @@ class Manifest:
         return (entry is not None and entry["state"] == "done"
                 and all(entry.get(k) == v for k, v in hashes.items())
                 and entry["outputs"] == self._names(item)
-                and all(p.exists() for p in filter(None, item.outputs.values())))
+                and all(part.exists() for p in filter(None, item.outputs.values())
+                        for part in required_parts(p)))
 
     def why_stale(self, item: Recorded, hashes: dict[str, str]) -> str:
         entry = self.entries.get(str(item.input))

@@ -38,7 +38,12 @@ def vector_summary(vector: Path, centerlines: Path | None = None) -> ItemSummary
     """Feature count, area, lengths and widths per class, read back from the written file."""
     import pyogrio
 
+    from geounet.export import SHAPEFILE_NAMES
+
+    # a Shapefile holds some columns under shorter names
+    long_names = {short: name for name, short in SHAPEFILE_NAMES.items()}
     frame = pyogrio.read_dataframe(vector, read_geometry=False)
+    frame.columns = [long_names.get(c, c) for c in frame.columns]
     lines = (pyogrio.read_dataframe(centerlines, read_geometry=False)
              if centerlines is not None and centerlines.exists() else None)
 
