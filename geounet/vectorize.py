@@ -113,7 +113,8 @@ def check_vector_outputs(output: str | Path, centerlines: str | Path | None,
             source = requested
         elif not pixel_coordinates:
             raise InputError(f"{raster.path}: raster has no CRS; declare it with --crs "
-                             "EPSG:XXXX or accept pixel coordinates with --pixel-coordinates")
+                             "EPSG:XXXX (in a workflow: vectorize: {crs: EPSG:XXXX}) or accept "
+                             "pixel coordinates with --pixel-coordinates")
     target = requested if reproject else source
     if reproject:
         assert source is not None and requested is not None
