@@ -709,7 +709,7 @@ def test_vectorize_mask_without_crs_needs_a_declaration(tmp_path, flags, crs):
 def test_evaluate_odd_mask_ignores_invalid_pixels(tmp_path, case):
     odd = ODD[case]
     prediction = odd.labels(tmp_path / "prediction.tif")
-    truth = label_mask(tmp_path / "truth.tif", odd.shape)
+    truth = label_mask(tmp_path / "truth.tif", odd.shape, crs=odd.crs, transform=odd.transform)
     result = invoke("evaluate", prediction, truth, "--json")
     assert_succeeded(result)
     scores = json.loads(result.stdout)["classes"].get("class 1")
@@ -726,7 +726,7 @@ def test_evaluate_odd_mask_ignores_invalid_pixels(tmp_path, case):
 def test_train_odd_image(tmp_path, case):
     odd = ODD[case]
     image = odd.image(tmp_path / "image.tif")
-    labels = label_mask(tmp_path / "labels.tif", odd.shape)
+    labels = label_mask(tmp_path / "labels.tif", odd.shape, crs=odd.crs, transform=odd.transform)
     out = tmp_path / "model.safetensors"
     result = invoke("train", "--image", image, "--mask", labels, "-o", out, *TRAIN_FAST)
     if case in TOO_SMALL_TO_TRAIN or odd.holes == "all":
