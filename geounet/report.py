@@ -156,14 +156,18 @@ def _row(item: dict, folder: Path, html_dir: Path) -> str:
     outputs = {k: v for k, v in (item.get("outputs") or {}).items() if v}
     preview = outputs.get("preview")
     thumb = "no preview"
-    if preview and (folder / preview).is_file():
-        src = _relative(folder / preview, html_dir)
-        thumb = (f'<a href="{_e(src)}"><img class="thumb" src="{_e(src)}" '
-                 f'alt="preview of {_e(name)}"></a>')
-    absent = "not written" if status == "failed" else "missing"
-    links = "".join(
-        f"<li>{_link(folder / path, html_dir, f'{kind}: {Path(path).name}', absent)}</li>"
-        for kind, path in outputs.items())
+    if status == "failed":   # files there are an earlier run's, not of this input as it is
+        links = "".join(f'<li><span class="missing">{_e(kind)}: {_e(Path(path).name)} '
+                        f"({_e(_earlier(folder / path))})</span></li>"
+                        for kind, path in outputs.items())
+    else:
+        if preview and (folder / preview).is_file():
+            src = _relative(folder / preview, html_dir)
+            thumb = (f'<a href="{_e(src)}"><img class="thumb" src="{_e(src)}" '
+                     f'alt="preview of {_e(name)}"></a>')
+        links = "".join(
+            f"<li>{_link(folder / path, html_dir, f'{kind}: {Path(path).name}')}</li>"
+            for kind, path in outputs.items())
     return f"""<tr class="item" data-status="{status}">
 <td data-label="Input"><div class="input" title="{_e(item.get('input'))}">{_e(name)}</div>
 <span class="badge {status}">{status}</span> <span class="timing">{timing}</span>
@@ -197,11 +201,17 @@ def _summary(summary: dict | None) -> str:
     return f'<div>{totals}</div><table class="classes">{head}{body}</table>'
 
 
-def _link(target: Path, html_dir: Path, text: str, absent: str = "missing") -> str:
-    """A relative link to ``target``, or the text marked ``absent`` when it does not exist."""
+def _earlier(target: Path) -> str:
+    """What a failed item's output name holds."""
+    return "not written; the file there is an earlier run's" if target.exists() else \
+        "not written"
+
+
+def _link(target: Path, html_dir: Path, text: str) -> str:
+    """A relative link to ``target``, or the text marked missing when it does not exist."""
     if not target.exists():
         return (f'<span class="missing" title="not found when the report was written">'
-                f"{_e(text)} ({absent})</span>")
+                f"{_e(text)} (missing)</span>")
     return f'<a href="{_e(_relative(target, html_dir))}">{_e(text)}</a>'
 
 

@@ -109,6 +109,19 @@ def test_report_marks_missing_outputs_and_escapes_reasons(tmp_path):
     assert "b_mask.tif (not written)" in page and "href" not in page
 
 
+def test_a_failed_item_does_not_show_an_earlier_runs_files_as_its_own(tmp_path):
+    """An input changed and then failed: its mask and preview from the earlier run were
+    shown (thumbnail and live links) in the failed row as if they were its outputs."""
+    Image.new("RGB", (8, 8)).save(tmp_path / "c_preview.png")
+    (tmp_path / "c_mask.tif").write_bytes(b"earlier")
+    report = {"workflow": "w", "items": [
+        {"input": "/data/c.tif", "status": "failed", "reason": "input content changed; bad",
+         "outputs": {"mask": "c_mask.tif", "preview": "c_preview.png"}, "summary": None}]}
+    page = write_html_report(report, tmp_path / "report.html").read_text()
+    assert "<img" not in page and 'href="c_mask.tif"' not in page
+    assert "c_mask.tif (not written; the file there is an earlier run&#x27;s)" in page
+
+
 def test_report_refuses_a_file_that_is_not_a_report(tmp_path):
     bad = tmp_path / "run_report.json"
     bad.write_text("[1, 2]")
