@@ -265,8 +265,10 @@ def _open(
     """Metadata and, with ``with_tensors``, the weights, once they are known to fit it."""
     path = Path(path)
     if path.is_dir() or not (path.exists() or path.is_symlink()):
-        raise ModelError(f"{path}: no such checkpoint file; pass a .safetensors file from "
-                         "`geounet train` or sample_data/models/")
+        what = "is a folder, not a checkpoint file" if path.is_dir() else \
+            "no such checkpoint file"
+        raise ModelError(f"{path}: {what}; pass a .safetensors file from `geounet train` or "
+                         "sample_data/models/")
     require_regular_file(path, "checkpoint", ModelError)  # a FIFO would wait forever
     try:
         with safe_open(str(path), framework="pt") as f:

@@ -527,7 +527,7 @@ MODELS = {
         lambda p: save_file({"w": torch.zeros(2)}, p) or p, "plain.safetensors",
         r"not a geounet checkpoint"),
     "checkpoint is a directory": (lambda p: p.mkdir() or p, "dir.safetensors",
-                                  r"no such checkpoint file"),
+                                  r"is a folder, not a checkpoint file"),
     "4-band model, 3-band raster": (lambda p: tiny_checkpoint(p, bands=4), "four.safetensors",
                                     r"raster has 3 band\(s\) but the model expects 4"),
 }
