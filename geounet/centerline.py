@@ -109,10 +109,12 @@ def skeleton_branches(shapes: Sequence[np.ndarray], spur_length_px: float | None
     owner = sheet.owner[graph.rows[paths.start_vertex], graph.cols[paths.start_vertex]]
     radius_at = radius[graph.rows[paths.vertex], graph.cols[paths.vertex]]
     max_width = 2 * np.maximum.reduceat(radius_at, paths.offsets[:-1]) - 1
+    narrowest = np.minimum.reduceat(radius_at, paths.offsets[:-1])
     area = _areas(sheet, graph, paths, owner)
     if corners is None:
         corners = np.zeros((len(shapes), 2))
-    lines = _lines(sheet, graph, paths, owner, radius, np.asarray(corners, np.float64))
+    lines = _lines(sheet, graph, paths, owner, radius, narrowest,
+                   np.asarray(corners, np.float64))
     return Branches(owner, lines, shapely.length(lines), area, max_width)
 
 
@@ -353,15 +355,16 @@ def _areas(sheet: _Sheet, graph: _Graph, paths: _Paths, owner: np.ndarray) -> np
 
 
 def _lines(sheet: _Sheet, graph: _Graph, paths: _Paths, owner: np.ndarray,
-           radius: np.ndarray, corners: np.ndarray) -> np.ndarray:
+           radius: np.ndarray, narrowest: np.ndarray, corners: np.ndarray) -> np.ndarray:
     """The branches as smoothed LineStrings with free ends extended, computed in each
     shape's own patch (so they do not depend on where it lies in the sheet), then moved to
-    pixel centres plus ``corners``."""
+    pixel centres plus ``corners``. ``narrowest``: the smallest inscribed radius along each
+    branch (pixels)."""
     own = np.repeat(owner, np.diff(paths.offsets))
     xy = np.column_stack([graph.cols[paths.vertex] - sheet.cols[own],
                           graph.rows[paths.vertex] - sheet.rows[own]]).astype(np.float64)
     raw = shapely.from_ragged_array(shapely.GeometryType.LINESTRING, xy, (paths.offsets,))
-    smooth = _smoothed(raw, paths, radius, graph)
+    smooth = _smoothed(raw, narrowest)
     xy, index = shapely.get_coordinates(smooth, return_index=True)
     first = np.searchsorted(index, np.arange(len(smooth)))
     last = np.searchsorted(index, np.arange(len(smooth)), side="right") - 1
@@ -380,13 +383,10 @@ def _lines(sheet: _Sheet, graph: _Graph, paths: _Paths, owner: np.ndarray,
                                      (np.append(first, len(xy)),))
 
 
-def _smoothed(raw: np.ndarray, paths: _Paths, radius: np.ndarray, graph: _Graph,
-              ) -> np.ndarray:
+def _smoothed(raw: np.ndarray, narrowest: np.ndarray) -> np.ndarray:
     """``raw`` (pixel-centre paths) simplified by :data:`SMOOTHING_PX`, or by
     :data:`THIN_SMOOTHING_PX` where the shape is 1 or 2 px wide somewhere along the branch
-    (inscribed radius under 1.5): a whole pixel there let the line cut the corner of a 1 px
-    crack, a quarter of its length outside the crack."""
-    narrowest = np.minimum.reduceat(radius[graph.rows[paths.vertex], graph.cols[paths.vertex]],
-                                    paths.offsets[:-1])
+    (``narrowest`` inscribed radius under 1.5): a whole pixel there let the line cut the
+    corner of a 1 px crack, a quarter of its length outside the crack."""
     tolerance = np.where(narrowest < 1.5, THIN_SMOOTHING_PX, SMOOTHING_PX)
     return shapely.simplify(raw, tolerance, preserve_topology=False)

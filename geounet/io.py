@@ -47,6 +47,13 @@ class RasterInfo:
     gcps: tuple = ((), None)   # (ground control points, their CRS) when georeferenced so
 
 
+def fraction_in(values: np.ndarray) -> float | None:
+    """A value of ``values`` (finite numbers) that is not a whole number, so not a class
+    id; None when there is none."""
+    fractional = values[values != np.round(values)]
+    return float(fractional[0]) if fractional.size else None
+
+
 GCP_TOLERANCE_PX = 0.1   # how far an affine fit may miss a ground control point
 
 

@@ -34,7 +34,13 @@ from rasterio.features import rasterize
 
 from geounet.errors import InputError
 from geounet.inputs import require_regular_file
-from geounet.io import RasterInfo, georeferenced, open_raster, require_in_memory
+from geounet.io import (
+    RasterInfo,
+    fraction_in,
+    georeferenced,
+    open_raster,
+    require_in_memory,
+)
 from geounet.outputs import check_vector_name
 
 IGNORE = 255
@@ -132,13 +138,13 @@ def read_raster_target(mask: str | Path, image: RasterInfo) -> np.ndarray:
         with rasterio.open(mask) as src:
             raw = src.read(1)
             valid = src.read_masks(1) > 0
-    values = np.unique(raw[valid & np.isfinite(raw)] if raw.dtype.kind == "f" else raw[valid])
     if raw.dtype.kind == "f":
         valid &= np.isfinite(raw)
-        fractional = values[values != np.round(values)]
-        if fractional.size:
-            raise InputError(f"{mask}: holds the value {fractional[0]:.6g}, not a class id; "
-                             "give labels of whole class ids (0 background)")
+    values = np.unique(raw[valid])
+    fraction = fraction_in(values) if raw.dtype.kind == "f" else None
+    if fraction is not None:
+        raise InputError(f"{mask}: holds the value {fraction:.6g}, not a class id; give "
+                         "labels of whole class ids (0 background)")
     if set(values.tolist()) <= {0, 255}:   # a 0/255 mask: 255 is the foreground
         target = (raw > 0).astype(np.uint8)
     elif values.min() >= 0 and values.max() < IGNORE:

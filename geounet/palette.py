@@ -58,6 +58,11 @@ def colors_problem(colors: object, count: int) -> str | None:
 # LoveDA, DeepGlobe). A palette maps each colour to a class: ``{'#rrggbb': CLASS}`` where
 # CLASS is a class name or id. Several colours may share a class; a colour has one class.
 
+def palette_file(value: str | None) -> Path | None:
+    """The file a --palette value names (None for an inline palette, text with ``=``)."""
+    return Path(value) if value is not None and "=" not in value else None
+
+
 def parse_palette(value: object) -> dict[str, str | int]:
     """A palette as ``{'#rrggbb' (lower case): class name or id}``.
 

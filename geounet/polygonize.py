@@ -52,7 +52,7 @@ from tqdm import tqdm
 
 from geounet import rings
 from geounet.errors import InputError
-from geounet.io import RasterInfo, open_raster
+from geounet.io import RasterInfo, fraction_in, open_raster
 from geounet.outputs import first_line
 
 log = logging.getLogger(__name__)
@@ -386,12 +386,11 @@ def _class_pixels(src, window: Window, classes: tuple[int, ...] | None,
                              f"vector layer holds ({CLASS_ID_RANGE[0]} to {CLASS_ID_RANGE[1]}); "
                              "give a class mask (small whole numbers per class) or set that "
                              "value as the raster's nodata")
-        if values.dtype.kind == "f":
-            fractional = kept[kept != np.round(kept)]
-            if fractional.size:
-                raise InputError(f"{src.name}: holds the value {fractional[0]:.6g}, not a "
-                                 "class id; this looks like probabilities: vectorize the class "
-                                 "mask (predict -o), or threshold it first")
+        fraction = fraction_in(kept) if values.dtype.kind == "f" else None
+        if fraction is not None:
+            raise InputError(f"{src.name}: holds the value {fraction:.6g}, not a class id; "
+                             "this looks like probabilities: vectorize the class mask "
+                             "(predict -o), or threshold it first")
         values = np.where(keep, values, 0).astype(np.int32)
     keep &= values != 0
     if classes is not None:

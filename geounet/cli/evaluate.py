@@ -69,7 +69,7 @@ def command(prediction, truth, model, images, labels, split_file, split, toleran
     """
     from geounet.evaluate import EvaluateConfig, evaluate_model, evaluate_pairs
     from geounet.labels import LabelConfig, pair_folders, select_split
-    from geounet.palette import parse_palette
+    from geounet.palette import palette_file, parse_palette
 
     if model is not None:
         if prediction is not None or images is None or labels is None:
@@ -86,9 +86,8 @@ def command(prediction, truth, model, images, labels, split_file, split, toleran
         raise ConfigError(f"{source} and {target}: give two files or two folders")
     pairs = pair_folders(source, target) if source.is_dir() else [(source, target)]
     if output is not None:   # never one of the files read, paired ones of folders included
-        palette_file = Path(palette) if palette is not None and "=" not in palette else None
         check_output(output, [*(p for pair in pairs for p in pair), model, split_file,
-                              palette_file], overwrite)
+                              palette_file(palette)], overwrite)
     pairs = select_split(pairs, split_file, split)
     try:
         colours = None if palette is None else parse_palette(palette)

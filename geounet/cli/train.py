@@ -10,6 +10,7 @@ import click
 from geounet.cli.options import InputPath, OutputPath, overwrite, verbosity
 from geounet.errors import ConfigError
 from geounet.outputs import check_outputs
+from geounet.palette import palette_file
 
 _FILE = InputPath()
 _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
@@ -108,10 +109,9 @@ def command(config_file, output, resume, classes, class_weights, name, overwrite
                                 "source": {**config.source, "name": name or output.stem}})
     # Every file the run reads is never one it writes, even with --overwrite or --resume
     # (which replaces the run's own checkpoints).
-    palette = flags.get("palette")
     inputs = [*(p for pair in config.pairs() for p in pair), *config.val_images,
               *config.val_labels, config_file, config.split_file,
-              Path(palette) if palette is not None and "=" not in palette else None]
+              palette_file(flags.get("palette"))]
     check_outputs([output, *last_paths(output)], inputs, overwrite or resume)
     result = train_model(config, output, resume=resume, progress=not quiet)
     if not quiet:
