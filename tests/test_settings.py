@@ -25,7 +25,9 @@ PER_CALL = {"cog", "overwrite", "progress", "region"}   # how one call writes it
 
 
 def cli_defaults(command: str) -> dict[str, object]:
-    params = main.commands[command].params
+    found = main.get_command(click.Context(main), command)
+    assert found is not None
+    params = found.params
     return {p.name: None if p.default in (None, UNSET) else p.default for p in params
             if isinstance(p, click.Option) and p.name}
 

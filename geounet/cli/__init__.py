@@ -3,12 +3,14 @@
 Errors a user can cause (:class:`geounet.errors.GeoUNetError`, unreadable rasters, files the
 system refuses) become one line on stderr and exit status 1; a bad command line is one line
 and exit status 2; anything else is one line reported as an internal error (traceback with
-``-v``). Subcommands live in one module each.
+``-v``). Subcommands live in one module each, imported only when that command runs (or
+when the commands are listed): a command does not pay for the others' libraries.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import signal
 import sys
@@ -61,7 +63,21 @@ def _terminate_as_interrupt() -> Iterator[None]:
             signal.signal(number, handler)
 
 
+# the subcommands, each the `command` of its module in geounet.cli
+COMMANDS = ("predict", "vectorize", "train", "evaluate", "sample", "demo", "info", "preview",
+            "run", "schedule", "export")
+
+
 class _Group(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        command: click.Command = importlib.import_module(f"geounet.cli.{cmd_name}").command
+        return command
+
     def invoke(self, ctx: click.Context):
         from geounet.geotiff import silence_libtiff_stderr
 
@@ -130,25 +146,3 @@ def _fail(message: str, exc: BaseException, status: int = 1,
 def main() -> None:
     """Segment large GeoTIFFs with a U-Net: streamed tiled inference, training, evaluation."""
 
-
-def _register() -> None:
-    from geounet.cli import (
-        demo,
-        evaluate,
-        export,
-        info,
-        predict,
-        preview,
-        run,
-        sample,
-        schedule,
-        train,
-        vectorize,
-    )
-
-    for module in (predict, vectorize, train, evaluate, sample, demo, info, preview, run,
-                   schedule, export):
-        main.add_command(module.command)
-
-
-_register()
