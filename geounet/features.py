@@ -168,8 +168,9 @@ class FeatureLayers:
         length (m), mean width (area / length, m) and maximum width (m)."""
         n = len(pieces)
         length, max_width = np.full(n, np.nan), np.full(n, np.nan)
-        have = [i for i in range(n) if pieces.branches[i] is not None and len(pieces.branches[i])]
-        found = Branches.concat([pieces.branches[i] for i in have], shapes=have)
+        branches = pieces.centerlines()
+        have = [i for i in range(n) if branches[i] is not None and len(branches[i])]
+        found = Branches.concat([branches[i] for i in have], shapes=have)
         if len(found):
             owner = found.shape
             lines = to_map(found.lines, self.transform)

@@ -22,7 +22,9 @@ are in memory.
 On large masks, worker processes run GDAL's polygonizer (which holds the GIL) a few blocks
 ahead while this process labels, measures and joins; they end before the last row of blocks
 is joined, where a feature spanning the raster completes and this process needs the most
-memory.
+memory. On smaller ones, the centerline skeletons are asked of a helper process as soon as a
+block is labelled, and computed there while this process polygonizes and measures
+(:mod:`geounet.processes`).
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ import ctypes.util
 import itertools
 import logging
 import multiprocessing
-import os
 import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -54,11 +55,11 @@ from geounet import rings
 from geounet.errors import InputError
 from geounet.io import RasterInfo, fraction_in, open_raster
 from geounet.outputs import first_line
+from geounet.processes import Answer, helps, polygonizing_workers, skeleton_helper
 
 log = logging.getLogger(__name__)
 
 MAX_CENTERLINE_PATCH_PX = 64_000_000   # a feature's bounding box, for its skeleton
-PARALLEL_MIN_PIXELS = 32_000_000   # below this, blocks are polygonized in-process
 GDAL_CACHE_MB = 32   # each block is read once: a large raster cache only holds memory
 POLYGONIZE_DTYPES = ("uint8", "uint16", "int16", "int32")
 CLASS_ID_RANGE = (-(2**31), 2**31 - 1)   # what GDAL's polygonizer and the class_id field hold
@@ -83,9 +84,10 @@ class PixelSettings:
         spur_px: prune skeleton branches shorter than this (pixels); ``None``: automatic.
         workers: processes polygonizing blocks ahead of the merge (1: in this process);
             0: for a mask of 32 Mpx or more, one per CPU but the one left to this process
-            (which merges and writes), else in this process. Each holds its own block and
-            libraries (about 200 MB with 2048 px blocks); they end before the last row of
-            blocks is joined, where a feature spanning the raster completes.
+            (which merges and writes), else in this process, with the centerline skeletons
+            computed by a helper process (:mod:`geounet.processes`). Each worker holds its
+            own block and libraries (about 200 MB with 2048 px blocks); they end before the
+            last row of blocks is joined, where a feature spanning the raster completes.
     """
 
     connectivity: int = 4
@@ -111,8 +113,8 @@ class Pieces:
         scored: how many of its pixels have a valid probability (not nodata, finite).
         pixels: its pixel count.
         seeds: ``row * width + column`` of its first pixel in raster order.
-        branches: its centerline branches (:class:`geounet.centerline.Branches`, raster
-            pixel coordinates) for skeletonized classes, else ``None``.
+        branches: its centerline branches for skeletonized classes (a :class:`_Part`
+            of a request's answer: :meth:`centerlines` waits for them), else ``None``.
     """
 
     ids: np.ndarray
@@ -133,6 +135,60 @@ class Pieces:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def centerlines(self) -> list:
+        """The centerline branches of each (:class:`geounet.centerline.Branches`, raster
+        pixel coordinates; None: not skeletonized, or too large for a skeleton)."""
+        return [None if part is None else part.branches() for part in self.branches]
+
+
+class _Skeletons:
+    """The centerline branches of the shapes of one request (computed here or by the
+    helper process), split per shape on first use."""
+
+    def __init__(self, answer: Answer, count: int) -> None:
+        self.answer, self.count = answer, count
+        self.parts: list | None = None
+
+    def part(self, k: int):
+        if self.parts is None:
+            found = self.answer.result()
+            order = np.argsort(found.shape, kind="stable")
+            ends = np.searchsorted(found.shape[order], np.arange(self.count + 1))
+            self.parts = [found.take(order[ends[j]:ends[j + 1]]) for j in range(self.count)]
+            self.answer = None   # type: ignore[assignment]   # held once, in the parts
+        return self.parts[k]
+
+
+@dataclass(frozen=True)
+class _Part:
+    """The branches of the ``k``-th shape of a request."""
+
+    skeletons: _Skeletons
+    k: int
+
+    def branches(self):
+        return self.skeletons.part(self.k)
+
+
+def _ask_skeletons(patches: list[np.ndarray], corners: list[tuple[int, int]],
+                   spur_px: float | None, helper: bool) -> list[_Part | None]:
+    """Centerline branches of features given by their pixels in their bounding boxes, whose
+    top-left pixels are ``corners`` (column, row): asked of the helper process when
+    ``helper`` (and it runs), else computed now. None for a feature too large."""
+    fit = [k for k, p in enumerate(patches) if not _too_large(*p.shape)]
+    parts: list[_Part | None] = [None] * len(patches)
+    if not fit:
+        return parts
+    shapes = [patches[k] for k in fit]
+    at = np.array([corners[k] for k in fit], np.float64)
+    process = skeleton_helper() if helper else None
+    answer = (process.submit(shapes, spur_px, at) if process is not None
+              else Answer((shapes, spur_px, at)))
+    skeletons = _Skeletons(answer, len(fit))
+    for j, k in enumerate(fit):
+        parts[k] = _Part(skeletons, j)
+    return parts
 
 
 @dataclass
@@ -193,9 +249,11 @@ def polygonize(mask_path: str | Path, settings: PixelSettings | None = None,
                for row in range(0, height, size) for col in range(0, width, size)]
     bar = tqdm(total=len(windows), disable=not progress, file=sys.stderr, unit="block",
                desc="vectorize")
-    joiner = _Joiner(mask_path, settings, width, height)
+    helper = settings.skeleton_classes != () and helps(settings.workers, width * height)
+    joiner = _Joiner(mask_path, settings, width, height, helper)
     try:
-        blocks = _blocks(mask_path, probabilities, windows, settings, joiner.holds_little)
+        blocks = _blocks(mask_path, probabilities, windows, settings, joiner.holds_little,
+                         helper)
         for window, block in zip(windows, blocks):
             bar.update()
             release_memory()   # after the previous block's features were written
@@ -220,20 +278,16 @@ def polygonize(mask_path: str | Path, settings: PixelSettings | None = None,
 
 # -- blocks: in this process or in worker processes ------------------------------------
 def _blocks(mask_path, probabilities, windows: list[Window], settings: PixelSettings,
-            may_help: Callable[[], bool] = lambda: False) -> Iterator[_Block | None]:
+            may_help: Callable[[], bool] = lambda: False, helper: bool = False,
+            ) -> Iterator[_Block | None]:
     """The polygonized blocks, in order: all in this process, or with ``settings.workers``
     processes running GDAL's polygonizer (which holds the GIL) a few blocks ahead while this
     process labels, measures and joins the blocks before them. While it would wait for one
     and ``may_help()``, this process polygonizes the next block that no worker has (up to
-    :data:`MAX_BLOCKS_AHEAD` blocks held)."""
-    workers = settings.workers
-    if workers == 0:   # auto (see PixelSettings.workers)
-        pixels = sum(w.width * w.height for w in windows)
-        cpus = len(os.sched_getaffinity(0))
-        workers = cpus - 1 if pixels >= PARALLEL_MIN_PIXELS else 0
-    elif workers == 1:
-        workers = 0
-    workers = min(workers, len(windows))
+    :data:`MAX_BLOCKS_AHEAD` blocks held). ``helper``: skeletons are asked of the helper
+    process (blocks polygonized here only)."""
+    pixels = sum(w.width * w.height for w in windows)
+    workers = polygonizing_workers(settings.workers, pixels, len(windows))
     shape = (windows[-1].row_off + windows[-1].height, windows[-1].col_off + windows[-1].width)
     # datasets of this call only: callers may run in several threads
     with rasterio.open(mask_path) as src, (
@@ -241,7 +295,7 @@ def _blocks(mask_path, probabilities, windows: list[Window], settings: PixelSett
             else contextlib.nullcontext()) as prob_src:
         if not workers:
             for window in windows:
-                yield _block(src, prob_src, window, settings, shape)
+                yield _block(src, prob_src, window, settings, shape, helper=helper)
                 release_memory()
             return
         context = multiprocessing.get_context("spawn")   # no fork of a threaded process
@@ -319,7 +373,7 @@ def _worker_shapes(window: Window, settings: PixelSettings) -> _Shapes | None:
             return None
         found = _shapes(values, keep, window, settings.connectivity)
         if _needs_repair(settings.connectivity):   # labelled twice, but beside the merge
-            labels = _labels(values, keep, found, settings.connectivity)
+            labels, _ = _labels(values, keep, settings.connectivity, found.ids)
             label, piece = _polygon_labels(found, labels, window, _sources["mask"].name)
             found.polygons = _repaired(found.polygons, labels, label, piece,
                                        (window.col_off, window.row_off))
@@ -399,20 +453,23 @@ def _class_pixels(src, window: Window, classes: tuple[int, ...] | None,
 
 
 def _block(src, prob_src, window: Window, settings: PixelSettings, shape: tuple[int, int],
-           found: _Shapes | None = None) -> _Block | None:
+           found: _Shapes | None = None, helper: bool = False) -> _Block | None:
     """Polygonize (unless a worker process ``found`` the polygons) and label one block (see
-    the module docstring)."""
+    the module docstring); ``helper``: its skeletons are asked of the helper process before
+    it is polygonized."""
     values, keep = _class_pixels(src, window, settings.classes)
     if not keep.any():
         return None
     x0, y0 = window.col_off, window.row_off
-    if found is None:   # before labelling: the two peaks of memory do not add up
-        found = _shapes(values, keep, window, settings.connectivity)
-    labels = _labels(values, keep, found, settings.connectivity)
-    del keep
     height, width = shape
     inner = {"top": y0 > 0, "bottom": y0 + window.height < height, "left": x0 > 0,
              "right": x0 + window.width < width}
+    labels, classes = _labels(values, keep, settings.connectivity,
+                              found.ids if found is not None else None)
+    skeletons = _block_skeletons(labels, classes, inner, settings, (x0, y0), helper)
+    if found is None:
+        found = _shapes(values, keep, window, settings.connectivity)
+    del keep
     classes_along = {side: _side(values, side).copy() for side in inner if inner[side]}
     del values
     polygons, ids, top_left = found.polygons, found.ids, found.top_left
@@ -426,9 +483,11 @@ def _block(src, prob_src, window: Window, settings: PixelSettings, shape: tuple[
     for index, _ in sides.values():
         on_edge[index[index >= 0]] = True
     seeds = (top_left[:, 1] * width + top_left[:, 0]).astype(np.int64)
+    branches = np.full(len(label), None, dtype=object)
+    for i, lab in enumerate(label):
+        branches[i] = skeletons.get(int(lab))
     pieces = Pieces(ids, polygons, *_score_sums(prob_src, window, labels, label, ids),
-                    pixels, seeds, np.full(len(label), None, dtype=object))
-    _block_branches(pieces, labels, label, on_edge, settings, (x0, y0))
+                    pixels, seeds, branches)
     return _Block(pieces, on_edge, sides)
 
 
@@ -452,27 +511,43 @@ def _side(array: np.ndarray, side: str) -> np.ndarray:
             "right": array[:, -1]}[side]
 
 
-def _labels(values: np.ndarray, keep: np.ndarray, found: _Shapes, connectivity: int,
-            ) -> np.ndarray:
-    """Connected components of equal class (0 where not kept), with the connectivity of
-    GDAL's polygonizer, which ``found`` one polygon per component: as many labels, so 16
-    bits hold them in most blocks."""
+def _labels(values: np.ndarray, keep: np.ndarray, connectivity: int,
+            ids: np.ndarray | None = None) -> tuple[np.ndarray, dict[int, range]]:
+    """(connected components of equal class, 0 where not kept, with the connectivity of
+    GDAL's polygonizer, which finds one polygon per component; the labels of each class, a
+    range). 16 bits hold the labels of most blocks, else 32. ``ids``: the class of each of
+    GDAL's polygons, when known (saves finding the classes)."""
     structure = ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
-    dtype = np.uint16 if len(found.ids) < np.iinfo(np.uint16).max else np.int32
-    classes = np.unique(found.ids)
-    labels = np.zeros(values.shape, dtype)
-    count = 0
+    if ids is not None:
+        classes = np.unique(ids)
+    elif values.dtype in (np.uint8, np.uint16):
+        classes = np.flatnonzero(np.bincount(values[keep]))
+    else:
+        classes = np.unique(values[keep])
     pixels = np.empty(values.shape, bool)
-    for class_id in classes:   # few: a mask has a handful of classes
-        component = np.zeros(values.shape, dtype) if count else labels
-        np.equal(values, class_id, out=pixels)
-        pixels &= keep
-        found_here = ndimage.label(pixels, structure, output=component)
-        if count:
-            component[component > 0] += dtype(count)
-            labels += component   # the classes' pixels do not overlap
-        count += found_here
-    return labels
+    for dtype in (np.uint16, np.int32):
+        limit = np.iinfo(dtype).max
+        labels = np.zeros(values.shape, dtype)
+        ranges: dict[int, range] = {}
+        count = 0
+        for class_id in classes:   # few: a mask has a handful of classes
+            component = np.zeros(values.shape, dtype) if count else labels
+            np.equal(values, class_id, out=pixels)
+            pixels &= keep
+            try:
+                found_here = ndimage.label(pixels, structure, output=component)
+            except RuntimeError:   # more components than the type holds
+                break
+            if count + found_here > limit:
+                break
+            if count:
+                component[component > 0] += dtype(count)
+                labels += component   # the classes' pixels do not overlap
+            ranges[int(class_id)] = range(count + 1, count + found_here + 1)
+            count += found_here
+        else:
+            return labels, ranges
+    raise RuntimeError("more connected components in a block than 32-bit labels hold")
 
 
 def _shapes(values: np.ndarray, keep: np.ndarray, window: Window, connectivity: int,
@@ -579,38 +654,26 @@ def _score_sums(prob_src, window: Window, labels: np.ndarray, label: np.ndarray,
     return sums, scored
 
 
-def _block_branches(pieces: Pieces, labels: np.ndarray, label: np.ndarray,
-                    on_edge: np.ndarray, settings: PixelSettings, origin: tuple[int, int],
-                    ) -> None:
-    """Centerline branches of the complete features of skeletonized classes, from their
-    labelled pixels, all at once (those on an edge get theirs once joined)."""
-    wanted = [i for i in np.flatnonzero(~on_edge) if settings.skeletonized(int(pieces.ids[i]))]
+def _block_skeletons(labels: np.ndarray, classes: dict[int, range], inner: dict[str, bool],
+                     settings: PixelSettings, origin: tuple[int, int], helper: bool,
+                     ) -> dict[int, _Part | None]:
+    """The centerline branches of the complete features of skeletonized classes (those on
+    an inner block edge get theirs once joined), by label, from their labelled pixels, all
+    in one request."""
+    wanted = [lab for class_id, found in classes.items() if settings.skeletonized(class_id)
+              for lab in found]
     if not wanted:
-        return
-    boxes = ndimage.find_objects(labels)
-    boxes = [boxes[label[i] - 1] for i in wanted]
+        return {}
+    on_edge = np.zeros(max(wanted) + 1, bool)
+    for side in (side for side, is_inner in inner.items() if is_inner):
+        along = _side(labels, side)
+        on_edge[along[along <= max(wanted)]] = True
+    wanted = [lab for lab in wanted if not on_edge[lab]]
+    boxes = ndimage.find_objects(labels, max(wanted) if wanted else 0)
+    boxes = [boxes[lab - 1] for lab in wanted]
     corners = [(cols.start + origin[0], rows.start + origin[1]) for rows, cols in boxes]
-    patches = [labels[box] == label[i] for i, box in zip(wanted, boxes)]
-    for i, found in zip(wanted, _branches(patches, corners, settings.spur_px)):
-        pieces.branches[i] = found
-
-
-def _branches(patches: list[np.ndarray], corners: list[tuple[int, int]],
-              spur_px: float | None) -> list:
-    """Centerline branches (:class:`geounet.centerline.Branches`, raster pixel coordinates)
-    of features given by their pixels in their bounding boxes, whose top-left pixels are
-    ``corners`` (column, row)."""
-    from geounet.centerline import Branches, skeleton_branches  # scikit-image: on use
-
-    fit = [k for k, p in enumerate(patches) if not _too_large(*p.shape)]
-    found = skeleton_branches([patches[k] for k in fit], spur_px,
-                              np.array([corners[k] for k in fit], np.float64).reshape(-1, 2))
-    order = np.argsort(found.shape, kind="stable")
-    ends = np.searchsorted(found.shape[order], np.arange(len(fit) + 1))
-    out = [Branches.concat([])] * len(patches)
-    for j, k in enumerate(fit):
-        out[k] = found.take(order[ends[j]:ends[j + 1]])
-    return out
+    patches = [labels[box] == lab for lab, box in zip(wanted, boxes)]
+    return dict(zip(wanted, _ask_skeletons(patches, corners, settings.spur_px, helper)))
 
 
 def _too_large(rows: int, cols: int) -> bool:
@@ -627,8 +690,9 @@ class _Joiner:
     """Pieces on inner block edges, grouped into features by pixel contacts across the
     edges, and joined once a feature is complete (see the module docstring)."""
 
-    def __init__(self, mask_path, settings: PixelSettings, width: int, height: int) -> None:
-        self.mask_path, self.settings = mask_path, settings
+    def __init__(self, mask_path, settings: PixelSettings, width: int, height: int,
+                 helper: bool = False) -> None:
+        self.mask_path, self.settings, self.helper = mask_path, settings, helper
         self.width, self.height = width, height
         self.diagonal = settings.connectivity == 8
         self.pending: list[Pieces] = []
@@ -720,7 +784,7 @@ class _Joiner:
         pieces, feature = pieces.take(order), feature[order]
         starts = np.flatnonzero(np.r_[True, feature[1:] != feature[:-1]])
         polygons = np.empty(len(starts), dtype=object)
-        branches = np.full(len(starts), None, dtype=object)
+        skeletonized, patches, corners = [], [], []
         for k, (start, end) in enumerate(zip(starts, np.r_[starts[1:], len(feature)])):
             if end - start == 1:
                 polygons[k] = pieces.polygons[start]
@@ -729,16 +793,25 @@ class _Joiner:
                                            self.settings.block_size, self.width, self.height)
             class_id = int(pieces.ids[start])
             if self.settings.skeletonized(class_id):
-                branches[k] = self._branches(polygons[k], class_id,
-                                             int(pieces.seeds[start:end].min()))
+                found = self._pixels(polygons[k], class_id, int(pieces.seeds[start:end].min()))
+                if found is not None:
+                    skeletonized.append(k)
+                    patches.append(found[0])
+                    corners.append(found[1])
+        branches = np.full(len(starts), None, dtype=object)
+        for k, part in zip(skeletonized, _ask_skeletons(patches, corners,
+                                                        self.settings.spur_px, self.helper)):
+            branches[k] = part
         return Pieces(pieces.ids[starts], polygons, np.add.reduceat(pieces.score_sum, starts),
                       np.add.reduceat(pieces.scored, starts),
                       np.add.reduceat(pieces.pixels, starts),
                       np.minimum.reduceat(pieces.seeds, starts), branches)
 
-    def _branches(self, polygon, class_id: int, seed: int):
-        """Centerline branches of a joined feature, from its pixels read back from the mask
-        (the component of its class around its first pixel, in its bounding box)."""
+    def _pixels(self, polygon, class_id: int, seed: int,
+                ) -> tuple[np.ndarray, tuple[int, int]] | None:
+        """(the pixels of a joined feature in its bounding box, read back from the mask: the
+        component of its class around its first pixel; the box's top-left pixel); None for
+        a feature too large for a skeleton."""
         x0, y0, x1, y1 = (int(v) for v in shapely.bounds(polygon))
         if _too_large(y1 - y0, x1 - x0):
             return None
@@ -749,8 +822,7 @@ class _Joiner:
         structure = ndimage.generate_binary_structure(2, 2 if self.diagonal else 1)
         component, _ = ndimage.label(keep & (values == class_id), structure)
         row, col = divmod(seed, self.width)
-        pixels = component == component[row - y0, col - x0]
-        return _branches([pixels], [(x0, y0)], self.settings.spur_px)[0]
+        return component == component[row - y0, col - x0], (x0, y0)
 
     def close(self) -> None:
         if self.src is not None:

@@ -133,6 +133,11 @@ def command(ctx: click.Context, mask: Path, output: Path, probabilities: Path | 
             as_json: bool, overwrite: bool, quiet: bool, verbose: int) -> None:
     """Polygonize MASK block by block (merged exactly across blocks) with area, perimeter
     and, with --centerlines, skeleton length and width."""
+    options = ctx.meta[_VECTOR_KEY]
+    if options["centerlines"] is not None:   # ready by the time the first skeleton is asked
+        from geounet.processes import prestart_skeleton_helper
+
+        prestart_skeleton_helper(mask, options["workers"] or 0)
     result = vector_request(ctx).run(mask, output, overwrite, quiet or as_json, probabilities)
     data, row, columns = summary(result)
     written = [p for p in (result.output, result.centerlines) if p]

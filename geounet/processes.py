@@ -1,0 +1,257 @@
+"""Processes beside this one while a mask is vectorized: how many polygonize its blocks, and
+the helper that computes centerline skeletons.
+
+A mask of :data:`PARALLEL_MIN_PIXELS` or more is polygonized by worker processes (see
+:mod:`geounet.polygonize`). A smaller one is polygonized in this process, and its centerlines,
+which cost more than its polygons (thinning, distance transforms, the skeleton graph), are
+computed by one helper process on another core while this one polygonizes, scores and
+measures: the :class:`SkeletonHelper`, kept for the life of this process.
+
+The helper is started as ``python -m geounet.processes``, not by :mod:`multiprocessing`, which
+would run a user's script again in it when the script lacks the ``if __name__ ==
+"__main__":`` guard. Requests and answers travel pickled over its standard input and output,
+one answer per request, in order. It runs in its own session, so Ctrl-C reaches only this
+process, and it ends when its input closes, so it never outlives this process by more than
+the request at hand. Where it cannot start or stops, the skeletons are computed here.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import logging
+import os
+import pickle
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from geounet.centerline import Branches
+
+log = logging.getLogger(__name__)
+
+PARALLEL_MIN_PIXELS = 32_000_000   # below this, blocks are polygonized in-process
+STOP_SECONDS = 2.0   # how long a closing helper may take to finish the request at hand
+
+
+def cpus() -> int:
+    """The CPUs this process may run on."""
+    return len(os.sched_getaffinity(0))
+
+
+def polygonizing_workers(requested: int, pixels: int, blocks: int) -> int:
+    """Worker processes polygonizing a mask of ``pixels`` in ``blocks`` blocks (0: none, all
+    in this process): the ``workers`` setting (1: this process), or for 0 (auto) one per CPU
+    but one on masks of :data:`PARALLEL_MIN_PIXELS` or more."""
+    workers = requested
+    if workers == 0:
+        workers = cpus() - 1 if pixels >= PARALLEL_MIN_PIXELS else 0
+    elif workers == 1:
+        workers = 0
+    return min(workers, blocks)
+
+
+def helps(requested_workers: int, pixels: int) -> bool:
+    """Whether the :class:`SkeletonHelper` computes the centerlines of a mask of ``pixels``:
+    with the ``workers`` setting on auto (0), a mask polygonized in this process, another
+    CPU, and a Python interpreter to start it with."""
+    return (requested_workers == 0 and pixels < PARALLEL_MIN_PIXELS and cpus() > 1
+            and _python_executable())
+
+
+def _python_executable() -> bool:
+    """Whether ``sys.executable`` is a Python interpreter (in an application embedding
+    Python, such as QGIS, it is the application)."""
+    return Path(sys.executable).name.lower().startswith(("python", "pypy"))
+
+
+class Answer:
+    """Centerline branches of a request: computed here at once, or by the helper (then
+    :meth:`result` waits for them, or computes them here if the helper stopped)."""
+
+    def __init__(self, request: tuple, helper: SkeletonHelper | None = None) -> None:
+        self.request: tuple | None = request
+        self.helper = helper
+        self.value: Branches | BaseException | None = None
+        if helper is None:
+            self.value = _compute(request)
+            self.request = None
+
+    def result(self) -> Branches:
+        if self.helper is not None:
+            self.helper.wait_for(self)
+        value = self.value
+        if isinstance(value, BaseException):
+            raise value
+        assert value is not None
+        return value
+
+
+class SkeletonHelper:
+    """The helper process (see the module docstring). Thread-safe: callers in several
+    threads share it, their requests answered in the order they were made."""
+
+    def __init__(self) -> None:
+        package_parent = str(Path(__file__).resolve().parent.parent)
+        path = os.environ.get("PYTHONPATH")
+        env = {**os.environ, "PYTHONPATH": package_parent + (os.pathsep + path if path else "")}
+        self.process: subprocess.Popen | None = subprocess.Popen(
+            [sys.executable, "-m", "geounet.processes"], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+            start_new_session=True)
+        self.waiting: collections.deque[Answer] = collections.deque()
+        self.lock = threading.RLock()
+        self.sending: threading.Thread | None = None
+
+    def submit(self, shapes: list[np.ndarray], spur_px: float | None,
+               corners: np.ndarray) -> Answer:
+        """Ask for :func:`geounet.centerline.skeleton_branches` of these arguments."""
+        request = (shapes, spur_px, corners)
+        with self.lock:
+            # the answers before are read first: a request and an answer both larger than a
+            # pipe's buffer, written at once, would wait on each other
+            while self.waiting:
+                self._read_one()
+            if self.process is None:
+                return Answer(request)
+            answer = Answer(request, self)
+            # written by a thread: this process goes on while the helper takes it in
+            self.sending = threading.Thread(target=self._send, args=(self.process, request),
+                                            name="geounet-skeleton-request", daemon=True)
+            self.sending.start()
+            self.waiting.append(answer)
+            return answer
+
+    @staticmethod
+    def _send(process: subprocess.Popen, request: tuple) -> None:
+        try:
+            assert process.stdin is not None
+            pickle.dump(request, process.stdin, pickle.HIGHEST_PROTOCOL)
+            process.stdin.flush()
+        except (OSError, ValueError):   # it stopped or was closed: no answer will come
+            pass
+
+    def wait_for(self, answer: Answer) -> None:
+        with self.lock:
+            while answer.request is not None:
+                self._read_one()
+
+    def _read_one(self) -> None:
+        """The answer to the oldest request waiting (computed here if the helper stopped)."""
+        answer = self.waiting.popleft()
+        assert answer.request is not None
+        value: Any = None
+        if self.sending is not None:   # one request on the way at a time
+            self.sending.join()
+            self.sending = None
+        if self.process is not None:
+            try:
+                assert self.process.stdout is not None
+                value = pickle.load(self.process.stdout)
+            except (OSError, EOFError, pickle.UnpicklingError):
+                self._stopped()
+        answer.value = value if self.process is not None else _compute(answer.request)
+        answer.request = None
+
+    def _stopped(self) -> None:
+        if self.process is not None:
+            log.debug("the skeleton helper process stopped (exit status %s); computing "
+                      "skeletons in this process", self.process.poll())
+            self.close()
+
+    def close(self) -> None:
+        """End the helper: its input closes, it finishes the request at hand (stopped after
+        :data:`STOP_SECONDS`)."""
+        process, self.process = self.process, None
+        if process is None:
+            return
+        for stream in (process.stdin, process.stdout):
+            try:
+                if stream is not None:
+                    stream.close()
+            except OSError:
+                pass
+        try:
+            process.wait(STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _compute(request: tuple) -> Branches | BaseException:
+    from geounet.centerline import skeleton_branches
+
+    try:
+        return skeleton_branches(*request)
+    except Exception as exc:   # raised where the answer is asked for
+        return exc
+
+
+_helper: SkeletonHelper | None = None
+_helper_lock = threading.Lock()
+
+
+def skeleton_helper() -> SkeletonHelper | None:
+    """The helper process of this process, started on first use; None when it cannot
+    start."""
+    global _helper
+    with _helper_lock:
+        if _helper is None:
+            try:
+                _helper = SkeletonHelper()
+            except OSError as exc:
+                log.debug("no skeleton helper process (%s): skeletons computed here", exc)
+                return None
+            atexit.register(_helper.close)
+        return _helper if _helper.process is not None else None
+
+
+def prestart_skeleton_helper(mask: str | Path, requested_workers: int) -> None:
+    """Start the helper now if vectorizing ``mask`` with centerlines will use it, so that
+    it is ready (its imports take about half a second) when the first skeleton is asked
+    for. A mask that cannot be read is left to the command to report."""
+    import rasterio
+    from rasterio.errors import RasterioError
+
+    try:
+        with rasterio.open(mask) as src:
+            pixels = src.width * src.height
+    except (RasterioError, OSError):
+        return
+    if helps(requested_workers, pixels):
+        skeleton_helper()
+
+
+def _serve() -> None:
+    """The helper's loop: a pickled request in, its pickled answer out, until the input
+    closes."""
+    import skimage.morphology  # noqa: F401
+
+    import geounet.centerline  # noqa: F401  (loaded before the first request)
+
+    source, sink = sys.stdin.buffer, sys.stdout.buffer
+    while True:
+        try:
+            request = pickle.load(source)
+        except EOFError:
+            return
+        answer = _compute(request)
+        if isinstance(answer, BaseException):
+            try:
+                pickle.dumps(answer)
+            except Exception:   # an exception that does not pickle: its words do
+                answer = RuntimeError(f"{type(answer).__name__}: {answer}")
+        try:
+            pickle.dump(answer, sink, pickle.HIGHEST_PROTOCOL)
+            sink.flush()
+        except (BrokenPipeError, OSError):   # this process's parent is gone
+            return
+
+
+if __name__ == "__main__":
+    _serve()
