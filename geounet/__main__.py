@@ -1,4 +1,4 @@
-from geounet.cli import main
+from geounet.cli import entry
 
 if __name__ == "__main__":   # worker processes (spawn) import this module too
-    main()
+    entry()

@@ -39,7 +39,7 @@ import multiprocessing
 import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +52,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from geounet import rings
+from geounet.centerline import Branches
 from geounet.errors import InputError
 from geounet.io import RasterInfo, fraction_in, open_raster
 from geounet.outputs import first_line
@@ -136,39 +137,46 @@ class Pieces:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def centerlines(self) -> list:
-        """The centerline branches of each (:class:`geounet.centerline.Branches`, raster
-        pixel coordinates; None: not skeletonized, or too large for a skeleton)."""
-        return [None if part is None else part.branches() for part in self.branches]
+    def centerlines(self) -> Branches:
+        """The centerline branches of all of them, piece after piece (``shape``: the index
+        of the piece; raster pixel coordinates); waits for those asked of the helper
+        process. Pieces not skeletonized, or too large for a skeleton, have none."""
+        requests: dict[int, tuple[_Skeletons, list[int], list[int]]] = {}
+        for i, part in enumerate(self.branches):
+            if part is not None:
+                _, shapes, pieces = requests.setdefault(id(part.skeletons),
+                                                        (part.skeletons, [], []))
+                shapes.append(part.k)
+                pieces.append(i)
+        found = Branches.concat([skeletons.of(shapes, pieces)
+                                 for skeletons, shapes, pieces in requests.values()])
+        return found.take(np.argsort(found.shape, kind="stable"))
 
 
 class _Skeletons:
     """The centerline branches of the shapes of one request (computed here or by the
-    helper process), split per shape on first use."""
+    helper process)."""
 
     def __init__(self, answer: Answer, count: int) -> None:
         self.answer, self.count = answer, count
-        self.parts: list | None = None
 
-    def part(self, k: int):
-        if self.parts is None:
-            found = self.answer.result()
-            order = np.argsort(found.shape, kind="stable")
-            ends = np.searchsorted(found.shape[order], np.arange(self.count + 1))
-            self.parts = [found.take(order[ends[j]:ends[j + 1]]) for j in range(self.count)]
-            self.answer = None   # type: ignore[assignment]   # held once, in the parts
-        return self.parts[k]
+    def of(self, shapes: list[int], pieces: list[int]) -> Branches:
+        """The branches of ``shapes`` (indexes in the request), each given the index of
+        its piece in ``pieces``."""
+        found = self.answer.result()
+        piece = np.full(self.count, -1, np.int64)
+        piece[shapes] = pieces
+        owner = piece[found.shape]
+        mine = np.flatnonzero(owner >= 0)
+        return replace(found.take(mine), shape=owner[mine])
 
 
 @dataclass(frozen=True)
 class _Part:
-    """The branches of the ``k``-th shape of a request."""
+    """The ``k``-th shape of a request (:class:`_Skeletons`)."""
 
     skeletons: _Skeletons
     k: int
-
-    def branches(self):
-        return self.skeletons.part(self.k)
 
 
 def _ask_skeletons(patches: list[np.ndarray], corners: list[tuple[int, int]],

@@ -164,9 +164,9 @@ class SkeletonHelper:
                       "skeletons in this process", self.process.poll())
             self.close()
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
         """End the helper: its input closes, it finishes the request at hand (stopped after
-        :data:`STOP_SECONDS`)."""
+        :data:`STOP_SECONDS`; ``wait``: this process waits for it to end)."""
         process, self.process = self.process, None
         if process is None:
             return
@@ -176,6 +176,8 @@ class SkeletonHelper:
                     stream.close()
             except OSError:
                 pass
+        if not wait:
+            return
         try:
             process.wait(STOP_SECONDS)
         except subprocess.TimeoutExpired:
@@ -207,8 +209,40 @@ def skeleton_helper() -> SkeletonHelper | None:
             except OSError as exc:
                 log.debug("no skeleton helper process (%s): skeletons computed here", exc)
                 return None
-            atexit.register(_helper.close)
         return _helper if _helper.process is not None else None
+
+
+def _close_helper() -> None:
+    """At exit: the helper's input closes; it ends on its own (not waited for)."""
+    if _helper is not None:
+        _helper.close(wait=False)
+
+
+atexit.register(_close_helper)
+
+
+def _forget_helper() -> None:
+    """In a child forked from this process: the helper is the parent's (its pipes are
+    closed here; the child starts its own if it needs one)."""
+    global _helper, _helper_lock
+    _helper_lock = threading.Lock()
+    helper, _helper = _helper, None
+    if helper is not None and helper.process is not None:
+        # closed without flushing (a request half-written by another thread at the fork must
+        # not be sent twice); the objects are kept, so that they never close the numbers again
+        _inherited.append(helper)
+        for stream in (helper.process.stdin, helper.process.stdout):
+            try:
+                if stream is not None:
+                    os.close(stream.fileno())
+            except (OSError, ValueError):
+                pass
+
+
+_inherited: list[SkeletonHelper] = []
+
+
+os.register_at_fork(after_in_child=_forget_helper)
 
 
 def prestart_skeleton_helper(mask: str | Path, requested_workers: int) -> None:
