@@ -168,9 +168,7 @@ def entry() -> None:
         sys.exit(status)
     run_exit_handlers()
     for stream in (sys.stdout, sys.stderr):
-        try:
+        with contextlib.suppress(OSError, ValueError):   # a closed pipe (geounet ... | head)
             stream.flush()
-        except (OSError, ValueError):   # a closed pipe (geounet ... | head)
-            pass
     os._exit(status)
 
