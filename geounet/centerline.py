@@ -26,6 +26,7 @@ with 100,000 small branches costs about as much as its polygons.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -106,23 +107,29 @@ def skeleton_branches(shapes: Sequence[np.ndarray], spur_length_px: float | None
     from skimage.morphology import skeletonize  # heavy: loaded on use
 
     sheet = _Sheet(shapes)
-    radius = ndimage.distance_transform_edt(sheet.image)
-    graph = _Graph(skeletonize(sheet.image), sheet.owner)
-    if not len(graph.u):
-        return _no_branches()
-    paths = graph.pruned(radius, spur_length_px)
-    if not paths.count:
-        return _no_branches()
-    owner = sheet.owner[graph.rows[paths.start_vertex], graph.cols[paths.start_vertex]]
-    radius_at = radius[graph.rows[paths.vertex], graph.cols[paths.vertex]]
-    max_width = 2 * np.maximum.reduceat(radius_at, paths.offsets[:-1]) - 1
-    narrowest = np.minimum.reduceat(radius_at, paths.offsets[:-1])
-    area = _areas(sheet, graph, paths, owner)
-    if corners is None:
-        corners = np.zeros((len(shapes), 2))
-    lines = _lines(sheet, graph, paths, owner, radius, narrowest,
-                   np.asarray(corners, np.float64))
-    return Branches(owner, lines, shapely.length(lines), area, max_width)
+    # two threads where the work splits in two: thinning and distance transforms, shapely's
+    # operations release the GIL
+    with ThreadPoolExecutor(1, thread_name_prefix="geounet-skeleton") as beside:
+        distances = beside.submit(ndimage.distance_transform_edt, sheet.image)
+        skeleton = skeletonize(sheet.image)
+        radius = distances.result()
+        graph = _Graph(skeleton, sheet.owner)
+        del skeleton
+        if not len(graph.u):
+            return _no_branches()
+        paths = graph.pruned(radius, spur_length_px)
+        if not paths.count:
+            return _no_branches()
+        owner = sheet.owner[graph.rows[paths.start_vertex], graph.cols[paths.start_vertex]]
+        radius_at = radius[graph.rows[paths.vertex], graph.cols[paths.vertex]]
+        max_width = 2 * np.maximum.reduceat(radius_at, paths.offsets[:-1]) - 1
+        narrowest = np.minimum.reduceat(radius_at, paths.offsets[:-1])
+        areas = beside.submit(_areas, sheet, graph, paths, owner)
+        if corners is None:
+            corners = np.zeros((len(shapes), 2))
+        lines = _lines(sheet, graph, paths, owner, radius, narrowest,
+                       np.asarray(corners, np.float64))
+        return Branches(owner, lines, shapely.length(lines), areas.result(), max_width)
 
 
 def _unpickle(shape: np.ndarray, coords: np.ndarray, counts: np.ndarray,
