@@ -46,7 +46,10 @@ def measure_lines(lines: np.ndarray, crs: CRS | None) -> np.ndarray:
     """Lengths in metres of lines in ``crs`` (geodesic in a geographic CRS)."""
     geod = _geod(crs)
     if geod is not None:
-        parts, owner = shapely.get_parts(np.asarray(lines), return_index=True)
+        lines = np.asarray(lines)
+        if (shapely.get_type_id(lines) == shapely.GeometryType.LINESTRING).all():
+            return _geodesic_lengths(geod, lines)   # one part each (centerline branches)
+        parts, owner = shapely.get_parts(lines, return_index=True)
         return _sums(owner, _geodesic_lengths(geod, parts), len(lines))
     return shapely.length(lines) * (metres_per_unit(crs) or 1.0)
 

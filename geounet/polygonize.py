@@ -35,6 +35,7 @@ import ctypes
 import ctypes.util
 import itertools
 import logging
+import math
 import multiprocessing
 import sys
 from collections.abc import Callable, Iterator
@@ -54,9 +55,10 @@ from tqdm import tqdm
 from geounet import rings
 from geounet.centerline import Branches
 from geounet.errors import InputError
-from geounet.io import RasterInfo, fraction_in, open_raster
+from geounet.io import RasterInfo, fraction_in, georeferenced, open_raster
 from geounet.outputs import first_line
 from geounet.processes import Answer, helps, polygonizing_workers, skeleton_helper
+from geounet.settings import VectorizeSettings
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +102,18 @@ class PixelSettings:
 
     def skeletonized(self, class_id: int) -> bool:
         return self.skeleton_classes is None or class_id in self.skeleton_classes
+
+
+def pixel_settings(settings: VectorizeSettings, transform: rasterio.Affine) -> PixelSettings:
+    """``settings`` in pixel units of a raster with ``transform``."""
+    skeleton: tuple[int, ...] | None = ()
+    if settings.centerlines:
+        skeleton = settings.linear_classes
+    spur_px = None
+    if settings.spur_length is not None:
+        spur_px = settings.spur_length / math.sqrt(abs(transform.determinant))
+    return PixelSettings(settings.connectivity, settings.block_size, settings.classes,
+                         skeleton, spur_px, settings.workers)
 
 
 @dataclass
@@ -184,19 +198,44 @@ def _ask_skeletons(patches: list[np.ndarray], corners: list[tuple[int, int]],
     """Centerline branches of features given by their pixels in their bounding boxes, whose
     top-left pixels are ``corners`` (column, row): asked of the helper process when
     ``helper`` (and it runs), else computed now. None for a feature too large."""
-    fit = [k for k, p in enumerate(patches) if not _too_large(*p.shape)]
+    fit, request = _skeleton_request(patches, corners, spur_px)
     parts: list[_Part | None] = [None] * len(patches)
     if not fit:
         return parts
-    shapes = [patches[k] for k in fit]
-    at = np.array([corners[k] for k in fit], np.float64)
     process = skeleton_helper() if helper else None
-    answer = (process.submit(shapes, spur_px, at) if process is not None
-              else Answer((shapes, spur_px, at)))
+    answer = process.submit(request) if process is not None else Answer(request)
     skeletons = _Skeletons(answer, len(fit))
     for j, k in enumerate(fit):
         parts[k] = _Part(skeletons, j)
     return parts
+
+
+def _skeleton_request(patches: list[np.ndarray], corners: list[tuple[int, int]],
+                      spur_px: float | None) -> tuple[list[int], tuple]:
+    """(which of ``patches`` fit a skeleton, the arguments of
+    :func:`geounet.centerline.skeleton_branches` for them)."""
+    fit = [k for k, p in enumerate(patches) if not _too_large(*p.shape)]
+    return fit, ([patches[k] for k in fit], spur_px,
+                 np.array([corners[k] for k in fit], np.float64).reshape(-1, 2))
+
+
+def first_block_request(mask_path: str | Path, settings: VectorizeSettings) -> tuple | None:
+    """The skeleton request that vectorizing ``mask_path`` with ``settings`` makes for its
+    first block (None: none), worked out from the file alone: what the helper process
+    computes ahead while this process loads its libraries (:mod:`geounet.processes`)."""
+    info = georeferenced(open_raster(mask_path))
+    pixel = pixel_settings(settings, info.transform)
+    window = Window(0, 0, min(pixel.block_size, info.width),
+                    min(pixel.block_size, info.height))
+    with rasterio.open(mask_path) as src:
+        values, keep = _class_pixels(src, window, pixel.classes)
+    if not keep.any():
+        return None
+    labels, classes = _labels(values, keep, pixel.connectivity)
+    inner = _inner_sides(window, (info.height, info.width))
+    wanted, patches, corners = _skeleton_patches(labels, classes, inner, pixel, (0, 0))
+    fit, request = _skeleton_request(patches, corners, pixel.spur_px)
+    return request if fit else None
 
 
 @dataclass
@@ -470,8 +509,7 @@ def _block(src, prob_src, window: Window, settings: PixelSettings, shape: tuple[
         return None
     x0, y0 = window.col_off, window.row_off
     height, width = shape
-    inner = {"top": y0 > 0, "bottom": y0 + window.height < height, "left": x0 > 0,
-             "right": x0 + window.width < width}
+    inner = _inner_sides(window, shape)
     labels, classes = _labels(values, keep, settings.connectivity,
                               found.ids if found is not None else None)
     skeletons = _block_skeletons(labels, classes, inner, settings, (x0, y0), helper)
@@ -497,6 +535,13 @@ def _block(src, prob_src, window: Window, settings: PixelSettings, shape: tuple[
     pieces = Pieces(ids, polygons, *_score_sums(prob_src, window, labels, label, ids),
                     pixels, seeds, branches)
     return _Block(pieces, on_edge, sides)
+
+
+def _inner_sides(window: Window, shape: tuple[int, int]) -> dict[str, bool]:
+    """Which sides of ``window`` lie inside a raster of ``shape`` (rows, columns)."""
+    x0, y0 = window.col_off, window.row_off
+    return {"top": y0 > 0, "bottom": y0 + window.height < shape[0], "left": x0 > 0,
+            "right": x0 + window.width < shape[1]}
 
 
 def _polygon_labels(found: _Shapes, labels: np.ndarray, window: Window, name: str,
@@ -668,10 +713,19 @@ def _block_skeletons(labels: np.ndarray, classes: dict[int, range], inner: dict[
     """The centerline branches of the complete features of skeletonized classes (those on
     an inner block edge get theirs once joined), by label, from their labelled pixels, all
     in one request."""
+    wanted, patches, corners = _skeleton_patches(labels, classes, inner, settings, origin)
+    return dict(zip(wanted, _ask_skeletons(patches, corners, settings.spur_px, helper)))
+
+
+def _skeleton_patches(labels: np.ndarray, classes: dict[int, range], inner: dict[str, bool],
+                      settings: PixelSettings, origin: tuple[int, int],
+                      ) -> tuple[list[int], list[np.ndarray], list[tuple[int, int]]]:
+    """(labels, pixels in their bounding boxes, top-left pixels of the boxes) of the
+    complete features of skeletonized classes of a block (see :func:`_block_skeletons`)."""
     wanted = [lab for class_id, found in classes.items() if settings.skeletonized(class_id)
               for lab in found]
     if not wanted:
-        return {}
+        return [], [], []
     on_edge = np.zeros(max(wanted) + 1, bool)
     for side in (side for side, is_inner in inner.items() if is_inner):
         along = _side(labels, side)
@@ -681,7 +735,7 @@ def _block_skeletons(labels: np.ndarray, classes: dict[int, range], inner: dict[
     boxes = [boxes[lab - 1] for lab in wanted]
     corners = [(cols.start + origin[0], rows.start + origin[1]) for rows, cols in boxes]
     patches = [labels[box] == lab for lab, box in zip(wanted, boxes)]
-    return dict(zip(wanted, _ask_skeletons(patches, corners, settings.spur_px, helper)))
+    return wanted, patches, corners
 
 
 def _too_large(rows: int, cols: int) -> bool:

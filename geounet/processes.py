@@ -10,9 +10,13 @@ measures: the :class:`SkeletonHelper`, kept for the life of this process.
 The helper is started as ``python -m geounet.processes``, not by :mod:`multiprocessing`, which
 would run a user's script again in it when the script lacks the ``if __name__ ==
 "__main__":`` guard. Requests and answers travel pickled over its standard input and output,
-one answer per request, in order. It runs in its own session, so Ctrl-C reaches only this
-process, and it ends when its input closes, so it never outlives this process by more than
-the request at hand. Where it cannot start or stops, the skeletons are computed here.
+one answer per request, in order. ``geounet vectorize`` starts it first thing and has it work
+out the first block's request from the mask itself (:meth:`SkeletonHelper.prefetch`), so its
+skeletons are under way while this process still loads its libraries; the request this
+process then makes is answered with them when it is the same. It runs in its own session,
+so Ctrl-C reaches only this process, and it ends when its input closes, so it never outlives
+this process by more than the request at hand. Where it cannot start or stops, the
+skeletons are computed here.
 """
 
 from __future__ import annotations
@@ -29,9 +33,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from geounet.centerline import Branches
+    from geounet.settings import VectorizeSettings
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +75,14 @@ def _python_executable() -> bool:
 
 class Answer:
     """Centerline branches of a request: computed here at once, or by the helper (then
-    :meth:`result` waits for them, or computes them here if the helper stopped)."""
+    :meth:`result` waits for them, or computes them here if the helper stopped).
+    ``prefetched``: the helper had them computed ahead (see the module docstring)."""
 
     def __init__(self, request: tuple, helper: SkeletonHelper | None = None) -> None:
         self.request: tuple | None = request
         self.helper = helper
         self.value: Branches | BaseException | None = None
+        self.prefetched = False
         if helper is None:
             self.value = _compute(request)
             self.request = None
@@ -108,10 +113,9 @@ class SkeletonHelper:
         self.lock = threading.RLock()
         self.sending: threading.Thread | None = None
 
-    def submit(self, shapes: list[np.ndarray], spur_px: float | None,
-               corners: np.ndarray) -> Answer:
-        """Ask for :func:`geounet.centerline.skeleton_branches` of these arguments."""
-        request = (shapes, spur_px, corners)
+    def submit(self, request: tuple) -> Answer:
+        """Ask for :func:`geounet.centerline.skeleton_branches` of ``request`` (its
+        arguments: shapes, spur length in pixels, corners)."""
         with self.lock:
             # the answers before are read first: a request and an answer both larger than a
             # pipe's buffer, written at once, would wait on each other
@@ -120,12 +124,27 @@ class SkeletonHelper:
             if self.process is None:
                 return Answer(request)
             answer = Answer(request, self)
-            # written by a thread: this process goes on while the helper takes it in
-            self.sending = threading.Thread(target=self._send, args=(self.process, request),
-                                            name="geounet-skeleton-request", daemon=True)
-            self.sending.start()
+            self._send_on_the_side(("skeletons", request))
             self.waiting.append(answer)
             return answer
+
+    def prefetch(self, mask: str | Path, settings: VectorizeSettings) -> None:
+        """Have the helper compute the skeletons of the first block of ``mask`` vectorized
+        with ``settings`` before they are asked for (no answer comes back)."""
+        with self.lock:
+            if self.process is not None:
+                self._send_on_the_side(("prefetch", str(Path(mask).resolve()),
+                                        settings.model_dump()))
+
+    def _send_on_the_side(self, message: tuple) -> None:
+        """Written by a thread: this process goes on while the helper takes it in (one
+        message on the way at a time)."""
+        if self.sending is not None:
+            self.sending.join()
+        assert self.process is not None
+        self.sending = threading.Thread(target=self._send, args=(self.process, message),
+                                        name="geounet-skeleton-request", daemon=True)
+        self.sending.start()
 
     @staticmethod
     def _send(process: subprocess.Popen, request: tuple) -> None:
@@ -152,7 +171,7 @@ class SkeletonHelper:
         if self.process is not None:
             try:
                 assert self.process.stdout is not None
-                value = pickle.load(self.process.stdout)
+                answer.prefetched, value = pickle.load(self.process.stdout)
             except (OSError, EOFError, pickle.UnpicklingError):
                 self._stopped()
         answer.value = value if self.process is not None else _compute(answer.request)
@@ -245,10 +264,10 @@ _inherited: list[SkeletonHelper] = []
 os.register_at_fork(after_in_child=_forget_helper)
 
 
-def prestart_skeleton_helper(mask: str | Path, requested_workers: int) -> None:
-    """Start the helper now if vectorizing ``mask`` with centerlines will use it, so that
-    it is ready (its imports take about half a second) when the first skeleton is asked
-    for. A mask that cannot be read is left to the command to report."""
+def prestart_skeleton_helper(mask: str | Path, settings: VectorizeSettings) -> None:
+    """Start the helper now if vectorizing ``mask`` with ``settings`` (centerlines) will
+    use it, and have it compute the first block's skeletons ahead (see the module
+    docstring). A mask that cannot be read is left to the command to report."""
     import rasterio
     from rasterio.errors import RasterioError
 
@@ -257,8 +276,10 @@ def prestart_skeleton_helper(mask: str | Path, requested_workers: int) -> None:
             pixels = src.width * src.height
     except (RasterioError, OSError):
         return
-    if helps(requested_workers, pixels):
-        skeleton_helper()
+    if settings.centerlines and helps(settings.workers, pixels):
+        helper = skeleton_helper()
+        if helper is not None:
+            helper.prefetch(mask, settings)
 
 
 def _serve() -> None:
@@ -269,22 +290,52 @@ def _serve() -> None:
     import geounet.centerline  # noqa: F401  (loaded before the first request)
 
     source, sink = sys.stdin.buffer, sys.stdout.buffer
+    ahead: list[tuple[tuple, Branches | BaseException]] = []   # prefetched requests, answers
     while True:
         try:
-            request = pickle.load(source)
+            kind, *message = pickle.load(source)
         except EOFError:
             return
-        answer = _compute(request)
+        if kind == "prefetch":
+            ahead = _prefetched(*message)
+            continue
+        request = message[0]
+        found = [value for asked, value in ahead if _same_request(asked, request)]
+        ahead = []
+        answer = found[0] if found else _compute(request)
         if isinstance(answer, BaseException):
             try:
                 pickle.dumps(answer)
             except Exception:   # an exception that does not pickle: its words do
                 answer = RuntimeError(f"{type(answer).__name__}: {answer}")
         try:
-            pickle.dump(answer, sink, pickle.HIGHEST_PROTOCOL)
+            pickle.dump((bool(found), answer), sink, pickle.HIGHEST_PROTOCOL)
             sink.flush()
         except (BrokenPipeError, OSError):   # this process's parent is gone
             return
+
+
+def _prefetched(mask: str, settings: dict) -> list[tuple[tuple, Branches | BaseException]]:
+    """The first block's request for vectorizing ``mask`` with ``settings``, and its
+    answer; none when it cannot be worked out (the command reports what is wrong)."""
+    from geounet.polygonize import first_block_request
+    from geounet.settings import VectorizeSettings
+
+    try:
+        request = first_block_request(mask, VectorizeSettings(**settings))
+    except Exception:   # noqa: BLE001 - only ever a guess ahead
+        return []
+    return [] if request is None else [(request, _compute(request))]
+
+
+def _same_request(a: tuple, b: tuple) -> bool:
+    """Whether two skeleton requests (shapes, spur length, corners) are the same."""
+    import numpy as np
+
+    (shapes_a, spur_a, corners_a), (shapes_b, spur_b, corners_b) = a, b
+    return (spur_a == spur_b and np.array_equal(corners_a, corners_b)
+            and len(shapes_a) == len(shapes_b)
+            and all(np.array_equal(x, y) for x, y in zip(shapes_a, shapes_b)))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ with the number of lines, and the polygon and centerline files appear together o
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +49,7 @@ from geounet.polygonize import (
     GDAL_CACHE_MB,
     PixelSettings,
     check_same_grid,
+    pixel_settings,
     polygonize,
 )
 from geounet.settings import CallSettings, VectorizeSettings
@@ -60,14 +60,7 @@ class VectorizeConfig(VectorizeSettings, CallSettings):
 
     def pixel_settings(self, transform: rasterio.Affine) -> PixelSettings:
         """The polygonizing settings, in pixel units of a raster with ``transform``."""
-        skeleton: tuple[int, ...] | None = ()
-        if self.centerlines:
-            skeleton = self.linear_classes
-        spur_px = None
-        if self.spur_length is not None:
-            spur_px = self.spur_length / math.sqrt(abs(transform.determinant))
-        return PixelSettings(self.connectivity, self.block_size, self.classes, skeleton,
-                             spur_px, self.workers)
+        return pixel_settings(self, transform)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -134,10 +135,13 @@ def command(ctx: click.Context, mask: Path, output: Path, probabilities: Path | 
     """Polygonize MASK block by block (merged exactly across blocks) with area, perimeter
     and, with --centerlines, skeleton length and width."""
     options = ctx.meta[_VECTOR_KEY]
-    if options["centerlines"] is not None:   # ready by the time the first skeleton is asked
+    if options["centerlines"] is not None:   # skeletons under way while the libraries load
         from geounet.processes import prestart_skeleton_helper
 
-        prestart_skeleton_helper(mask, options["workers"] or 0)
+        with contextlib.suppress(ValueError):   # bad settings: reported by the command
+            prestart_skeleton_helper(mask, VectorizeSettings(
+                **{name: options[name] for name in VectorizeSettings.model_fields
+                   if options.get(name) is not None} | {"centerlines": True}))
     result = vector_request(ctx).run(mask, output, overwrite, quiet or as_json, probabilities)
     data, row, columns = summary(result)
     written = [p for p in (result.output, result.centerlines) if p]
