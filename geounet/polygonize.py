@@ -57,7 +57,7 @@ from geounet.centerline import Branches
 from geounet.errors import InputError
 from geounet.io import RasterInfo, fraction_in, georeferenced, open_raster
 from geounet.outputs import first_line
-from geounet.processes import Answer, helps, polygonizing_workers, skeleton_helper
+from geounet.processes import Answer, helps, polygonizing_workers, serve, skeleton_helper
 from geounet.settings import VectorizeSettings
 
 log = logging.getLogger(__name__)
@@ -913,3 +913,7 @@ def _empty() -> Pieces:
     return Pieces(np.zeros(0, np.int64), np.empty(0, dtype=object), np.zeros(0),
                   np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64),
                   np.empty(0, dtype=object))
+
+
+if __name__ == "__main__":   # the skeleton helper process (geounet.processes)
+    serve(first_block_request)

@@ -7,16 +7,16 @@ which cost more than its polygons (thinning, distance transforms, the skeleton g
 computed by one helper process on another core while this one polygonizes, scores and
 measures: the :class:`SkeletonHelper`, kept for the life of this process.
 
-The helper is started as ``python -m geounet.processes``, not by :mod:`multiprocessing`, which
-would run a user's script again in it when the script lacks the ``if __name__ ==
-"__main__":`` guard. Requests and answers travel pickled over its standard input and output,
-one answer per request, in order. ``geounet vectorize`` starts it first thing and has it work
-out the first block's request from the mask itself (:meth:`SkeletonHelper.prefetch`), so its
-skeletons are under way while this process still loads its libraries; the request this
-process then makes is answered with them when it is the same. It runs in its own session,
-so Ctrl-C reaches only this process, and it ends when its input closes, so it never outlives
-this process by more than the request at hand. Where it cannot start or stops, the
-skeletons are computed here.
+The helper is started as ``python -m geounet.polygonize`` (whose main is :func:`serve`), not
+by :mod:`multiprocessing`, which would run a user's script again in it when the script lacks
+the ``if __name__ == "__main__":`` guard. Requests and answers travel pickled over its
+standard input and output, one answer per request, in order. ``geounet vectorize`` starts it
+first thing and has it work out the first block's request from the mask itself
+(:meth:`SkeletonHelper.prefetch`), so its skeletons are under way while this process still
+loads its libraries; the request this process then makes is answered with them when it is
+the same. It runs in its own session, so Ctrl-C reaches only this process, and it ends when
+its input closes, so it never outlives this process by more than the request at hand. Where
+it cannot start or stops, the skeletons are computed here.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import pickle
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -106,7 +107,7 @@ class SkeletonHelper:
         path = os.environ.get("PYTHONPATH")
         env = {**os.environ, "PYTHONPATH": package_parent + (os.pathsep + path if path else "")}
         self.process: subprocess.Popen | None = subprocess.Popen(
-            [sys.executable, "-m", "geounet.processes"], stdin=subprocess.PIPE,
+            [sys.executable, "-m", "geounet.polygonize"], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
             start_new_session=True)
         self.waiting: collections.deque[Answer] = collections.deque()
@@ -282,12 +283,11 @@ def prestart_skeleton_helper(mask: str | Path, settings: VectorizeSettings) -> N
             helper.prefetch(mask, settings)
 
 
-def _serve() -> None:
+def serve(first_block_request: Callable[[str, VectorizeSettings], tuple | None]) -> None:
     """The helper's loop: a pickled request in, its pickled answer out, until the input
-    closes."""
-    import skimage.morphology  # noqa: F401
-
-    import geounet.centerline  # noqa: F401  (loaded before the first request)
+    closes. ``first_block_request(mask, settings)``: the request that vectorizing ``mask``
+    with ``settings`` makes for its first block (computed ahead when asked to prefetch)."""
+    import skimage.morphology  # noqa: F401  (loaded before the first request)
 
     source, sink = sys.stdin.buffer, sys.stdout.buffer
     ahead: list[tuple[tuple, Branches | BaseException]] = []   # prefetched requests, answers
@@ -297,7 +297,7 @@ def _serve() -> None:
         except EOFError:
             return
         if kind == "prefetch":
-            ahead = _prefetched(*message)
+            ahead = _prefetched(first_block_request, *message)
             continue
         request = message[0]
         found = [value for asked, value in ahead if _same_request(asked, request)]
@@ -315,10 +315,10 @@ def _serve() -> None:
             return
 
 
-def _prefetched(mask: str, settings: dict) -> list[tuple[tuple, Branches | BaseException]]:
+def _prefetched(first_block_request: Callable[[str, VectorizeSettings], tuple | None],
+                mask: str, settings: dict) -> list[tuple[tuple, Branches | BaseException]]:
     """The first block's request for vectorizing ``mask`` with ``settings``, and its
     answer; none when it cannot be worked out (the command reports what is wrong)."""
-    from geounet.polygonize import first_block_request
     from geounet.settings import VectorizeSettings
 
     try:
@@ -337,6 +337,3 @@ def _same_request(a: tuple, b: tuple) -> bool:
             and len(shapes_a) == len(shapes_b)
             and all(np.array_equal(x, y) for x, y in zip(shapes_a, shapes_b)))
 
-
-if __name__ == "__main__":
-    _serve()

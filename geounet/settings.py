@@ -144,9 +144,10 @@ class VectorizeSettings(Settings):
         None, description="Prune centerline branches shorter than this (map units; unset: "
                           "twice the local half-width).")
     workers: Annotated[int, Field(ge=0)] = Field(
-        0, description="Processes polygonizing blocks (1: this one; 0: for a mask of 32 Mpx "
-                        "or more, one per CPU but one, which merges and writes; each costs "
-                        "about 200 MB). More than one needs the "
+        0, description="Processes polygonizing blocks (1: this one only; 0: for a mask of "
+                        "32 Mpx or more, one per CPU but one, which merges and writes, each "
+                        "about 200 MB; below, with centerlines, one helper process computes "
+                        "the skeletons). More than one needs the "
                         "`if __name__ == \"__main__\":` guard in scripts.")
 
 
