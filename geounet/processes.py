@@ -265,10 +265,17 @@ _inherited: list[SkeletonHelper] = []
 os.register_at_fork(after_in_child=_forget_helper)
 
 
+def start_skeleton_helper() -> None:
+    """Start the helper now, if one can run here (see :func:`prestart_skeleton_helper`)."""
+    if cpus() > 1 and _python_executable():
+        skeleton_helper()
+
+
 def prestart_skeleton_helper(mask: str | Path, settings: VectorizeSettings) -> None:
-    """Start the helper now if vectorizing ``mask`` with ``settings`` (centerlines) will
-    use it, and have it compute the first block's skeletons ahead (see the module
-    docstring). A mask that cannot be read is left to the command to report."""
+    """Have the helper compute the first block's skeletons of ``mask`` vectorized with
+    ``settings`` ahead (see the module docstring), starting it if needed, when it will be
+    used; else end a helper started ahead of knowing (:func:`start_skeleton_helper`). A
+    mask that cannot be read is left to the command to report."""
     import rasterio
     from rasterio.errors import RasterioError
 
@@ -276,11 +283,13 @@ def prestart_skeleton_helper(mask: str | Path, settings: VectorizeSettings) -> N
         with rasterio.open(mask) as src:
             pixels = src.width * src.height
     except (RasterioError, OSError):
-        return
-    if settings.centerlines and helps(settings.workers, pixels):
+        pixels = None
+    if pixels is not None and settings.centerlines and helps(settings.workers, pixels):
         helper = skeleton_helper()
         if helper is not None:
             helper.prefetch(mask, settings)
+    else:
+        _close_helper()
 
 
 def serve(first_block_request: Callable[[str, VectorizeSettings], tuple | None]) -> None:

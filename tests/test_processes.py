@@ -295,3 +295,28 @@ def test_first_block_computed_ahead_is_used_when_it_is_the_request(mask, tmp_pat
     polygons_here, lines_here = run(mask, tmp_path / "here", 1)
     assert_same(polygons, polygons_here)
     assert_same(lines, lines_here)
+
+
+def test_program_starts_the_helper_first_and_gives_the_outputs_of_one_process(mask, tmp_path):
+    """``geounet vectorize --centerlines`` as a program (the helper started before the
+    command's libraries load, the first block computed ahead): the outputs of ``--workers
+    1``; a mask that is not there is still one line and status 1."""
+    out = tmp_path / "program"
+    out.mkdir()
+    done = subprocess.run([sys.executable, "-m", "geounet", "vectorize", str(mask), "-o",
+                           str(out / "p.gpkg"), "--centerlines", str(out / "l.gpkg"), "--json"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    polygons, lines = gpd.read_file(out / "p.gpkg"), gpd.read_file(out / "l.gpkg")
+    polygons_here, lines_here = run(mask, tmp_path / "here", 1)
+    assert json.loads(done.stdout)["centerline_features"] == len(lines_here) > 10
+    assert_same(polygons, polygons_here)
+    assert_same(lines, lines_here)
+    missing = subprocess.run([sys.executable, "-m", "geounet", "vectorize",
+                              str(tmp_path / "nothing.tif"), "-o", str(out / "x.gpkg"),
+                              "--centerlines", str(out / "x_lines.gpkg")],
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1
+    assert missing.stderr.strip().splitlines() == [
+        f"geounet: error: {tmp_path / 'nothing.tif'}: no such file"]
+    assert not (out / "x.gpkg").exists() and not (out / "x_lines.gpkg").exists()

@@ -20,11 +20,9 @@ import threading
 from collections.abc import Iterator
 
 import click
-from rasterio.errors import RasterioError
 
 from geounet import __version__
 from geounet.errors import GeoUNetError
-from geounet.outputs import exception_chain, first_line
 
 log = logging.getLogger("geounet")
 
@@ -81,7 +79,10 @@ class _Group(click.Group):
         return command
 
     def invoke(self, ctx: click.Context):
+        from rasterio.errors import RasterioError
+
         from geounet.geotiff import silence_libtiff_stderr
+        from geounet.outputs import first_line
 
         silence_libtiff_stderr()  # a full disk is our one line, not one raw line per block
         try:
@@ -125,6 +126,7 @@ class _Group(click.Group):
 
 def _gdal_words(exc: BaseException) -> str:
     """GDAL's messages behind a rasterio error, outermost (it names the file) to innermost."""
+    from geounet.outputs import exception_chain
     said = []
     for cause in exception_chain(exc):
         text = " ".join(str(cause).split())
@@ -153,7 +155,16 @@ def entry() -> None:
     """The ``geounet`` program: :func:`main`, then, once the exit handlers have run and the
     output is flushed, an exit that skips freeing every object of every library one by one
     (a third of a second with geopandas and SciPy loaded). :func:`main` itself, as tests
-    and other programs call it, exits as usual."""
+    and other programs call it, exits as usual. ``geounet vectorize ... --centerlines``
+    starts the skeleton helper process first thing (:mod:`geounet.processes`; this module
+    loads nothing heavy before), so that its libraries load beside this process's."""
+    arguments = sys.argv[1:]
+    if (arguments[:1] == ["vectorize"] and not {"--help", "-h"} & set(arguments)
+            and any(a == "--centerlines" or a.startswith("--centerlines=")
+                    for a in arguments)):
+        from geounet.processes import start_skeleton_helper
+
+        start_skeleton_helper()
     try:
         main()
         status: int | str | None = 0
