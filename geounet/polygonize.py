@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import rasterio
@@ -58,7 +59,9 @@ from geounet.errors import InputError
 from geounet.io import RasterInfo, fraction_in, georeferenced, open_raster
 from geounet.outputs import first_line
 from geounet.processes import Answer, helps, polygonizing_workers, serve, skeleton_helper
-from geounet.settings import VectorizeSettings
+
+if TYPE_CHECKING:   # the helper process runs without pydantic (see processes._prefetched)
+    from geounet.settings import VectorizeSettings
 
 log = logging.getLogger(__name__)
 

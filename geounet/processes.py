@@ -29,9 +29,10 @@ import pickle
 import subprocess
 import sys
 import threading
+import types
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     from geounet.centerline import Branches
@@ -328,10 +329,10 @@ def _prefetched(first_block_request: Callable[[str, VectorizeSettings], tuple | 
                 mask: str, settings: dict) -> list[tuple[tuple, Branches | BaseException]]:
     """The first block's request for vectorizing ``mask`` with ``settings``, and its
     answer; none when it cannot be worked out (the command reports what is wrong)."""
-    from geounet.settings import VectorizeSettings
-
+    # the values as attributes: pydantic, a tenth of a second to load, is not needed here
+    values = cast("VectorizeSettings", types.SimpleNamespace(**settings))
     try:
-        request = first_block_request(mask, VectorizeSettings(**settings))
+        request = first_block_request(mask, values)
     except Exception:   # noqa: BLE001 - only ever a guess ahead
         return []
     return [] if request is None else [(request, _compute(request))]
