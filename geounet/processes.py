@@ -107,10 +107,14 @@ class SkeletonHelper:
         package_parent = str(Path(__file__).resolve().parent.parent)
         path = os.environ.get("PYTHONPATH")
         env = {**os.environ, "PYTHONPATH": package_parent + (os.pathsep + path if path else "")}
+        # -P: the current folder is not searched for modules (a user's skimage.py there
+        # would run in the helper); before Python 3.11, the helper runs in the package's
+        # folder instead
+        safe_path = ["-P"] if sys.version_info >= (3, 11) else []
         self.process: subprocess.Popen | None = subprocess.Popen(
-            [sys.executable, "-m", "geounet.polygonize"], stdin=subprocess.PIPE,
+            [sys.executable, *safe_path, "-m", "geounet.polygonize"], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
-            start_new_session=True)
+            cwd=None if safe_path else package_parent, start_new_session=True)
         self.waiting: collections.deque[Answer] = collections.deque()
         self.lock = threading.RLock()
         self.sending: threading.Thread | None = None

@@ -320,3 +320,29 @@ def test_program_starts_the_helper_first_and_gives_the_outputs_of_one_process(ma
     assert missing.stderr.strip().splitlines() == [
         f"geounet: error: {tmp_path / 'nothing.tif'}: no such file"]
     assert not (out / "x.gpkg").exists() and not (out / "x_lines.gpkg").exists()
+
+
+@pytest.mark.skipif(not MANY_CPUS, reason="the helper runs beside this process only")
+def test_modules_in_the_users_folder_do_not_run_in_the_helper(mask, tmp_path):
+    """A ``skimage.py`` in the folder the user runs from is not imported by the helper
+    (``python -m`` would put that folder first on the module path): no code of the user's
+    runs there, and the helper still computes the skeletons."""
+    folder = tmp_path / "work"
+    folder.mkdir()
+    (folder / "skimage.py").write_text("open('IMPORTED', 'w').write('x')\n")
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(f"""
+        import geounet.processes
+        from geounet.vectorize import VectorizeConfig, vectorize_raster
+
+        vectorize_raster({str(mask)!r}, "p.gpkg", VectorizeConfig(workers=0),
+                         centerlines_output="l.gpkg")
+        helper = geounet.processes._helper
+        print("helper", helper is not None and helper.process is not None)
+    """))
+    done = subprocess.run([sys.executable, str(script)], cwd=folder, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert not (folder / "IMPORTED").exists()
+    assert "helper True" in done.stdout.splitlines()
+    assert len(gpd.read_file(folder / "l.gpkg")) > 10
