@@ -238,7 +238,8 @@ def skeleton_helper() -> SkeletonHelper | None:
 
 
 def _close_helper() -> None:
-    """At exit: the helper's input closes; it ends on its own (not waited for)."""
+    """The helper's input closes; it ends on its own (not waited for): at exit, and when a
+    helper started ahead will not be used."""
     if _helper is not None:
         _helper.close(wait=False)
 
@@ -304,7 +305,7 @@ def serve(first_block_request: Callable[[str, VectorizeSettings], tuple | None])
     import skimage.morphology  # noqa: F401  (loaded before the first request)
 
     source, sink = sys.stdin.buffer, sys.stdout.buffer
-    ahead: list[tuple[tuple, Branches | BaseException]] = []   # prefetched requests, answers
+    ahead: tuple[tuple, Branches | BaseException] | None = None   # a request and its answer
     while True:
         try:
             kind, *message = pickle.load(source)
@@ -314,32 +315,32 @@ def serve(first_block_request: Callable[[str, VectorizeSettings], tuple | None])
             ahead = _prefetched(first_block_request, *message)
             continue
         request = message[0]
-        found = [value for asked, value in ahead if _same_request(asked, request)]
-        ahead = []
-        answer = found[0] if found else _compute(request)
+        prefetched = ahead is not None and _same_request(ahead[0], request)
+        answer = ahead[1] if ahead is not None and prefetched else _compute(request)
+        ahead = None
         if isinstance(answer, BaseException):
             try:
                 pickle.dumps(answer)
             except Exception:   # an exception that does not pickle: its words do
                 answer = RuntimeError(f"{type(answer).__name__}: {answer}")
         try:
-            pickle.dump((bool(found), answer), sink, pickle.HIGHEST_PROTOCOL)
+            pickle.dump((prefetched, answer), sink, pickle.HIGHEST_PROTOCOL)
             sink.flush()
-        except (BrokenPipeError, OSError):   # this process's parent is gone
+        except OSError:   # this process's parent is gone (a broken pipe)
             return
 
 
 def _prefetched(first_block_request: Callable[[str, VectorizeSettings], tuple | None],
-                mask: str, settings: dict) -> list[tuple[tuple, Branches | BaseException]]:
+                mask: str, settings: dict) -> tuple[tuple, Branches | BaseException] | None:
     """The first block's request for vectorizing ``mask`` with ``settings``, and its
-    answer; none when it cannot be worked out (the command reports what is wrong)."""
+    answer; None when it cannot be worked out (the command reports what is wrong)."""
     # the values as attributes: pydantic, a tenth of a second to load, is not needed here
     values = cast("VectorizeSettings", types.SimpleNamespace(**settings))
     try:
         request = first_block_request(mask, values)
     except Exception:   # noqa: BLE001 - only ever a guess ahead
-        return []
-    return [] if request is None else [(request, _compute(request))]
+        return None
+    return None if request is None else (request, _compute(request))
 
 
 def _same_request(a: tuple, b: tuple) -> bool:

@@ -95,10 +95,16 @@ def vector_request(ctx: click.Context) -> VectorRequest:
     from geounet.vectorize import VectorizeConfig
 
     o = ctx.meta[_VECTOR_KEY]
-    settings = {name: o[name] for name in VectorizeSettings.model_fields if name in o}
-    config = VectorizeConfig(**settings | {"centerlines": o["centerlines"] is not None})
-    return VectorRequest(config, o["driver"], o["crs"], o["pixel_coordinates"],
-                         o["centerlines"])
+    return VectorRequest(VectorizeConfig(**_settings(o)), o["driver"], o["crs"],
+                         o["pixel_coordinates"], o["centerlines"])
+
+
+def _settings(options: dict) -> dict:
+    """The vectorize settings among the gathered ``options`` (``centerlines``: whether
+    lines are asked for)."""
+    settings = {name: options[name] for name in VectorizeSettings.model_fields
+                if name in options}
+    return settings | {"centerlines": options["centerlines"] is not None}
 
 
 def summary(result: VectorizeResult) -> tuple[dict, dict, list[Column]]:
@@ -139,9 +145,7 @@ def command(ctx: click.Context, mask: Path, output: Path, probabilities: Path | 
         from geounet.processes import prestart_skeleton_helper
 
         with contextlib.suppress(ValueError):   # bad settings: reported by the command
-            prestart_skeleton_helper(mask, VectorizeSettings(
-                **{name: options[name] for name in VectorizeSettings.model_fields
-                   if options.get(name) is not None} | {"centerlines": True}))
+            prestart_skeleton_helper(mask, VectorizeSettings(**_settings(options)))
     result = vector_request(ctx).run(mask, output, overwrite, quiet or as_json, probabilities)
     data, row, columns = summary(result)
     written = [p for p in (result.output, result.centerlines) if p]
