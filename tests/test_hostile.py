@@ -414,8 +414,11 @@ def _permission_cases(folder: Path) -> dict[str, PermissionCase]:
 CHILD = r"""
 import json, os, sys
 from click.testing import CliRunner
+import importlib
 import geounet.cli, geounet.evaluate, geounet.predict, geounet.train, geounet.vectorize
 import geopandas, pyogrio, safetensors.torch, tqdm
+for command in geounet.cli.COMMANDS:   # imported when the command runs: before the drop
+    importlib.import_module(f"geounet.cli.{command}")
 if os.geteuid() == 0:   # drop to nobody: root reads and writes anything
     os.setgroups([]); os.setgid(65534); os.setuid(65534)
 out = {}
